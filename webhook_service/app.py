@@ -1,0 +1,55 @@
+"""The Starlette application and its lifespan (runtime and background tasks)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from webhook_service.config import Settings, get_settings
+from webhook_service.logs import get_logger
+from webhook_service.middleware import RequestContextMiddleware
+from webhook_service.routes import health, oauth
+from webhook_service.routes.errors import http_exception, unhandled_exception
+from webhook_service.runtime import Runtime
+
+log = get_logger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with Runtime.open(settings) as runtime:
+            app.state.runtime = runtime
+            refresher = asyncio.create_task(_keep_tokens_fresh(runtime), name="token-refresher")
+            log.info("service_started", public_base_url=settings.public_base_url,
+                     database=runtime.db.engine.dialect.name)
+            try:
+                yield
+            finally:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
+
+    return Starlette(
+        routes=[*health.routes, *oauth.routes],
+        middleware=[Middleware(RequestContextMiddleware)],
+        exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
+        lifespan=lifespan,
+    )
+
+
+async def _keep_tokens_fresh(runtime: Runtime) -> None:
+    """Refresh tokens before they expire, so a quiet tenant's first call does not wait on it."""
+    while True:
+        try:
+            await runtime.tokens.refresh_expiring()
+        except Exception:
+            log.exception("token_refresher_failed")
+        await asyncio.sleep(runtime.settings.token_check_interval)

@@ -1,0 +1,268 @@
+"""The ``webhook-service`` command line: thin over the same functions the HTTP routes use."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from webhook_service import __version__
+from webhook_service.config import Settings, get_settings
+from webhook_service.crypto import SecretKeyError, generate_key
+from webhook_service.freshbooks.errors import FreshBooksError
+from webhook_service.logs import configure_logging
+from webhook_service.storage.models import Tenant
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A failure to report on one line, without a traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_USAGE
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return int(args.handler(settings, args) or EXIT_OK)
+    except (CommandError, SecretKeyError, FreshBooksError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webhook-service",
+        description="Receives FreshBooks webhooks per connected business (tenant), verifies and "
+        "normalizes them, and forwards them to your services.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP service", description=(
+        "Run the HTTP service. On SQLite the schema is migrated on start (AUTO_MIGRATE)."))
+    serve.add_argument("--host", help="bind address (default: HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: PORT, 8000)")
+    serve.set_defaults(handler=_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations",
+                                  description="Apply every pending migration to DATABASE_URL.")
+    migrate.set_defaults(handler=_run_async(_migrate))
+
+    sim = commands.add_parser("simulator", help="run the FreshBooks simulator (for trials and tests)",
+                              description="Serve a FreshBooks stand-in: OAuth, users/me, accounting and "
+                              "projects endpoints, with seeded data.")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8100)
+    sim.add_argument("--seed-invoices", type=int, default=25, help="invoices to seed in account ABC123")
+    sim.add_argument("--seed-clients", type=int, default=10, help="clients to seed in account ABC123")
+    sim.set_defaults(handler=_simulator)
+
+    keygen = commands.add_parser("generate-secret-key", help="print a new SECRET_KEY",
+                                 description="Print a new Fernet key for SECRET_KEY.")
+    keygen.set_defaults(handler=lambda settings, args: print(generate_key()))
+
+    tenants = commands.add_parser("tenants", help="connected FreshBooks businesses",
+                                  description="Connect, list, inspect and disconnect tenants.")
+    tenant_commands = tenants.add_subparsers(title="tenant commands", metavar="COMMAND")
+    tenants.set_defaults(handler=lambda settings, args: tenants.print_help() or EXIT_USAGE)
+
+    imp = tenant_commands.add_parser(
+        "import", help="connect a business from an existing refresh token",
+        description="Spend REFRESH_TOKEN at once (FreshBooks rotates it), store the new pair before "
+        "anything else, resolve the identity and create or reconnect the tenant.")
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--refresh-token", help="a FreshBooks refresh token (single-use)")
+    source.add_argument("--resume", metavar="PENDING_ID",
+                        help="finish an import that stopped to ask which business to connect")
+    imp.add_argument("--business-id", type=int, help="business to connect when the login has several")
+    imp.add_argument("--json", action="store_true", help="print JSON")
+    imp.set_defaults(handler=_run_async(_tenants_import))
+
+    lst = tenant_commands.add_parser("list", help="list tenants", description="List tenants and their status.")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(handler=_run_async(_tenants_list))
+
+    show = tenant_commands.add_parser("show", help="show one tenant", description="Show one tenant.")
+    show.add_argument("tenant_id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_run_async(_tenants_show))
+
+    disc = tenant_commands.add_parser(
+        "disconnect", help="revoke a tenant's grant and stop using it",
+        description="Revoke the token at FreshBooks, forget it, and mark the tenant disconnected.")
+    disc.add_argument("tenant_id")
+    disc.add_argument("--json", action="store_true", help="print JSON")
+    disc.set_defaults(handler=_run_async(_tenants_disconnect))
+    return parser
+
+
+# -- handlers ---------------------------------------------------------------------------------
+Handler = Callable[[Settings, argparse.Namespace], Awaitable[int | None]]
+
+
+def _run_async(handler: Handler) -> Callable[[Settings, argparse.Namespace], int | None]:
+    def run(settings: Settings, args: argparse.Namespace) -> int | None:
+        return asyncio.run(handler(settings, args))
+
+    return run
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from webhook_service.app import create_app
+    from webhook_service.crypto import secret_box_from_settings
+
+    secret_box_from_settings(settings)  # refuse a keyless start before binding the port
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port if args.port is not None else settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+    )
+    return EXIT_OK
+
+
+async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.runtime import Runtime
+
+    async with Runtime.open(settings, migrate_schema=True):
+        pass
+    print("database is at the latest migration")
+    return EXIT_OK
+
+
+def _simulator(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.simulator.server import run
+
+    run(args.host, args.port, seed_invoices=args.seed_invoices, seed_clients=args.seed_clients)
+    return EXIT_OK
+
+
+async def _tenants_import(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service import onboarding
+    from webhook_service.runtime import Runtime
+
+    async with Runtime.open(settings) as runtime:
+        try:
+            if args.resume:
+                outcome = await onboarding.complete(runtime, args.resume, args.business_id)
+            else:
+                outcome = await onboarding.import_refresh_token(runtime, args.refresh_token, args.business_id)
+        except onboarding.OnboardingError as exc:
+            raise CommandError(str(exc)) from exc
+    if isinstance(outcome, onboarding.ChooseBusiness):
+        choices = [{"business_id": m.business_id, "account_id": m.account_id, "name": m.name, "role": m.role}
+                   for m in outcome.memberships]
+        if args.json:
+            _print_json({"status": "choose_business", "pending_id": outcome.pending_id, "businesses": choices})
+        else:
+            print("This login belongs to several businesses. The token was rotated and is held as "
+                  f"{outcome.pending_id}; finish with:", file=sys.stderr)
+            for choice in choices:
+                print(f"  webhook-service tenants import --resume {outcome.pending_id} "
+                      f"--business-id {choice['business_id']}   # {choice['name']} ({choice['role']})",
+                      file=sys.stderr)
+        return EXIT_FAILED
+    _print_tenants([outcome], args.json, single=True)
+    return EXIT_OK
+
+
+async def _tenants_list(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.runtime import Runtime
+    from webhook_service.storage import tenants as tenant_store
+
+    async with Runtime.open(settings) as runtime, runtime.db.sessions() as session:
+        rows = await tenant_store.list_all(session)
+    _print_tenants(rows, args.json)
+    return EXIT_OK
+
+
+async def _tenants_show(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.runtime import Runtime
+    from webhook_service.storage import tenants as tenant_store
+
+    async with Runtime.open(settings) as runtime, runtime.db.sessions() as session:
+        tenant = await tenant_store.get(session, args.tenant_id)
+    if tenant is None:
+        raise CommandError(f"no tenant {args.tenant_id}")
+    _print_tenants([tenant], args.json, single=True)
+    return EXIT_OK
+
+
+async def _tenants_disconnect(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service import onboarding
+    from webhook_service.runtime import Runtime
+
+    async with Runtime.open(settings) as runtime:
+        try:
+            tenant, revoke_error = await onboarding.disconnect(runtime, args.tenant_id)
+        except onboarding.OnboardingError as exc:
+            raise CommandError(str(exc)) from exc
+    if args.json:
+        _print_json({**tenant_view(tenant), "revoked": revoke_error is None, "revoke_error": revoke_error})
+    else:
+        print(f"{tenant.id} disconnected")
+        if revoke_error:
+            print(f"warning: FreshBooks did not confirm the revocation ({revoke_error}); "
+                  "revoke the app's access in FreshBooks by hand", file=sys.stderr)
+    return EXIT_FAILED if revoke_error else EXIT_OK
+
+
+# -- output -----------------------------------------------------------------------------------
+def tenant_view(tenant: Tenant) -> dict[str, Any]:
+    """What may be shown of a tenant: everything but its tokens."""
+    return {
+        "id": tenant.id,
+        "name": tenant.name,
+        "account_id": tenant.account_id,
+        "business_id": tenant.business_id,
+        "business_uuid": tenant.business_uuid,
+        "role": tenant.role,
+        "identity_id": tenant.identity_id,
+        "status": tenant.status,
+        "status_reason": tenant.status_reason,
+        "scopes": tenant.scopes.split(),
+        "access_expires_at": tenant.access_expires_at.isoformat() if tenant.access_expires_at else None,
+        "last_refreshed_at": tenant.last_refreshed_at.isoformat() if tenant.last_refreshed_at else None,
+        "created_at": tenant.created_at.isoformat(),
+    }
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _print_tenants(rows: list[Tenant], as_json: bool, *, single: bool = False) -> None:
+    views = [tenant_view(row) for row in rows]
+    if as_json:
+        _print_json(views[0] if single else views)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if single:
+        table = Table(show_header=False, box=None)
+        for key, value in views[0].items():
+            table.add_row(key, " ".join(value) if isinstance(value, list) else str(value))
+        console.print(table)
+        return
+    table = Table("id", "name", "account_id", "business_id", "status", "reason", "token expires")
+    for view in views:
+        table.add_row(view["id"], view["name"], view["account_id"], str(view["business_id"]), view["status"],
+                      view["status_reason"] or "", view["access_expires_at"] or "")
+    console.print(table)

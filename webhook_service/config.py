@@ -1,0 +1,96 @@
+"""Every setting the service reads, in one place.
+
+Settings come from environment variables (and an optional ``.env`` file in the working directory);
+`.env.example` documents each one. Nothing else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Read scopes for every resource the service normalizes, requested up front because a missing
+#: scope can only be fixed by the customer re-authorizing.
+DEFAULT_SCOPES = (
+    "user:profile:read",
+    "user:billable_items:read",
+    "user:bill_vendors:read",
+    "user:bills:read",
+    "user:clients:read",
+    "user:credit_notes:read",
+    "user:estimates:read",
+    "user:expenses:read",
+    "user:invoices:read",
+    "user:payments:read",
+    "user:projects:read",
+    "user:taxes:read",
+    "user:time_entries:read",
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- storage -------------------------------------------------------------------------------
+    database_url: str = "sqlite+aiosqlite:///./data/webhook_service.db"
+    auto_migrate: Literal["auto", "always", "never"] = "auto"
+    secret_key: SecretStr | None = None
+    dev_mode: bool = False
+    dev_secret_key_file: str = "./data/dev-secret.key"
+
+    # --- HTTP ----------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_base_url: str = "http://127.0.0.1:8000"
+    log_level: str = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    # --- FreshBooks ----------------------------------------------------------------------------
+    freshbooks_client_id: str = ""
+    freshbooks_client_secret: SecretStr = SecretStr("")
+    freshbooks_redirect_uri: str = ""
+    freshbooks_api_base: str = "https://api.freshbooks.com"
+    freshbooks_auth_base: str = "https://auth.freshbooks.com"
+    freshbooks_scopes: str = " ".join(DEFAULT_SCOPES)
+    freshbooks_timeout: float = Field(default=30.0, gt=0)
+    freshbooks_max_attempts: int = Field(default=5, ge=1, le=20)
+    freshbooks_max_retry_wait: float = Field(default=120.0, gt=0)
+    freshbooks_concurrency_per_tenant: int = Field(default=4, ge=1, le=64)
+
+    # --- tokens and OAuth ----------------------------------------------------------------------
+    token_refresh_margin_min: int = Field(default=60, ge=0)
+    token_refresh_margin_max: int = Field(default=180, ge=0)
+    token_refresh_lease_seconds: int = Field(default=45, ge=5)
+    token_check_interval: float = Field(default=30.0, gt=0)
+    oauth_state_ttl: int = Field(default=600, ge=30)
+
+    @field_validator("public_base_url", "freshbooks_api_base", "freshbooks_auth_base")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @cached_property
+    def redirect_uri(self) -> str:
+        return self.freshbooks_redirect_uri or f"{self.public_base_url}/oauth/freshbooks/callback"
+
+    @cached_property
+    def scopes(self) -> tuple[str, ...]:
+        return tuple(self.freshbooks_scopes.replace(",", " ").split())
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def should_migrate_on_start(self) -> bool:
+        if self.auto_migrate == "auto":
+            return self.is_sqlite
+        return self.auto_migrate == "always"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Load settings from the environment; keyword overrides win (tests and the CLI use them)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

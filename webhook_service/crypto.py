@@ -1,0 +1,83 @@
+"""Encryption of secrets at rest (tokens, verifiers, subscriber secrets).
+
+Fernet (AES-128-CBC + HMAC-SHA256, from ``cryptography``) with ``MultiFernet`` so ``SECRET_KEY`` can
+hold several comma-separated keys: the first encrypts, all decrypt. That is how the key is rotated
+without downtime (add the new key first, run ``webhook-service rotate-secret-key``, drop the old).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from webhook_service.config import Settings
+
+
+class SecretKeyError(RuntimeError):
+    """The service has no usable encryption key; it must not start."""
+
+
+class SecretBox:
+    def __init__(self, keys: list[str]) -> None:
+        if not keys:
+            raise SecretKeyError("SECRET_KEY holds no key")
+        self._signing_key = keys[0].strip()
+        try:
+            self._fernet = MultiFernet([Fernet(key.strip().encode()) for key in keys])
+        except (ValueError, TypeError) as exc:
+            raise SecretKeyError(
+                "SECRET_KEY must be one or more comma-separated Fernet keys "
+                "(generate one with `webhook-service generate-secret-key`)"
+            ) from exc
+
+    @property
+    def signing_key(self) -> str:
+        """Key material for signed, expiring values (OAuth state); used with a purpose salt."""
+        return self._signing_key
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
+
+    def decrypt(self, ciphertext: str) -> str:
+        try:
+            return self._fernet.decrypt(ciphertext.encode("ascii")).decode("utf-8")
+        except InvalidToken as exc:
+            raise SecretKeyError(
+                "a stored secret cannot be decrypted with SECRET_KEY (wrong or rotated-out key)"
+            ) from exc
+
+    def rotate(self, ciphertext: str) -> str:
+        """Re-encrypt under the first key."""
+        return self._fernet.rotate(ciphertext.encode("ascii")).decode("ascii")
+
+
+def generate_key() -> str:
+    return Fernet.generate_key().decode("ascii")
+
+
+def secret_box_from_settings(settings: Settings) -> SecretBox:
+    """Build the box, or refuse clearly: without a key, secrets would sit in the database in clear."""
+    if settings.secret_key is not None and settings.secret_key.get_secret_value().strip():
+        return SecretBox(settings.secret_key.get_secret_value().split(","))
+    if not settings.dev_mode:
+        raise SecretKeyError(
+            "SECRET_KEY is not set. Tokens and verifiers are encrypted at rest, so the service "
+            "refuses to start without a key. Set SECRET_KEY (generate one with "
+            "`webhook-service generate-secret-key`), or set DEV_MODE=true to use a development "
+            f"key stored in {settings.dev_secret_key_file} (never in production)."
+        )
+    return SecretBox([_dev_key(Path(settings.dev_secret_key_file))])
+
+
+def _dev_key(path: Path) -> str:
+    """A per-checkout development key, created once so restarts can still read the database."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = generate_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key

@@ -1,0 +1,225 @@
+"""The FreshBooks API client: one pooled ``httpx.AsyncClient``, the catalogue, tokens, retries.
+
+Callers name a tenant and a resource; the client builds the path with the right identifier, adds the
+catalogue's ``include[]`` values, authenticates (one refresh and one retry on a 401), waits as told
+on 429 and 5xx, limits concurrent calls per tenant, and walks every page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import httpx
+
+from webhook_service.config import Settings
+from webhook_service.freshbooks.catalogue import BusinessRef, Page, Resource, get_resource
+from webhook_service.freshbooks.errors import RETRYABLE_STATUSES, FreshBooksError
+from webhook_service.freshbooks.tokens import TokenManager
+from webhook_service.logs import get_logger
+
+log = get_logger(__name__)
+
+#: FreshBooks silently caps ``per_page`` at 100; asking for more only hides the cap.
+MAX_PER_PAGE = 100
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
+Params = Sequence[tuple[str, str | int]]
+
+
+class TenantRef(BusinessRef, Protocol):
+    id: str
+
+
+class FreshBooksClient:
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        tokens: TokenManager,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._settings = settings
+        self._http = http
+        self._tokens = tokens
+        self._sleep = sleep
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    # -- resources ------------------------------------------------------------------------------
+    async def get(self, tenant: TenantRef, resource: str | Resource, object_id: int | str) -> dict[str, Any]:
+        """One object with the catalogue's includes (an invoice with its lines)."""
+        spec = resource if isinstance(resource, Resource) else get_resource(resource)
+        body = await self.request(tenant, "GET", spec.item_url(tenant, object_id), params=spec.include_params())
+        try:
+            return spec.unwrap_item(body)
+        except ValueError as exc:
+            raise FreshBooksError(200, str(exc)) from exc
+
+    async def list_page(
+        self,
+        tenant: TenantRef,
+        resource: str | Resource,
+        *,
+        page: int = 1,
+        per_page: int = MAX_PER_PAGE,
+        params: Params = (),
+    ) -> Page:
+        spec = resource if isinstance(resource, Resource) else get_resource(resource)
+        query: list[tuple[str, str | int]] = [
+            ("page", max(page, 1)),
+            ("per_page", min(max(per_page, 1), MAX_PER_PAGE)),
+            *spec.include_params(),
+            *params,
+        ]
+        body = await self.request(tenant, "GET", spec.list_url(tenant), params=query)
+        try:
+            return spec.unwrap_page(body)
+        except ValueError as exc:
+            raise FreshBooksError(200, str(exc)) from exc
+
+    async def iterate(
+        self,
+        tenant: TenantRef,
+        resource: str | Resource,
+        *,
+        updated_since: datetime | None = None,
+        per_page: int = MAX_PER_PAGE,
+        params: Params = (),
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every object (deleted and archived included), page by page, driven by ``pages``.
+
+        With ``updated_since`` the server filter is applied (a day wider where FreshBooks is
+        day-granular) and objects older than ``updated_since`` are dropped here.
+        """
+        async for page in self.pages(tenant, resource, updated_since=updated_since, per_page=per_page,
+                                     params=params):
+            for item in page.items:
+                yield item
+
+    async def pages(
+        self,
+        tenant: TenantRef,
+        resource: str | Resource,
+        *,
+        updated_since: datetime | None = None,
+        per_page: int = MAX_PER_PAGE,
+        params: Params = (),
+    ) -> AsyncIterator[Page]:
+        spec = resource if isinstance(resource, Resource) else get_resource(resource)
+        query = list(params)
+        if updated_since is not None:
+            query.extend(spec.updated_since_params(updated_since))
+        number = 1
+        while True:
+            page = await self.list_page(tenant, spec, page=number, per_page=per_page, params=query)
+            if updated_since is not None:
+                page = _keep_updated_since(spec, page, updated_since)
+            yield page
+            if number >= page.pages:
+                return
+            number += 1
+
+    # -- transport ------------------------------------------------------------------------------
+    async def request(
+        self,
+        tenant: TenantRef,
+        method: str,
+        path: str,
+        *,
+        params: Params = (),
+        json: Any = None,
+    ) -> Any:
+        """An authenticated call for ``tenant``; returns the decoded JSON body (None for 204)."""
+        url = f"{self._settings.freshbooks_api_base}{path}"
+        async with self._slot(tenant.id):
+            token = await self._tokens.access_token(tenant.id)
+            response = await self._send_with_retries(method, url, token.token, params, json)
+            if response.status_code == 401:
+                log.info("freshbooks_401_refreshing", tenant_id=tenant.id, token_version=token.version)
+                token = await self._tokens.refresh(tenant.id, stale_version=token.version)
+                response = await self._send_with_retries(method, url, token.token, params, json)
+        if response.status_code >= 400:
+            raise FreshBooksError.from_response(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise FreshBooksError(response.status_code, "FreshBooks answered non-JSON") from exc
+
+    def _slot(self, tenant_id: str) -> asyncio.Semaphore:
+        slot = self._slots.get(tenant_id)
+        if slot is None:
+            slot = self._slots[tenant_id] = asyncio.Semaphore(self._settings.freshbooks_concurrency_per_tenant)
+        return slot
+
+    async def _send_with_retries(
+        self, method: str, url: str, access_token: str, params: Params, json: Any
+    ) -> httpx.Response:
+        attempts = self._settings.freshbooks_max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                response = await self._http.request(
+                    method,
+                    url,
+                    params=list(params),
+                    json=json,
+                    headers={"Authorization": f"Bearer {access_token}"},
+                )
+            except httpx.TransportError as exc:
+                if method not in _IDEMPOTENT or attempt == attempts:
+                    raise FreshBooksError(0, f"could not reach FreshBooks: {type(exc).__name__}") from exc
+                delay = self._backoff(attempt)
+                log.warning("freshbooks_transport_retry", method=method, attempt=attempt, delay=delay,
+                            error=type(exc).__name__)
+            else:
+                if response.status_code not in RETRYABLE_STATUSES or attempt == attempts:
+                    return response
+                delay = self._retry_delay(response, attempt)
+                log.warning("freshbooks_retry", method=method, status=response.status_code,
+                            attempt=attempt, delay=round(delay, 3))
+            await self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _retry_delay(self, response: httpx.Response, attempt: int) -> float:
+        told = parse_retry_after(response.headers.get("Retry-After"))
+        if told is not None:
+            return min(told, self._settings.freshbooks_max_retry_wait)
+        return self._backoff(attempt)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter: 0.5 s, 1 s, 2 s ... capped at 30 s."""
+        ceiling = min(30.0, 0.5 * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date; None when absent or garbage."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def _keep_updated_since(spec: Resource, page: Page, since: datetime) -> Page:
+    kept = []
+    for item in page.items:
+        updated = spec.updated_at(item)
+        if updated is None or updated >= since:
+            kept.append(item)
+    return Page(items=kept, page=page.page, pages=page.pages, per_page=page.per_page, total=page.total)

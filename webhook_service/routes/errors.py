@@ -1,0 +1,34 @@
+"""How errors look to clients: short JSON, the request id, never a stack trace."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from webhook_service.logs import get_logger
+
+log = get_logger("webhook_service.http")
+
+
+def error_response(request: Request, status: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "message": message, "request_id": request.scope.get("state", {}).get("request_id")},
+        status_code=status,
+    )
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(request, exc.status_code, _slug(exc.status_code), str(exc.detail))
+
+
+async def unhandled_exception(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+    return error_response(request, 500, "internal_error", "The service failed to handle this request.")
+
+
+def _slug(status: int) -> str:
+    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+            405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+            422: "unprocessable_entity", 429: "too_many_requests"}.get(status, "error")

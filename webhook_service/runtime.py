@@ -1,0 +1,63 @@
+"""The wired-up service: settings, database, secret box, HTTP pool, OAuth, tokens, API client.
+
+The HTTP app (in its lifespan) and every CLI command open the same :class:`Runtime`, so there is
+one way to reach each piece and one place that builds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from webhook_service import __version__
+from webhook_service.config import Settings
+from webhook_service.crypto import SecretBox, secret_box_from_settings
+from webhook_service.freshbooks.client import FreshBooksClient
+from webhook_service.freshbooks.oauth import OAuthClient
+from webhook_service.freshbooks.tokens import TokenManager
+from webhook_service.storage import migrate
+from webhook_service.storage.database import Database
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    box: SecretBox
+    http: httpx.AsyncClient
+    oauth: OAuthClient
+    tokens: TokenManager
+    freshbooks: FreshBooksClient
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings, *, migrate_schema: bool | None = None) -> AsyncIterator[Runtime]:
+        """Build everything; the secret key is checked first so a keyless start fails before I/O."""
+        box = secret_box_from_settings(settings)
+        db = Database(settings.database_url)
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.freshbooks_timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            headers={"User-Agent": f"webhook-service/{__version__}"},
+            follow_redirects=False,
+        )
+        try:
+            if migrate_schema if migrate_schema is not None else settings.should_migrate_on_start:
+                await migrate.upgrade(db)
+            oauth = OAuthClient(settings, http)
+            tokens = TokenManager(db, oauth, box, settings)
+            yield cls(
+                settings=settings,
+                db=db,
+                box=box,
+                http=http,
+                oauth=oauth,
+                tokens=tokens,
+                freshbooks=FreshBooksClient(settings, http, tokens),
+            )
+        finally:
+            await http.aclose()
+            await db.dispose()
