@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     freshbooks_redirect_uri: str = ""
     freshbooks_api_base: str = "https://api.freshbooks.com"
     freshbooks_auth_base: str = "https://auth.freshbooks.com"
-    freshbooks_scopes: str = " ".join(DEFAULT_SCOPES)
+    freshbooks_scopes: str = ""
     freshbooks_timeout: float = Field(default=30.0, gt=0)
     freshbooks_max_attempts: int = Field(default=5, ge=1, le=20)
     freshbooks_max_retry_wait: float = Field(default=120.0, gt=0)
@@ -78,7 +78,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def scopes(self) -> tuple[str, ...]:
-        return tuple(self.freshbooks_scopes.replace(",", " ").split())
+        return tuple(self.freshbooks_scopes.replace(",", " ").split()) or DEFAULT_SCOPES
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,0 +1,107 @@
+"""The command line, run as an operator would: a separate process, env-configured."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(args, env_extra=None, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEV_MODE", "DATABASE_URL"}}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "webhook_service", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def cli_env(settings, simulator):
+    return {
+        "DATABASE_URL": settings.database_url,
+        "SECRET_KEY": settings.secret_key.get_secret_value(),
+        "FRESHBOOKS_API_BASE": simulator.base_url,
+        "FRESHBOOKS_AUTH_BASE": simulator.base_url,
+        "FRESHBOOKS_CLIENT_ID": simulator.state.client_id,
+        "FRESHBOOKS_CLIENT_SECRET": simulator.state.client_secret,
+        "LOG_FORMAT": "json",
+    }
+
+
+def test_help_lists_the_commands():
+    result = _run(["--help"])
+    assert result.returncode == 0
+    for command in ("serve", "migrate", "simulator", "tenants", "generate-secret-key"):
+        assert command in result.stdout
+    tenants = _run(["tenants", "--help"])
+    for command in ("import", "list", "show", "disconnect"):
+        assert command in tenants.stdout
+
+
+def test_service_refuses_to_start_without_a_key(tmp_path):
+    result = _run(["serve", "--port", "0"], {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db"}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "SECRET_KEY is not set" in result.stderr
+    assert "DEV_MODE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dev_mode_creates_a_private_key_once(tmp_path):
+    env = {"DEV_MODE": "true", "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db"}
+    assert _run(["tenants", "list", "--json"], env, cwd=tmp_path).stdout.strip() == "[]"
+    key_file = tmp_path / "data" / "dev-secret.key"
+    key = key_file.read_text()
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert _run(["tenants", "list"], env, cwd=tmp_path).returncode == 0
+    assert key_file.read_text() == key
+
+
+def test_import_list_show_disconnect(cli_env, simulator, tmp_path):
+    token = simulator.state.issue_refresh_token()
+    imported = _run(["tenants", "import", "--refresh-token", token, "--business-id", "439000", "--json"], cli_env,
+                    cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    tenant = json.loads(imported.stdout)
+    assert (tenant["account_id"], tenant["business_id"], tenant["status"]) == ("ABC123", 439000, "active")
+    assert token not in imported.stdout + imported.stderr
+
+    listed = json.loads(_run(["tenants", "list", "--json"], cli_env, cwd=tmp_path).stdout)
+    assert [t["id"] for t in listed] == [tenant["id"]]
+    shown = json.loads(_run(["tenants", "show", tenant["id"], "--json"], cli_env, cwd=tmp_path).stdout)
+    assert shown["name"] == "Awesome Inc."
+    assert not any("token" in key and key not in {"access_expires_at"} for key in shown)
+
+    revoked_before = len([r for r in simulator.state.requests if r["path"] == "/auth/oauth/revoke"])
+    gone = _run(["tenants", "disconnect", tenant["id"], "--json"], cli_env, cwd=tmp_path)
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout)["status"] == "disconnected"
+    assert json.loads(gone.stdout)["revoked"] is True
+    assert len([r for r in simulator.state.requests if r["path"] == "/auth/oauth/revoke"]) == revoked_before + 1
+    assert json.loads(_run(["tenants", "list", "--json"], cli_env, cwd=tmp_path).stdout)[0]["status"] == "disconnected"
+
+
+def test_import_reused_token_fails_cleanly(cli_env, simulator, tmp_path):
+    token = simulator.state.issue_refresh_token()
+    assert _run(["tenants", "import", "--refresh-token", token, "--business-id", "439000"], cli_env,
+                cwd=tmp_path).returncode == 0
+    again = _run(["tenants", "import", "--refresh-token", token, "--business-id", "439000"], cli_env, cwd=tmp_path)
+    assert again.returncode == 1
+    assert "invalid_grant" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_import_with_several_businesses_asks_then_resumes(cli_env, simulator, tmp_path):
+    first = _run(["tenants", "import", "--refresh-token", simulator.state.issue_refresh_token(), "--json"],
+                 cli_env, cwd=tmp_path)
+    assert first.returncode == 1
+    choice = json.loads(first.stdout)
+    assert choice["status"] == "choose_business"
+    assert {b["business_id"] for b in choice["businesses"]} == {439000, 439001}
+    resumed = _run(["tenants", "import", "--resume", choice["pending_id"], "--business-id", "439001", "--json"],
+                   cli_env, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["account_id"] == "XYZ789"
+    listed = json.loads(_run(["tenants", "list", "--json"], cli_env, cwd=tmp_path).stdout)
+    assert len(listed) == 1

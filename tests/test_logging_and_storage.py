@@ -1,0 +1,70 @@
+"""No secret in any log line; request ids on request logs; SQLite tuned for durability."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from sqlalchemy import text
+import httpx
+
+from conftest import OWNER_ACCOUNT_ID
+from webhook_service.app import create_app
+from webhook_service.logs import REDACTED, configure_logging, get_logger
+from webhook_service.serving import BackgroundServer
+from webhook_service.storage import migrate
+from webhook_service.storage import tenants as tenant_store
+
+
+@pytest.fixture
+def json_logs(capsys):
+    configure_logging("debug", "json")
+    yield lambda: [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    logging.getLogger().handlers[:] = []
+
+
+async def test_secrets_never_reach_the_logs(json_logs, runtime, simulator, capsys):
+    from webhook_service import onboarding
+
+    refresh = simulator.state.issue_refresh_token()
+    tenant = await onboarding.import_refresh_token(runtime, refresh, 439000)
+    simulator.state.seed(OWNER_ACCOUNT_ID, "invoice", 2)
+    simulator.state.expire_access_tokens()
+    [_ async for _ in runtime.freshbooks.iterate(tenant, "invoice")]
+    get_logger("test").info("tried", access_token="abc", nested={"client_secret": "def"}, status_code=200)
+
+    async with runtime.db.sessions() as session:
+        row = await tenant_store.get(session, tenant.id)
+    secrets_in_play = [refresh, runtime.box.decrypt(row.access_token_enc), runtime.box.decrypt(row.refresh_token_enc),
+                       simulator.state.client_secret]
+    captured = capsys.readouterr()
+    output = captured.err + captured.out
+    assert "token_refreshed" in output
+    for secret in secrets_in_play:
+        assert secret not in output
+    tried = [json.loads(line) for line in output.splitlines() if '"tried"' in line][0]
+    assert tried["access_token"] == REDACTED
+    assert tried["nested"] == {"client_secret": REDACTED}
+    assert tried["status_code"] == 200
+
+
+def test_request_logs_carry_a_request_id_and_no_query_string(json_logs, settings):
+    with BackgroundServer(create_app(settings), lifespan="on") as server:
+        response = httpx.get(f"{server.base_url}/oauth/freshbooks/callback", params={"code": "SECRETCODE", "state": "x"})
+    lines = json_logs()
+    requests = [line for line in lines if line["event"] == "http_request"]
+    assert requests and requests[-1]["request_id"] == response.headers["x-request-id"]
+    assert requests[-1]["path"] == "/oauth/freshbooks/callback"
+    assert all("SECRETCODE" not in json.dumps(line) for line in lines)
+
+
+async def test_sqlite_is_tuned_for_durability(runtime):
+    async with runtime.db.engine.connect() as connection:
+        pragmas = {name: (await connection.execute(text(f"PRAGMA {name}"))).scalar()
+                   for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")}
+    assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 15000}
+
+
+async def test_migrations_reach_head(runtime):
+    assert await migrate.pending_revisions(runtime.db) == []

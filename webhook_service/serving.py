@@ -1,0 +1,161 @@
+"""Serving an ASGI app with uvicorn on a background thread (simulator, sinks, tests, demo).
+
+The listening socket is bound (and ``listen()``-ing) before uvicorn starts, so the port is known at
+once and early connections queue in the backlog instead of being refused: no polling or sleeping
+for startup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from types import TracebackType
+from typing import Literal, Self
+
+import uvicorn
+from starlette.types import ASGIApp
+
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _ThreadedServer(uvicorn.Server):
+    """uvicorn's server, but ``request_exit`` wakes the main loop at once.
+
+    Stock uvicorn polls ``should_exit`` every 0.1 s; tests start and stop servers per test, so
+    waking the loop from the stopping thread keeps teardown short. Signal handlers are left alone:
+    this server does not own the process.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    def install_signal_handlers(self) -> None:
+        return None
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864000
+            try:
+                await asyncio.wait_for(self._wake.wait(), 0.1)
+            except TimeoutError:
+                pass
+            should_exit = await self.on_tick(counter)
+
+    def request_exit(self) -> None:
+        """Thread-safe: ask the server to stop and wake its loop."""
+        self.should_exit = True
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the loop already closed
+                pass
+
+
+class BackgroundServer:
+    """An ASGI app served on a daemon thread: ``with BackgroundServer(app) as server: server.base_url``.
+
+    With ``lifespan="on"`` entering waits until the app's startup has finished (or failed, which
+    raises here), so callers can use it at once.
+    """
+
+    def __init__(
+        self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, lifespan: Literal["on", "off"] = "off"
+    ) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.lifespan = lifespan
+        self.base_url = ""
+        self._socket: socket.socket | None = None
+        self._server: _ThreadedServer | None = None
+        self._thread: threading.Thread | None = None
+        self._finished = threading.Event()
+
+    def start(self) -> Self:
+        if self._thread is not None:
+            raise RuntimeError("server already running")
+        self._socket = bind_socket(self.host, self.port)
+        self.port = self._socket.getsockname()[1]
+        self.base_url = f"http://{url_host(self.host)}:{self.port}"
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan=self.lifespan,
+            timeout_graceful_shutdown=2,
+        )
+        self._server = server = _ThreadedServer(config)
+        self._finished.clear()
+
+        def serve() -> None:
+            try:
+                server.run(sockets=[self._socket])
+            finally:
+                self._finished.set()
+
+        self._thread = threading.Thread(target=serve, name=f"asgi:{self.port}", daemon=True)
+        self._thread.start()
+        if self.lifespan == "on":
+            self._wait_started(server)
+        return self
+
+    def _wait_started(self, server: _ThreadedServer) -> None:
+        """Block until uvicorn has run the app's startup; uvicorn sets ``started`` after it."""
+        while not server.started:
+            if self._finished.wait(0.01):
+                self.stop()
+                raise RuntimeError("the app failed to start (see the log)")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.request_exit()
+        if self._thread is not None:
+            self._thread.join(SHUTDOWN_TIMEOUT_SECONDS)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Joining blocks; in a thread so the caller's event loop keeps serving meanwhile.
+        await asyncio.to_thread(self.stop)

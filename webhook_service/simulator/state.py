@@ -1,0 +1,337 @@
+"""All simulator data behind one lock, and the Python API tests drive it with.
+
+The HTTP server runs on a background thread while the test thread seeds
+objects, expires tokens or reads the logs, so every read and write of shared
+data happens under ``self._lock`` (a plain ``threading.Lock``: short critical
+sections, never nested). The helper stores it composes (tokens, objects,
+failures) are deliberately lock-free and only ever touched from here.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from .catalog import ResourceSpec, get_spec
+from .clock import normalize, utc_now
+from .factory import FIRST, LAST, ObjectFactory
+from .failures import FailurePlan, FailureRule
+from .identity import Business, Identity, Membership
+from .store import ObjectStore, Record, clone
+from .tokens import OAuthError, TokenStore
+
+BusinessRef = str | int  # an account_id string, or an integer business id
+
+DEFAULT_IDENTITY_ID = 12345
+DEFAULT_BUSINESS_UUID = "046cc001-5c5b-4a1e-9d7a-2f1c9e0b4a10"
+
+
+class SimulatorState:
+    """The FreshBooks world: identities, businesses, tokens, objects, logs.
+
+    ``now`` (aware UTC datetimes) stamps objects; tests replace it to create
+    objects at chosen moments. OAuth expiry runs on the real wall clock
+    (``time.time``) so a frozen ``now`` never makes tokens look stale to a
+    service that compares ``created_at + expires_in`` with its own clock.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self.client_id = "sim-client-id"
+        self.client_secret = "sim-client-secret"
+        self.now: Callable[[], datetime] = utc_now
+        self.requests: list[dict[str, Any]] = []
+        self.token_requests: list[dict[str, Any]] = []
+        self._tokens = TokenStore()
+        self._store = ObjectStore(ObjectFactory(self._rng))
+        self._failures = FailurePlan()
+        self._identities: dict[int, Identity] = {}
+        self._businesses: dict[int, Business] = {}
+        self._next_identity_id = DEFAULT_IDENTITY_ID
+        self._next_membership_id = 140130
+        self._businesses[439000] = Business(439000, "Awesome Inc.", DEFAULT_BUSINESS_UUID, "ABC123", "dd/mm/yyyy")
+        self.default_identity_id = self.add_identity(
+            [
+                {"business_id": 439000, "account_id": "ABC123", "name": "Awesome Inc.", "role": "owner"},
+                {"business_id": 439001, "account_id": "XYZ789", "name": "Second Co.", "role": "business_manager"},
+                {"business_id": 439002, "name": "Client Portal Biz", "role": "client"},
+            ]
+        )
+
+    # -- configuration -----------------------------------------------------------
+
+    @property
+    def access_token_ttl(self) -> int:
+        """Seconds an access token lives (``expires_in``); FreshBooks: 12 hours."""
+        return self._tokens.access_token_ttl
+
+    @access_token_ttl.setter
+    def access_token_ttl(self, seconds: int) -> None:
+        with self._lock:
+            self._tokens.access_token_ttl = int(seconds)
+
+    def _stamp(self) -> datetime:
+        return normalize(self.now())
+
+    # -- identities and businesses -------------------------------------------------
+
+    def add_identity(self, memberships: list[dict[str, Any]]) -> int:
+        """Create an identity with these memberships; returns its identity id.
+
+        Each membership: ``{"business_id", "account_id" (optional), "name",
+        "role"}``. An unknown business id creates the business; a known one is
+        shared (its ``account_id`` must agree if given). Leaving
+        ``account_id`` out gives the membership none, as FreshBooks does for
+        client-role users.
+        """
+        with self._lock:
+            identity_id = self._next_identity_id
+            self._next_identity_id += 1
+            first, last = self._rng.choice(FIRST), self._rng.choice(LAST)
+            identity = Identity(identity_id, first, last, f"{first.lower()}.{identity_id}@example.com")
+            for spec in memberships:
+                business = self._business_for_membership(spec)
+                membership_id = self._next_membership_id
+                while membership_id in self._businesses:  # never equal to a business id
+                    membership_id += 1
+                self._next_membership_id = membership_id + 1
+                identity.memberships.append(
+                    Membership(membership_id, str(spec.get("role", "owner")), business, spec.get("account_id"))
+                )
+            self._identities[identity_id] = identity
+            return identity_id
+
+    def _business_for_membership(self, spec: dict[str, Any]) -> Business:
+        business_id = int(spec["business_id"])
+        account_id = spec.get("account_id")
+        business = self._businesses.get(business_id)
+        if business is None:
+            if account_id is not None and any(b.account_id == account_id for b in self._businesses.values()):
+                raise ValueError(f"account_id {account_id!r} already belongs to another business")
+            business_uuid = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+            name = str(spec.get("name", f"Business {business_id}"))
+            business = Business(business_id, name, business_uuid, account_id)
+            self._businesses[business_id] = business
+        elif account_id is not None:
+            if business.account_id is None:
+                business.account_id = account_id
+            elif business.account_id != account_id:
+                raise ValueError(f"business {business_id} has account_id {business.account_id!r}")
+        return business
+
+    def _identity(self, identity_id: int | None) -> Identity:
+        identity_id = self.default_identity_id if identity_id is None else identity_id
+        try:
+            return self._identities[identity_id]
+        except KeyError:
+            raise KeyError(f"unknown identity {identity_id}") from None
+
+    def _business(self, ref: BusinessRef) -> Business:
+        """Python-API lookup: an account_id string or an integer business id."""
+        if isinstance(ref, int):
+            business = self._businesses.get(ref)
+        else:
+            business = next((b for b in self._businesses.values() if b.account_id == ref), None)
+        if business is None:
+            raise KeyError(f"no business {ref!r}")
+        return business
+
+    def business_ref(self, text: str) -> BusinessRef:
+        """Control-route helper: an account_id if one matches, else a numeric business id."""
+        with self._lock:
+            if any(b.account_id == text for b in self._businesses.values()) or not text.isdigit():
+                return text
+            return int(text)
+
+    # -- OAuth: Python API -----------------------------------------------------------
+
+    def issue_refresh_token(self, identity_id: int | None = None) -> str:
+        """A fresh, valid refresh token for a new grant (what ``tenants import`` takes)."""
+        with self._lock:
+            identity = self._identity(identity_id)
+            return self._tokens.mint_refresh_token(self._tokens.new_grant(identity.id))
+
+    def issue_authorization_code(
+        self, redirect_uri: str, identity_id: int | None = None, scope: str | None = None
+    ) -> str:
+        """A single-use code, valid 5 minutes, bound to ``redirect_uri``."""
+        with self._lock:
+            identity = self._identity(identity_id)
+            return self._tokens.mint_code(identity.id, redirect_uri, scope)
+
+    def expire_access_tokens(self, identity_id: int | None = None) -> int:
+        """Make current access tokens (all, or one identity's) answer 401; returns how many."""
+        with self._lock:
+            return self._tokens.expire_access_tokens(identity_id)
+
+    # -- OAuth: used by the HTTP routes ---------------------------------------------
+
+    def check_client(self, client_id: Any, client_secret: Any) -> None:
+        if client_id != self.client_id or client_secret != self.client_secret:
+            raise OAuthError(401, "invalid_client", "Client authentication failed due to unknown client, "
+                             "no client authentication included, or unsupported authentication method.")
+
+    def grant_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The token endpoint's decision for a parsed body; raises ``OAuthError``."""
+        with self._lock:
+            self.check_client(body.get("client_id"), body.get("client_secret"))
+            grant_type = body.get("grant_type")
+            if grant_type == "refresh_token":
+                return self._tokens.refresh(body.get("refresh_token"))
+            if grant_type == "authorization_code":
+                return self._tokens.exchange_code(body.get("code"), body.get("redirect_uri"))
+            if not grant_type:
+                raise OAuthError(400, "invalid_request", "Missing required parameter: grant_type.")
+            raise OAuthError(400, "unsupported_grant_type", f"Unsupported grant type: {grant_type}.")
+
+    def revoke_token(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.check_client(body.get("client_id"), body.get("client_secret"))
+            token = body.get("token")
+            if not token:
+                raise OAuthError(400, "invalid_request", "Missing required parameter: token.")
+            self._tokens.revoke(str(token))  # unknown tokens are fine (RFC 7009)
+
+    def authorize(self, client_id: str | None, redirect_uri: str, scope: str | None) -> str:
+        """Auto-approve for the default identity; returns the code."""
+        with self._lock:
+            if client_id != self.client_id:
+                raise OAuthError(400, "invalid_client", "Unknown client_id.")
+            return self._tokens.mint_code(self.default_identity_id, redirect_uri, scope)
+
+    def authenticate(self, access_token: str | None) -> Identity:
+        """The identity behind a Bearer token; ``OAuthError`` (401) otherwise."""
+        if not access_token:
+            raise OAuthError(401, "unauthenticated", "Missing access token.")
+        with self._lock:
+            return self._identities[self._tokens.identity_for_access_token(access_token)]
+
+    # -- objects: Python API ---------------------------------------------------------
+
+    def seed(self, account_id: BusinessRef, resource: str, count: int) -> list[dict[str, Any]]:
+        """Create ``count`` realistic objects (deterministic for a given seed).
+
+        Seeded objects were created and last updated at random moments in the
+        60 days before ``now()``. ``account_id`` names the business for every
+        resource (an integer business id is accepted too).
+        """
+        spec = get_spec(resource)
+        now = self._stamp()
+        with self._lock:
+            records = self._store.seed(spec, self._business(account_id), now, count)
+            return [clone(r.data) for r in records]
+
+    def create_object(
+        self, account_id: BusinessRef, resource: str, fields: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Create one object stamped ``now()``; ``fields`` override the generated ones."""
+        spec = get_spec(resource)
+        now = self._stamp()
+        with self._lock:
+            return clone(self._store.create(spec, self._business(account_id), now, fields).data)
+
+    def update_object(
+        self, account_id: BusinessRef, resource: str, object_id: int, fields: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Apply ``fields`` and bump the updated timestamp to ``now()``."""
+        spec = get_spec(resource)
+        now = self._stamp()
+        with self._lock:
+            return clone(self._store.update(spec, self._business(account_id), int(object_id), now, fields).data)
+
+    def delete_object(self, account_id: BusinessRef, resource: str, object_id: int) -> dict[str, Any]:
+        """Accounting: soft delete (``vis_state`` 1, still readable). Projects family: gone (404)."""
+        spec = get_spec(resource)
+        now = self._stamp()
+        with self._lock:
+            business = self._business(account_id)
+            if spec.family == "projects":
+                return clone(self._store.remove(spec, business, int(object_id)).data)
+            return clone(self._store.update(spec, business, int(object_id), now, {"vis_state": 1}).data)
+
+    def archive_object(self, account_id: BusinessRef, resource: str, object_id: int) -> dict[str, Any]:
+        """``vis_state`` 2 (projects and time entries have none: ``active`` becomes false)."""
+        spec = get_spec(resource)
+        fields = {"active": False} if spec.name in ("project", "time_entry") else {"vis_state": 2}
+        now = self._stamp()
+        with self._lock:
+            return clone(self._store.update(spec, self._business(account_id), int(object_id), now, fields).data)
+
+    def get_object(self, account_id: BusinessRef, resource: str, object_id: int) -> dict[str, Any] | None:
+        """The stored full object (lines included), or ``None``."""
+        spec = get_spec(resource)
+        with self._lock:
+            record = self._store.get(spec, self._business(account_id), int(object_id))
+            return None if record is None else clone(record.data)
+
+    # -- objects: used by the HTTP routes ----------------------------------------------
+
+    def visible_business(self, identity: Identity, spec: ResourceSpec, identifier: str) -> Business | None:
+        """The business ``identifier`` names for this identity, or ``None`` (→ 404).
+
+        Accounting URLs take the ``account_id``; the projects family the
+        integer business id. Anything else, or a business the identity has no
+        membership for, is simply not found.
+        """
+        if spec.family == "accounting":
+            return identity.business_by_account_id(identifier)
+        if not identifier.isdigit():
+            return None
+        return identity.business_by_id(int(identifier))
+
+    def query(self, spec: ResourceSpec, business: Business, **filters: Any) -> list[dict[str, Any]]:
+        """Stored dicts in id order; safe to read unlocked (copy-on-write)."""
+        with self._lock:
+            return [r.data for r in self._store.query(spec, business, **filters)]
+
+    def lookup(self, spec: ResourceSpec, business: Business, object_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            record: Record | None = self._store.get(spec, business, object_id)
+            return None if record is None else record.data
+
+    # -- failures --------------------------------------------------------------------
+
+    def fail_next(
+        self, count: int, status: int = 429, retry_after: str | None = "1", paths_prefix: str | None = None
+    ) -> None:
+        """The next ``count`` API requests (OAuth endpoints only if
+        ``paths_prefix`` names them) answer ``status`` with ``Retry-After``."""
+        with self._lock:
+            self._failures.add(int(count), int(status), None if retry_after is None else str(retry_after), paths_prefix)
+
+    def take_failure(self, path: str) -> FailureRule | None:
+        with self._lock:
+            return self._failures.take(path)
+
+    # -- logs ------------------------------------------------------------------------
+
+    def log_request(self, method: str, path: str, query: list[tuple[str, str]], authorization: str | None,
+                    arrived: float) -> dict[str, Any]:
+        """Append a request entry now (status filled in when the response starts)."""
+        entry = {"method": method, "path": path, "query": query, "authorization": authorization,
+                 "time": arrived, "status": None}
+        with self._lock:
+            self.requests.append(entry)
+        return entry
+
+    def set_status(self, entry: dict[str, Any], status: int) -> None:
+        with self._lock:
+            entry["status"] = status
+
+    def log_token_request(self, body: dict[str, Any], status: int, error: str | None, arrived: float) -> None:
+        entry = {"grant_type": body.get("grant_type"), "refresh_token": body.get("refresh_token"),
+                 "code": body.get("code"), "status": status, "error": error, "time": arrived}
+        with self._lock:
+            self.token_requests.append(entry)
+
+    def reset_logs(self) -> None:
+        """Empty both logs in place (references held by tests stay valid)."""
+        with self._lock:
+            self.requests.clear()
+            self.token_requests.clear()
+
