@@ -13,8 +13,9 @@ import pytest
 def _run(args, env_extra=None, cwd=None):
     env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEV_MODE", "DATABASE_URL"}}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "webhook_service", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "webhook_service", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture
@@ -27,6 +28,7 @@ def cli_env(settings, simulator):
         "FRESHBOOKS_CLIENT_ID": simulator.state.client_id,
         "FRESHBOOKS_CLIENT_SECRET": simulator.state.client_secret,
         "LOG_FORMAT": "json",
+        "AUTO_MIGRATE": "always",
     }
 
 
@@ -60,8 +62,9 @@ def test_dev_mode_creates_a_private_key_once(tmp_path):
 
 def test_import_list_show_disconnect(cli_env, simulator, tmp_path):
     token = simulator.state.issue_refresh_token()
-    imported = _run(["tenants", "import", "--refresh-token", token, "--business-id", "439000", "--json"], cli_env,
-                    cwd=tmp_path)
+    imported = _run(
+        ["tenants", "import", "--refresh-token", token, "--business-id", "439000", "--json"], cli_env, cwd=tmp_path
+    )
     assert imported.returncode == 0, imported.stderr
     tenant = json.loads(imported.stdout)
     assert (tenant["account_id"], tenant["business_id"], tenant["status"]) == ("ABC123", 439000, "active")
@@ -84,8 +87,12 @@ def test_import_list_show_disconnect(cli_env, simulator, tmp_path):
 
 def test_import_reused_token_fails_cleanly(cli_env, simulator, tmp_path):
     token = simulator.state.issue_refresh_token()
-    assert _run(["tenants", "import", "--refresh-token", token, "--business-id", "439000"], cli_env,
-                cwd=tmp_path).returncode == 0
+    assert (
+        _run(
+            ["tenants", "import", "--refresh-token", token, "--business-id", "439000"], cli_env, cwd=tmp_path
+        ).returncode
+        == 0
+    )
     again = _run(["tenants", "import", "--refresh-token", token, "--business-id", "439000"], cli_env, cwd=tmp_path)
     assert again.returncode == 1
     assert "invalid_grant" in again.stderr
@@ -93,14 +100,18 @@ def test_import_reused_token_fails_cleanly(cli_env, simulator, tmp_path):
 
 
 def test_import_with_several_businesses_asks_then_resumes(cli_env, simulator, tmp_path):
-    first = _run(["tenants", "import", "--refresh-token", simulator.state.issue_refresh_token(), "--json"],
-                 cli_env, cwd=tmp_path)
+    first = _run(
+        ["tenants", "import", "--refresh-token", simulator.state.issue_refresh_token(), "--json"], cli_env, cwd=tmp_path
+    )
     assert first.returncode == 1
     choice = json.loads(first.stdout)
     assert choice["status"] == "choose_business"
     assert {b["business_id"] for b in choice["businesses"]} == {439000, 439001}
-    resumed = _run(["tenants", "import", "--resume", choice["pending_id"], "--business-id", "439001", "--json"],
-                   cli_env, cwd=tmp_path)
+    resumed = _run(
+        ["tenants", "import", "--resume", choice["pending_id"], "--business-id", "439001", "--json"],
+        cli_env,
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["account_id"] == "XYZ789"
     listed = json.loads(_run(["tenants", "list", "--json"], cli_env, cwd=tmp_path).stdout)

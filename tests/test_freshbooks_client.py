@@ -7,14 +7,29 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
-
 from conftest import OWNER_ACCOUNT_ID, OWNER_BUSINESS_ID
+
 from webhook_service.freshbooks.catalogue import CATALOGUE, IdKind, get_resource
 from webhook_service.freshbooks.client import FreshBooksClient, parse_retry_after
 from webhook_service.freshbooks.errors import FreshBooksError
 
-EVENT_NOUNS = {"bill", "bill_vendor", "category", "client", "credit_note", "estimate", "expense", "invoice",
-               "item", "payment", "project", "recurring", "service", "tax", "time_entry"}
+EVENT_NOUNS = {
+    "bill",
+    "bill_vendor",
+    "category",
+    "client",
+    "credit_note",
+    "estimate",
+    "expense",
+    "invoice",
+    "item",
+    "payment",
+    "project",
+    "recurring",
+    "service",
+    "tax",
+    "time_entry",
+}
 
 
 def _api_requests(state, fragment):
@@ -22,7 +37,7 @@ def _api_requests(state, fragment):
 
 
 def test_catalogue_covers_every_event_noun():
-    assert EVENT_NOUNS <= set(CATALOGUE)
+    assert set(CATALOGUE) >= EVENT_NOUNS
 
 
 async def test_1234_invoices_at_per_page_500_come_back_complete_across_13_pages(runtime, tenant, simulator):
@@ -50,7 +65,9 @@ async def test_each_resource_on_its_path_with_its_identifier(runtime, tenant, si
     if "lines" in spec.includes:
         assert one["lines"], f"{name} should come with its lines"
 
-    expected_identifier = {IdKind.ACCOUNT_ID: OWNER_ACCOUNT_ID, IdKind.BUSINESS_ID: str(OWNER_BUSINESS_ID)}[spec.id_kind]
+    expected_identifier = {IdKind.ACCOUNT_ID: OWNER_ACCOUNT_ID, IdKind.BUSINESS_ID: str(OWNER_BUSINESS_ID)}[
+        spec.id_kind
+    ]
     paths = [urlsplit(r["path"]).path for r in simulator.state.requests]
     assert all(f"/{expected_identifier}/" in path for path in paths), paths
     assert all(r["status"] == 200 for r in simulator.state.requests)
@@ -64,8 +81,9 @@ async def test_wrong_identifier_gets_404_like_freshbooks(runtime, tenant, simula
     wrong_kind = IdKind.BUSINESS_ID if spec.id_kind is IdKind.ACCOUNT_ID else IdKind.ACCOUNT_ID
     swapped = spec.list_path.replace("{" + spec.id_kind.value + "}", "{" + wrong_kind.value + "}")
     with pytest.raises(FreshBooksError) as caught:
-        await runtime.freshbooks.request(tenant, "GET", swapped.format(account_id=tenant.account_id,
-                                                                         business_id=tenant.business_id))
+        await runtime.freshbooks.request(
+            tenant, "GET", swapped.format(account_id=tenant.account_id, business_id=tenant.business_id)
+        )
     assert caught.value.status == 404
 
 
@@ -86,7 +104,7 @@ async def test_three_429s_with_retry_after_then_success(runtime, tenant, simulat
     statuses = [r["status"] for r in simulator.state.requests]
     assert statuses == [429, 429, 429, 200, 200]
     times = [r["time"] for r in simulator.state.requests]
-    assert all(later - earlier >= 0.95 for earlier, later in zip(times[:3], times[1:4]))
+    assert all(later - earlier >= 0.95 for earlier, later in zip(times[:3], times[1:4], strict=True))
 
 
 async def test_5xx_retries_are_bounded_and_raise_a_freshbooks_error(runtime, tenant, simulator):
@@ -138,14 +156,42 @@ def test_retry_after_accepts_seconds_and_http_dates():
 @pytest.mark.parametrize(
     ("status", "body", "code", "message"),
     [
-        (400, {"error": "invalid_grant", "error_description": "The provided authorization grant is invalid"},
-         "invalid_grant", "The provided authorization grant is invalid"),
-        (422, {"errno": 422, "message": "Unrecognized event.", "details": ["event: Value error, Unrecognized event."]},
-         422, "Unrecognized event."),
-        (400, {"code": 3, "message": "Invalid", "details": [{"fieldViolations": [{"field": "x", "description": "bad"}]}]},
-         3, "Invalid"),
-        (404, {"response": {"errors": [{"errno": 1012, "field": "invoiceid", "message": "Not found.",
-                                        "object": "invoice", "value": "9"}]}}, 1012, "Not found."),
+        (
+            400,
+            {"error": "invalid_grant", "error_description": "The provided authorization grant is invalid"},
+            "invalid_grant",
+            "The provided authorization grant is invalid",
+        ),
+        (
+            422,
+            {"errno": 422, "message": "Unrecognized event.", "details": ["event: Value error, Unrecognized event."]},
+            422,
+            "Unrecognized event.",
+        ),
+        (
+            400,
+            {"code": 3, "message": "Invalid", "details": [{"fieldViolations": [{"field": "x", "description": "bad"}]}]},
+            3,
+            "Invalid",
+        ),
+        (
+            404,
+            {
+                "response": {
+                    "errors": [
+                        {
+                            "errno": 1012,
+                            "field": "invoiceid",
+                            "message": "Not found.",
+                            "object": "invoice",
+                            "value": "9",
+                        }
+                    ]
+                }
+            },
+            1012,
+            "Not found.",
+        ),
     ],
 )
 def test_every_freshbooks_error_shape_becomes_one_exception(status, body, code, message):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 
-import pytest
-from sqlalchemy import text
 import httpx
+import pytest
+from conftest import ON_POSTGRES, OWNER_ACCOUNT_ID
+from sqlalchemy import text
 
-from conftest import OWNER_ACCOUNT_ID
 from webhook_service.app import create_app
 from webhook_service.logs import REDACTED, configure_logging, get_logger
 from webhook_service.serving import BackgroundServer
@@ -36,8 +36,12 @@ async def test_secrets_never_reach_the_logs(json_logs, runtime, simulator, capsy
 
     async with runtime.db.sessions() as session:
         row = await tenant_store.get(session, tenant.id)
-    secrets_in_play = [refresh, runtime.box.decrypt(row.access_token_enc), runtime.box.decrypt(row.refresh_token_enc),
-                       simulator.state.client_secret]
+    secrets_in_play = [
+        refresh,
+        runtime.box.decrypt(row.access_token_enc),
+        runtime.box.decrypt(row.refresh_token_enc),
+        simulator.state.client_secret,
+    ]
     captured = capsys.readouterr()
     output = captured.err + captured.out
     assert "token_refreshed" in output
@@ -51,7 +55,9 @@ async def test_secrets_never_reach_the_logs(json_logs, runtime, simulator, capsy
 
 def test_request_logs_carry_a_request_id_and_no_query_string(json_logs, settings):
     with BackgroundServer(create_app(settings), lifespan="on") as server:
-        response = httpx.get(f"{server.base_url}/oauth/freshbooks/callback", params={"code": "SECRETCODE", "state": "x"})
+        response = httpx.get(
+            f"{server.base_url}/oauth/freshbooks/callback", params={"code": "SECRETCODE", "state": "x"}
+        )
     lines = json_logs()
     requests = [line for line in lines if line["event"] == "http_request"]
     assert requests and requests[-1]["request_id"] == response.headers["x-request-id"]
@@ -59,10 +65,13 @@ def test_request_logs_carry_a_request_id_and_no_query_string(json_logs, settings
     assert all("SECRETCODE" not in json.dumps(line) for line in lines)
 
 
+@pytest.mark.skipif(ON_POSTGRES, reason="SQLite pragmas")
 async def test_sqlite_is_tuned_for_durability(runtime):
     async with runtime.db.engine.connect() as connection:
-        pragmas = {name: (await connection.execute(text(f"PRAGMA {name}"))).scalar()
-                   for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")}
+        pragmas = {
+            name: (await connection.execute(text(f"PRAGMA {name}"))).scalar()
+            for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+        }
     assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 15000}
 
 

@@ -19,7 +19,10 @@ from webhook_service.storage import tenants as tenant_store
 @pytest.fixture
 def service(settings):
     """The service on 127.0.0.1, and a browser-like client that keeps cookies."""
-    with BackgroundServer(create_app(settings), lifespan="on") as server, httpx.Client(base_url=server.base_url) as client:
+    with (
+        BackgroundServer(create_app(settings), lifespan="on") as server,
+        httpx.Client(base_url=server.base_url) as client,
+    ):
         yield client
 
 
@@ -65,7 +68,11 @@ def test_flow_with_business_id_connects_that_business(service, simulator, settin
     assert "Second Co." in page.text
     [tenant] = _tenants(settings)
     assert (tenant.business_id, tenant.account_id, tenant.role, tenant.status) == (
-        439001, "XYZ789", "business_manager", "active")
+        439001,
+        "XYZ789",
+        "business_manager",
+        "active",
+    )
 
 
 def test_flow_without_choice_lists_businesses_then_connects_the_chosen_one(service, simulator, settings):
@@ -110,10 +117,14 @@ def test_expired_state_is_refused(service, simulator, settings, monkeypatch):
     nonce = service.cookies.get("fb_oauth_nonce")
     import itsdangerous.timed
 
-    monkeypatch.setattr(itsdangerous.timed.TimestampSigner, "get_timestamp",
-                        lambda self: int(__import__("time").time()) - settings.oauth_state_ttl - 5)
-    old_state = URLSafeTimedSerializer(settings.secret_key.get_secret_value(),
-                                       salt="webhook-service/oauth-state").dumps({"n": nonce, "b": None})
+    monkeypatch.setattr(
+        itsdangerous.timed.TimestampSigner,
+        "get_timestamp",
+        lambda self: int(__import__("time").time()) - settings.oauth_state_ttl - 5,
+    )
+    old_state = URLSafeTimedSerializer(
+        settings.secret_key.get_secret_value(), salt="webhook-service/oauth-state"
+    ).dumps({"n": nonce, "b": None})
     monkeypatch.undo()
     code = simulator.state.issue_authorization_code(settings.redirect_uri)
     page = service.get("/oauth/freshbooks/callback", params={"code": code, "state": old_state})

@@ -48,14 +48,27 @@ def state(sim: SimulatorServer) -> SimulatorState:
 
 
 def refresh(http: httpx.Client, state: SimulatorState, refresh_token: str, **extra: str) -> httpx.Response:
-    body = {"grant_type": "refresh_token", "client_id": state.client_id, "client_secret": state.client_secret,
-            "refresh_token": refresh_token, "redirect_uri": REDIRECT} | extra
+    body = {
+        "grant_type": "refresh_token",
+        "client_id": state.client_id,
+        "client_secret": state.client_secret,
+        "refresh_token": refresh_token,
+        "redirect_uri": REDIRECT,
+    } | extra
     return http.post(TOKEN, json=body)
 
 
 def exchange(http: httpx.Client, state: SimulatorState, code: str, redirect_uri: str = REDIRECT) -> httpx.Response:
-    return http.post(TOKEN, json={"grant_type": "authorization_code", "client_id": state.client_id,
-                                  "client_secret": state.client_secret, "code": code, "redirect_uri": redirect_uri})
+    return http.post(
+        TOKEN,
+        json={
+            "grant_type": "authorization_code",
+            "client_id": state.client_id,
+            "client_secret": state.client_secret,
+            "code": code,
+            "redirect_uri": redirect_uri,
+        },
+    )
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -108,7 +121,10 @@ def test_refresh_token_is_single_use_and_rotation_kills_old_access_token(http, s
 
     mine = [r for r in state.token_requests if r["refresh_token"] in (old, body["refresh_token"])]
     assert [(r["grant_type"], r["status"], r["error"]) for r in mine] == [
-        ("refresh_token", 200, None), ("refresh_token", 400, "invalid_grant"), ("refresh_token", 200, None)]
+        ("refresh_token", 200, None),
+        ("refresh_token", 400, "invalid_grant"),
+        ("refresh_token", 200, None),
+    ]
 
 
 def test_concurrent_refreshes_with_one_token_have_exactly_one_winner(http, state):
@@ -126,9 +142,16 @@ def test_wrong_client_credentials_are_invalid_client(http, state):
 
 def test_authorize_redirects_with_code_and_unchanged_state(http, state):
     odd_state = "a/b=c&d é"
-    response = http.get("/oauth/authorize", params={
-        "response_type": "code", "client_id": state.client_id, "redirect_uri": REDIRECT,
-        "scope": "user:profile:read user:invoices:read", "state": odd_state})
+    response = http.get(
+        "/oauth/authorize",
+        params={
+            "response_type": "code",
+            "client_id": state.client_id,
+            "redirect_uri": REDIRECT,
+            "scope": "user:profile:read user:invoices:read",
+            "state": odd_state,
+        },
+    )
     assert response.status_code == 302
     location = urlsplit(response.headers["location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
@@ -142,12 +165,15 @@ def test_authorize_redirects_with_code_and_unchanged_state(http, state):
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"  # single use
 
 
-@pytest.mark.parametrize("params", [
-    {"client_id": "someone-else"},
-    {"response_type": "token"},
-    {"redirect_uri": "http://app.example.com/callback"},  # FreshBooks wants HTTPS
-    {"redirect_uri": REDIRECT + "?next=/x"},  # and no query string: use state
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"client_id": "someone-else"},
+        {"response_type": "token"},
+        {"redirect_uri": "http://app.example.com/callback"},  # FreshBooks wants HTTPS
+        {"redirect_uri": REDIRECT + "?next=/x"},  # and no query string: use state
+    ],
+)
 def test_authorize_refuses_bad_requests(http, state, params):
     base = {"response_type": "code", "client_id": state.client_id, "redirect_uri": REDIRECT}
     assert http.get("/oauth/authorize", params=base | params).status_code == 400
@@ -161,14 +187,16 @@ def test_code_is_bound_to_its_redirect_uri(http, state):
 
 def test_revoke_kills_the_whole_grant(http, state):
     pair = refresh(http, state, state.issue_refresh_token()).json()
-    wrong = http.post("/auth/oauth/revoke", json={"client_id": state.client_id, "client_secret": "x",
-                                                  "token": pair["refresh_token"]})
+    wrong = http.post(
+        "/auth/oauth/revoke", json={"client_id": state.client_id, "client_secret": "x", "token": pair["refresh_token"]}
+    )
     assert wrong.status_code == 401
     assert http.get(ME, headers=bearer(pair["access_token"])).status_code == 200
 
-    revoked = http.post("/auth/oauth/revoke", json={"client_id": state.client_id,
-                                                    "client_secret": state.client_secret,
-                                                    "token": pair["refresh_token"]})
+    revoked = http.post(
+        "/auth/oauth/revoke",
+        json={"client_id": state.client_id, "client_secret": state.client_secret, "token": pair["refresh_token"]},
+    )
     assert (revoked.status_code, revoked.json()) == (200, {})
     assert http.get(ME, headers=bearer(pair["access_token"])).status_code == 401
     assert refresh(http, state, pair["refresh_token"]).json()["error"] == "invalid_grant"
@@ -264,10 +292,13 @@ def test_not_found_has_freshbooks_error_shape(http, token):
     assert (error["errno"], error["field"], error["object"], error["value"]) == (1012, "invoiceid", "invoice", "99")
 
 
-@pytest.mark.parametrize(("moment", "eastern"), [
-    (LATE_EVENING_EASTERN, "2026-11-21 23:30:00"),  # EST, UTC-5
-    (datetime(2026, 7, 1, 3, 30, tzinfo=UTC), "2026-06-30 23:30:00"),  # EDT, UTC-4
-])
+@pytest.mark.parametrize(
+    ("moment", "eastern"),
+    [
+        (LATE_EVENING_EASTERN, "2026-11-21 23:30:00"),  # EST, UTC-5
+        (datetime(2026, 7, 1, 3, 30, tzinfo=UTC), "2026-06-30 23:30:00"),  # EDT, UTC-4
+    ],
+)
 def test_updated_is_zoneless_us_eastern(http, state, token, monkeypatch, moment, eastern):
     monkeypatch.setattr(state, "now", lambda: moment)
     client = state.create_object("ABC123", "client")
@@ -301,8 +332,9 @@ def test_taxes_and_categories_ignore_updated_filters(http, state, token, monkeyp
     invoice = state.create_object("ABC123", "invoice")
     future = {"search[updated_min]": "2030-01-01"}
     assert tax["id"] in all_ids(http, token, "/accounting/account/ABC123/taxes/taxes", "taxes", **future)
-    assert category["id"] in all_ids(http, token, "/accounting/account/ABC123/expenses/categories",
-                                      "categories", **future)
+    assert category["id"] in all_ids(
+        http, token, "/accounting/account/ABC123/expenses/categories", "categories", **future
+    )
     assert invoice["id"] not in all_ids(http, token, INVOICES.format("ABC123"), "invoices", **future)
 
 
@@ -349,8 +381,9 @@ def test_projects_updated_since_and_utc_formats(http, state, token, monkeypatch)
     got = http.get(f"{entries}/{entry['id']}", headers=bearer(token)).json()["time_entry"]
     assert got["updated_at"] == "2026-11-21T11:00:00Z"
     assert entry["id"] not in all_ids(http, token, entries, "time_entries", updated_since="2026-11-21T11:00:01Z")
-    services = all_ids(http, token, "/comments/business/439000/services", "services",
-                       updated_since="2100-01-01T00:00:00Z")
+    services = all_ids(
+        http, token, "/comments/business/439000/services", "services", updated_since="2100-01-01T00:00:00Z"
+    )
     assert service["id"] in services  # services have no timestamps and ignore the filter
 
 

@@ -24,5 +24,7 @@ def test_resource_knows_its_zone():
     assert invoice.updated_at({"updated": "2026-11-21 10:00:00"}) == datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
     assert project.updated_at({"updated_at": "2026-11-21T10:00:00"}) == datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
     stamps = client.timestamps_utc({"updated": "2026-11-21 10:00:00", "signup_date": "2026-11-21 10:00:00"})
-    assert stamps == {"updated": datetime(2026, 11, 21, 15, 0, tzinfo=UTC),
-                      "signup_date": datetime(2026, 11, 21, 10, 0, tzinfo=UTC)}
+    assert stamps == {
+        "updated": datetime(2026, 11, 21, 15, 0, tzinfo=UTC),
+        "signup_date": datetime(2026, 11, 21, 10, 0, tzinfo=UTC),
+    }

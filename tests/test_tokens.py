@@ -11,9 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import OWNER_ACCOUNT_ID, refresh_requests
 from sqlalchemy import text
 
-from conftest import OWNER_ACCOUNT_ID, refresh_requests
 from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.freshbooks.tokens import TenantUnavailable, TokenManager, TokenPersistError
 from webhook_service.storage import tenants as tenant_store
@@ -219,8 +219,15 @@ def test_two_processes_share_one_refresh(settings, simulator, tmp_path):
         "LOG_FORMAT": "json",
     }
     workers = [
-        subprocess.Popen([sys.executable, str(WORKER), tenant_id, "25"], env=env, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        subprocess.Popen(
+            [sys.executable, str(WORKER), tenant_id, "25"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
         for _ in range(2)
     ]
     for worker in workers:  # both are connected and waiting: release them together
@@ -247,3 +254,28 @@ def test_two_processes_share_one_refresh(settings, simulator, tmp_path):
             return (await tenant_store.get(session, tenant_id)).status
 
     assert asyncio.run(status()) == TenantStatus.ACTIVE.value
+
+
+async def test_background_check_refreshes_only_tokens_inside_their_margin(runtime, tenant, simulator):
+    from webhook_service import onboarding
+
+    other = await onboarding.import_refresh_token(runtime, simulator.state.issue_refresh_token(), 439001)
+    await _expire_in_db(runtime, tenant.id)
+    simulator.state.reset_logs()
+
+    assert await runtime.tokens.refresh_expiring() == 1
+    assert len(refresh_requests(simulator.state)) == 1
+    assert (await _load(runtime, tenant.id)).token_version == tenant.token_version + 1
+    assert (await _load(runtime, other.id)).token_version == other.token_version
+
+
+async def test_import_that_fails_after_rotation_keeps_the_pair_for_resume(runtime, simulator):
+    from webhook_service import onboarding
+
+    simulator.state.fail_next(1, status=503, retry_after=None, paths_prefix="/auth/api/v1/users/me")
+    with pytest.raises(onboarding.HeldPairError) as caught:
+        await onboarding.import_refresh_token(runtime, simulator.state.issue_refresh_token(), 439000)
+    assert "--resume" in str(caught.value)
+    tenant = await onboarding.complete(runtime, caught.value.pending_id, 439000)
+    assert tenant.status == TenantStatus.ACTIVE.value
+    assert len(refresh_requests(simulator.state)) == 1  # the resume used the held pair, not a new refresh

@@ -28,8 +28,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         async with Runtime.open(settings) as runtime:
             app.state.runtime = runtime
             refresher = asyncio.create_task(_keep_tokens_fresh(runtime), name="token-refresher")
-            log.info("service_started", public_base_url=settings.public_base_url,
-                     database=runtime.db.engine.dialect.name)
+            log.info(
+                "service_started", public_base_url=settings.public_base_url, database=runtime.db.engine.dialect.name
+            )
             try:
                 yield
             finally:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from webhook_service import __version__
@@ -49,42 +49,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the HTTP service", description=(
-        "Run the HTTP service. On SQLite the schema is migrated on start (AUTO_MIGRATE)."))
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP service",
+        description=("Run the HTTP service. On SQLite the schema is migrated on start (AUTO_MIGRATE)."),
+    )
     serve.add_argument("--host", help="bind address (default: HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: PORT, 8000)")
     serve.set_defaults(handler=_serve)
 
-    migrate = commands.add_parser("migrate", help="apply database migrations",
-                                  description="Apply every pending migration to DATABASE_URL.")
+    migrate = commands.add_parser(
+        "migrate", help="apply database migrations", description="Apply every pending migration to DATABASE_URL."
+    )
     migrate.set_defaults(handler=_run_async(_migrate))
 
-    sim = commands.add_parser("simulator", help="run the FreshBooks simulator (for trials and tests)",
-                              description="Serve a FreshBooks stand-in: OAuth, users/me, accounting and "
-                              "projects endpoints, with seeded data.")
+    sim = commands.add_parser(
+        "simulator",
+        help="run the FreshBooks simulator (for trials and tests)",
+        description="Serve a FreshBooks stand-in: OAuth, users/me, accounting and "
+        "projects endpoints, with seeded data.",
+    )
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8100)
     sim.add_argument("--seed-invoices", type=int, default=25, help="invoices to seed in account ABC123")
     sim.add_argument("--seed-clients", type=int, default=10, help="clients to seed in account ABC123")
     sim.set_defaults(handler=_simulator)
 
-    keygen = commands.add_parser("generate-secret-key", help="print a new SECRET_KEY",
-                                 description="Print a new Fernet key for SECRET_KEY.")
+    keygen = commands.add_parser(
+        "generate-secret-key", help="print a new SECRET_KEY", description="Print a new Fernet key for SECRET_KEY."
+    )
     keygen.set_defaults(handler=lambda settings, args: print(generate_key()))
 
-    tenants = commands.add_parser("tenants", help="connected FreshBooks businesses",
-                                  description="Connect, list, inspect and disconnect tenants.")
+    tenants = commands.add_parser(
+        "tenants", help="connected FreshBooks businesses", description="Connect, list, inspect and disconnect tenants."
+    )
     tenant_commands = tenants.add_subparsers(title="tenant commands", metavar="COMMAND")
-    tenants.set_defaults(handler=lambda settings, args: tenants.print_help() or EXIT_USAGE)
+    tenants.set_defaults(handler=lambda settings, args: _usage(tenants))
 
     imp = tenant_commands.add_parser(
-        "import", help="connect a business from an existing refresh token",
+        "import",
+        help="connect a business from an existing refresh token",
         description="Spend REFRESH_TOKEN at once (FreshBooks rotates it), store the new pair before "
-        "anything else, resolve the identity and create or reconnect the tenant.")
+        "anything else, resolve the identity and create or reconnect the tenant.",
+    )
     source = imp.add_mutually_exclusive_group(required=True)
     source.add_argument("--refresh-token", help="a FreshBooks refresh token (single-use)")
-    source.add_argument("--resume", metavar="PENDING_ID",
-                        help="finish an import that stopped to ask which business to connect")
+    source.add_argument(
+        "--resume", metavar="PENDING_ID", help="finish an import that stopped to ask which business to connect"
+    )
     imp.add_argument("--business-id", type=int, help="business to connect when the login has several")
     imp.add_argument("--json", action="store_true", help="print JSON")
     imp.set_defaults(handler=_run_async(_tenants_import))
@@ -99,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_run_async(_tenants_show))
 
     disc = tenant_commands.add_parser(
-        "disconnect", help="revoke a tenant's grant and stop using it",
-        description="Revoke the token at FreshBooks, forget it, and mark the tenant disconnected.")
+        "disconnect",
+        help="revoke a tenant's grant and stop using it",
+        description="Revoke the token at FreshBooks, forget it, and mark the tenant disconnected.",
+    )
     disc.add_argument("tenant_id")
     disc.add_argument("--json", action="store_true", help="print JSON")
     disc.set_defaults(handler=_run_async(_tenants_disconnect))
@@ -108,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- handlers ---------------------------------------------------------------------------------
-Handler = Callable[[Settings, argparse.Namespace], Awaitable[int | None]]
+Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int | None]]
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return EXIT_USAGE
 
 
 def _run_async(handler: Handler) -> Callable[[Settings, argparse.Namespace], int | None]:
@@ -165,17 +184,24 @@ async def _tenants_import(settings: Settings, args: argparse.Namespace) -> int:
         except onboarding.OnboardingError as exc:
             raise CommandError(str(exc)) from exc
     if isinstance(outcome, onboarding.ChooseBusiness):
-        choices = [{"business_id": m.business_id, "account_id": m.account_id, "name": m.name, "role": m.role}
-                   for m in outcome.memberships]
+        choices = [
+            {"business_id": m.business_id, "account_id": m.account_id, "name": m.name, "role": m.role}
+            for m in outcome.memberships
+        ]
         if args.json:
             _print_json({"status": "choose_business", "pending_id": outcome.pending_id, "businesses": choices})
         else:
-            print("This login belongs to several businesses. The token was rotated and is held as "
-                  f"{outcome.pending_id}; finish with:", file=sys.stderr)
+            print(
+                "This login belongs to several businesses. The token was rotated and is held as "
+                f"{outcome.pending_id}; finish with:",
+                file=sys.stderr,
+            )
             for choice in choices:
-                print(f"  webhook-service tenants import --resume {outcome.pending_id} "
-                      f"--business-id {choice['business_id']}   # {choice['name']} ({choice['role']})",
-                      file=sys.stderr)
+                print(
+                    f"  webhook-service tenants import --resume {outcome.pending_id} "
+                    f"--business-id {choice['business_id']}   # {choice['name']} ({choice['role']})",
+                    file=sys.stderr,
+                )
         return EXIT_FAILED
     _print_tenants([outcome], args.json, single=True)
     return EXIT_OK
@@ -217,8 +243,11 @@ async def _tenants_disconnect(settings: Settings, args: argparse.Namespace) -> i
     else:
         print(f"{tenant.id} disconnected")
         if revoke_error:
-            print(f"warning: FreshBooks did not confirm the revocation ({revoke_error}); "
-                  "revoke the app's access in FreshBooks by hand", file=sys.stderr)
+            print(
+                f"warning: FreshBooks did not confirm the revocation ({revoke_error}); "
+                "revoke the app's access in FreshBooks by hand",
+                file=sys.stderr,
+            )
     return EXIT_FAILED if revoke_error else EXIT_OK
 
 
@@ -263,6 +292,13 @@ def _print_tenants(rows: list[Tenant], as_json: bool, *, single: bool = False) -
         return
     table = Table("id", "name", "account_id", "business_id", "status", "reason", "token expires")
     for view in views:
-        table.add_row(view["id"], view["name"], view["account_id"], str(view["business_id"]), view["status"],
-                      view["status_reason"] or "", view["access_expires_at"] or "")
+        table.add_row(
+            view["id"],
+            view["name"],
+            view["account_id"],
+            str(view["business_id"]),
+            view["status"],
+            view["status_reason"] or "",
+            view["access_expires_at"] or "",
+        )
     console.print(table)

@@ -25,9 +25,7 @@ REDACTED = "[redacted]"
 
 def _redact(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {
-            key: (REDACTED if _is_secret_key(key) else _redact(item)) for key, item in value.items()
-        }
+        return {key: (REDACTED if _is_secret_key(key) else _redact(item)) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_redact(item) for item in value)
     return value
@@ -53,9 +51,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         redact_secrets,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         processors=[
@@ -72,7 +68,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if use_json else _identity,
+            structlog.processors.format_exc_info if use_json else _identity,  # type: ignore[list-item]
             renderer,
         ],
     )
@@ -87,7 +83,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").disabled = True
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrate.upgrade logs what it applied
     for name in ("uvicorn", "uvicorn.error", "alembic"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -23,11 +23,25 @@ from webhook_service.storage.models import PendingConnection, Tenant, TenantStat
 
 log = get_logger(__name__)
 
-PENDING_TTL = timedelta(hours=1)
+#: How long a rotated pair waits for its business to be chosen (or for FreshBooks to answer
+#: ``users/me``). It is the only live token of that grant, so it is kept long enough for an operator
+#: to come back with ``tenants import --resume``.
+PENDING_TTL = timedelta(days=7)
 
 
 class OnboardingError(Exception):
     """The connection cannot be completed as asked; the message is safe to show to the user."""
+
+
+class HeldPairError(OnboardingError):
+    """FreshBooks failed after the grant was rotated; the new pair is held under ``pending_id``."""
+
+    def __init__(self, pending_id: str, cause: FreshBooksError) -> None:
+        super().__init__(
+            f"{cause}. The token was already rotated; the new pair is kept as {pending_id}. "
+            f"Finish with: webhook-service tenants import --resume {pending_id} [--business-id ID]"
+        )
+        self.pending_id = pending_id
 
 
 @dataclass(frozen=True)
@@ -58,22 +72,30 @@ async def hold_pair(runtime: Runtime, pair: TokenPair) -> str:
     )
     async with runtime.db.sessions() as session:
         session.add(pending)
+        await session.execute(delete(PendingConnection).where(PendingConnection.expires_at < now))
         await session.commit()
     return pending.id
 
 
-async def import_refresh_token(runtime: Runtime, refresh_token: str, business_id: int | None) -> Tenant | ChooseBusiness:
+async def import_refresh_token(
+    runtime: Runtime, refresh_token: str, business_id: int | None
+) -> Tenant | ChooseBusiness:
     """``tenants import``: rotate the operator's token at once, keep the pair, then connect."""
     pair = await runtime.oauth.refresh(refresh_token)
-    pending_id = await hold_pair(runtime, pair)
-    return await complete(runtime, pending_id, business_id)
+    return await _complete_held(runtime, await hold_pair(runtime, pair), business_id)
 
 
 async def connect_with_code(runtime: Runtime, code: str, business_id: int | None) -> Tenant | ChooseBusiness:
     """The browser flow's callback: exchange the code, keep the pair, then connect."""
     pair = await runtime.oauth.exchange_code(code)
-    pending_id = await hold_pair(runtime, pair)
-    return await complete(runtime, pending_id, business_id)
+    return await _complete_held(runtime, await hold_pair(runtime, pair), business_id)
+
+
+async def _complete_held(runtime: Runtime, pending_id: str, business_id: int | None) -> Tenant | ChooseBusiness:
+    try:
+        return await complete(runtime, pending_id, business_id)
+    except FreshBooksError as exc:
+        raise HeldPairError(pending_id, exc) from exc
 
 
 async def complete(runtime: Runtime, pending_id: str, business_id: int | None) -> Tenant | ChooseBusiness:
@@ -84,8 +106,13 @@ async def complete(runtime: Runtime, pending_id: str, business_id: int | None) -
     if membership is None:
         return ChooseBusiness(pending_id, tuple(m for m in identity.memberships if m.connectable))
     tenant = await _upsert_tenant(runtime, pending_id, identity, membership, pair)
-    log.info("tenant_connected", tenant_id=tenant.id, business_id=tenant.business_id,
-             account_id=tenant.account_id, role=tenant.role)
+    log.info(
+        "tenant_connected",
+        tenant_id=tenant.id,
+        business_id=tenant.business_id,
+        account_id=tenant.account_id,
+        role=tenant.role,
+    )
     return tenant
 
 
@@ -133,8 +160,7 @@ async def _upsert_tenant(
     async with runtime.db.sessions() as session:
         tenant = await tenant_store.get_by_business(session, membership.business_id)
         if tenant is None:
-            tenant = Tenant(id=new_id("ten"), business_id=membership.business_id, token_version=1,
-                            created_at=now)
+            tenant = Tenant(id=new_id("ten"), business_id=membership.business_id, token_version=1, created_at=now)
             session.add(tenant)
         else:
             tenant.token_version = tenant.token_version + 1

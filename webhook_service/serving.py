@@ -8,6 +8,7 @@ for startup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from types import TracebackType
@@ -61,10 +62,8 @@ class _ThreadedServer(uvicorn.Server):
         should_exit = await self.on_tick(counter)
         while not should_exit:
             counter = (counter + 1) % 864000
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.1)
-            except TimeoutError:
-                pass
             should_exit = await self.on_tick(counter)
 
     def request_exit(self) -> None:
@@ -72,10 +71,8 @@ class _ThreadedServer(uvicorn.Server):
         self.should_exit = True
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
                 loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:  # the loop already closed
-                pass
 
 
 class BackgroundServer:
@@ -115,9 +112,11 @@ class BackgroundServer:
         self._server = server = _ThreadedServer(config)
         self._finished.clear()
 
+        sock = self._socket
+
         def serve() -> None:
             try:
-                server.run(sockets=[self._socket])
+                server.run(sockets=[sock])
             finally:
                 self._finished.set()
 

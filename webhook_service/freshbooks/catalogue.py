@@ -89,9 +89,7 @@ class Resource:
         return self.list_path.format(**{self.id_kind.value: self.identifier(business)})
 
     def item_url(self, business: BusinessRef, object_id: int | str) -> str:
-        return self.item_path.format(
-            **{self.id_kind.value: self.identifier(business)}, id=_path_segment(object_id)
-        )
+        return self.item_path.format(**{self.id_kind.value: self.identifier(business)}, id=_path_segment(object_id))
 
     def include_params(self) -> list[tuple[str, str]]:
         return [("include[]", value) for value in self.includes]
@@ -150,9 +148,7 @@ class Resource:
     def timestamps_utc(self, obj: Mapping[str, Any]) -> dict[str, datetime | None]:
         """Every known timestamp of ``obj`` as an aware UTC datetime."""
         return {
-            name: parse_timestamp(obj.get(name), zone)
-            for name, zone in self.timestamp_fields.items()
-            if name in obj
+            name: parse_timestamp(obj.get(name), zone) for name, zone in self.timestamp_fields.items() if name in obj
         }
 
 
@@ -173,7 +169,12 @@ def _path_segment(object_id: int | str) -> str:
 
 
 def _accounting(
-    name: str, path: str, singular: str, plural: str, *, includes: tuple[str, ...] = (),
+    name: str,
+    path: str,
+    singular: str,
+    plural: str,
+    *,
+    includes: tuple[str, ...] = (),
     extra_timestamps: Mapping[str, tzinfo] | None = None,
 ) -> Resource:
     base = f"/accounting/account/{{account_id}}/{path}"
@@ -194,8 +195,14 @@ def _accounting(
 
 
 def _business(
-    name: str, list_path: str, item_path: str, singular: str, plural: str, *,
-    updated_field: str | None = "updated_at", timestamps: tuple[str, ...] = ("created_at", "updated_at"),
+    name: str,
+    list_path: str,
+    item_path: str,
+    singular: str,
+    plural: str,
+    *,
+    updated_field: str | None = "updated_at",
+    timestamps: tuple[str, ...] = ("created_at", "updated_at"),
 ) -> Resource:
     return Resource(
         name=name,
@@ -216,8 +223,9 @@ _RESOURCES = (
     _accounting("invoice", "invoices/invoices", "invoice", "invoices", includes=("lines",)),
     _accounting("estimate", "estimates/estimates", "estimate", "estimates", includes=("lines",)),
     _accounting("credit_note", "credit_notes/credit_notes", "credit_note", "credit_notes", includes=("lines",)),
-    _accounting("recurring", "invoice_profiles/invoice_profiles", "invoice_profile", "invoice_profiles",
-                includes=("lines",)),
+    _accounting(
+        "recurring", "invoice_profiles/invoice_profiles", "invoice_profile", "invoice_profiles", includes=("lines",)
+    ),
     _accounting("bill", "bills/bills", "bill", "bills", includes=("lines",)),
     _accounting("client", "users/clients", "client", "clients", extra_timestamps={"signup_date": UTC}),
     _accounting("expense", "expenses/expenses", "expense", "expenses"),
@@ -226,14 +234,30 @@ _RESOURCES = (
     _accounting("tax", "taxes/taxes", "tax", "taxes"),
     _accounting("bill_vendor", "bill_vendors/bill_vendors", "bill_vendor", "bill_vendors"),
     _accounting("category", "expenses/categories", "category", "categories"),
-    _business("project", "/projects/business/{business_id}/projects",
-              "/projects/business/{business_id}/project/{id}", "project", "projects"),
-    _business("time_entry", "/timetracking/business/{business_id}/time_entries",
-              "/timetracking/business/{business_id}/time_entries/{id}", "time_entry", "time_entries",
-              timestamps=("created_at", "updated_at", "started_at")),
-    _business("service", "/comments/business/{business_id}/services",
-              "/comments/business/{business_id}/service/{id}", "service", "services",
-              updated_field=None, timestamps=()),
+    _business(
+        "project",
+        "/projects/business/{business_id}/projects",
+        "/projects/business/{business_id}/project/{id}",
+        "project",
+        "projects",
+    ),
+    _business(
+        "time_entry",
+        "/timetracking/business/{business_id}/time_entries",
+        "/timetracking/business/{business_id}/time_entries/{id}",
+        "time_entry",
+        "time_entries",
+        timestamps=("created_at", "updated_at", "started_at"),
+    ),
+    _business(
+        "service",
+        "/comments/business/{business_id}/services",
+        "/comments/business/{business_id}/service/{id}",
+        "service",
+        "services",
+        updated_field=None,
+        timestamps=(),
+    ),
 )
 
 CATALOGUE: Mapping[str, Resource] = {resource.name: resource for resource in _RESOURCES}

@@ -96,8 +96,7 @@ class FreshBooksClient:
         With ``updated_since`` the server filter is applied (a day wider where FreshBooks is
         day-granular) and objects older than ``updated_since`` are dropped here.
         """
-        async for page in self.pages(tenant, resource, updated_since=updated_since, per_page=per_page,
-                                     params=params):
+        async for page in self.pages(tenant, resource, updated_since=updated_since, per_page=per_page, params=params):
             for item in page.items:
                 yield item
 
@@ -175,14 +174,20 @@ class FreshBooksClient:
                 if method not in _IDEMPOTENT or attempt == attempts:
                     raise FreshBooksError(0, f"could not reach FreshBooks: {type(exc).__name__}") from exc
                 delay = self._backoff(attempt)
-                log.warning("freshbooks_transport_retry", method=method, attempt=attempt, delay=delay,
-                            error=type(exc).__name__)
+                log.warning(
+                    "freshbooks_transport_retry", method=method, attempt=attempt, delay=delay, error=type(exc).__name__
+                )
             else:
                 if response.status_code not in RETRYABLE_STATUSES or attempt == attempts:
                     return response
                 delay = self._retry_delay(response, attempt)
-                log.warning("freshbooks_retry", method=method, status=response.status_code,
-                            attempt=attempt, delay=round(delay, 3))
+                log.warning(
+                    "freshbooks_retry",
+                    method=method,
+                    status=response.status_code,
+                    attempt=attempt,
+                    delay=round(delay, 3),
+                )
             await self._sleep(delay)
         raise AssertionError("unreachable")
 

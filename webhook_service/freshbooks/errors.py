@@ -20,9 +20,7 @@ class FreshBooksError(Exception):
     (``errno``, ``code`` or the OAuth ``error`` string), ``details`` whatever detail it sent.
     """
 
-    def __init__(
-        self, status: int, message: str, *, code: str | int | None = None, details: Any = None
-    ) -> None:
+    def __init__(self, status: int, message: str, *, code: str | int | None = None, details: Any = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -56,7 +54,7 @@ class FreshBooksError(Exception):
             return cls(status, str(body)[:200])
         if "error" in body and isinstance(body["error"], str):
             return cls(status, str(body.get("error_description") or body["error"]), code=body["error"])
-        inner = body.get("response") if isinstance(body.get("response"), dict) else body
+        inner: dict[str, Any] = body["response"] if isinstance(body.get("response"), dict) else body
         errors = inner.get("errors")
         if isinstance(errors, list) and errors and isinstance(errors[0], dict):
             first = errors[0]
@@ -66,10 +64,7 @@ class FreshBooksError(Exception):
         details = inner.get("details")
         if isinstance(details, list):
             violations = [
-                violation
-                for item in details
-                if isinstance(item, dict)
-                for violation in item.get("fieldViolations", [])
+                violation for item in details if isinstance(item, dict) for violation in item.get("fieldViolations", [])
             ]
             details = violations or details
         code = inner.get("errno", inner.get("code"))

@@ -126,9 +126,7 @@ class TokenManager:
 
     async def mark_reauth_required(self, tenant_id: str, reason: str) -> None:
         async with self._db.sessions() as session:
-            await tenant_store.set_status(
-                session, tenant_id, TenantStatus.REAUTH_REQUIRED, reason, now=self._clock()
-            )
+            await tenant_store.set_status(session, tenant_id, TenantStatus.REAUTH_REQUIRED, reason, now=self._clock())
             await session.commit()
         log.error("tenant_reauth_required", tenant_id=tenant_id, reason=reason)
 
@@ -202,8 +200,12 @@ class TokenManager:
             raise TokenPersistError(
                 f"tenant {tenant.id}: the rotated token pair could not be stored; re-authorize"
             ) from exc
-        log.info("token_refreshed", tenant_id=tenant.id, token_version=stale_version + 1,
-                 expires_at=pair.expires_at.isoformat())
+        log.info(
+            "token_refreshed",
+            tenant_id=tenant.id,
+            token_version=stale_version + 1,
+            expires_at=pair.expires_at.isoformat(),
+        )
         return AccessToken(tenant.id, pair.access_token, stale_version + 1, pair.expires_at)
 
     async def _refresh_refused(self, tenant_id: str, stale_version: int, exc: FreshBooksError) -> AccessToken:

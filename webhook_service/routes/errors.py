@@ -29,6 +29,14 @@ async def unhandled_exception(request: Request, exc: Exception) -> Response:
 
 
 def _slug(status: int) -> str:
-    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-            405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-            422: "unprocessable_entity", 429: "too_many_requests"}.get(status, "error")
+    return {
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+        422: "unprocessable_entity",
+        429: "too_many_requests",
+    }.get(status, "error")

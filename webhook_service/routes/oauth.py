@@ -85,6 +85,9 @@ async def callback(request: Request) -> Response:
     except FreshBooksError as exc:
         log.warning("oauth_code_exchange_failed", status=exc.status, code=str(exc.code))
         return _page("Not connected", f"FreshBooks refused the authorization: {exc.message}", 502)
+    except onboarding.HeldPairError as exc:
+        log.error("oauth_identity_failed", pending_id=exc.pending_id, error=str(exc.__cause__))
+        return _page("Not connected", "FreshBooks did not answer as expected. Please try again.", 502)
     except onboarding.OnboardingError as exc:
         return _page("Cannot connect this login", str(exc), 403)
     response = _outcome_page(runtime, outcome)

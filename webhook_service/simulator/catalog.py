@@ -46,7 +46,7 @@ class ResourceSpec:
 
 
 def _acc(name: str, path: str, singular: str, plural: str, id_key: str | None, **extra: bool) -> ResourceSpec:
-    return ResourceSpec(name, "accounting", path, path, singular, plural, id_key, **extra)
+    return ResourceSpec(name, "accounting", path, path, singular, plural, id_key, **extra)  # type: ignore[arg-type]
 
 
 RESOURCES: dict[str, ResourceSpec] = {
@@ -58,25 +58,44 @@ RESOURCES: dict[str, ResourceSpec] = {
         _acc("payment", "payments/payments", "payment", "payments", "logid"),
         _acc("estimate", "estimates/estimates", "estimate", "estimates", "estimateid", has_lines=True),
         _acc("item", "items/items", "item", "items", "itemid"),
-        _acc("credit_note", "credit_notes/credit_notes", "credit_note", "credit_notes", "creditid",
-             has_lines=True),
+        _acc("credit_note", "credit_notes/credit_notes", "credit_note", "credit_notes", "creditid", has_lines=True),
         # Taxes and categories ignore search[updated_min|max]: see the module docstring.
         _acc("tax", "taxes/taxes", "tax", "taxes", "taxid", honours_updated_filters=False),
         _acc("bill", "bills/bills", "bill", "bills", None, has_lines=True),
         _acc("bill_vendor", "bill_vendors/bill_vendors", "bill_vendor", "bill_vendors", "vendorid"),
-        _acc("category", "expenses/categories", "category", "categories", "categoryid",
-             honours_updated_filters=False),
-        _acc("recurring", "invoice_profiles/invoice_profiles", "invoice_profile", "invoice_profiles", "profileid",
-             has_lines=True),
-        ResourceSpec("project", "projects", "projects", "project", "project", "projects", None, service_prefix="projects"),
+        _acc("category", "expenses/categories", "category", "categories", "categoryid", honours_updated_filters=False),
+        _acc(
+            "recurring",
+            "invoice_profiles/invoice_profiles",
+            "invoice_profile",
+            "invoice_profiles",
+            "profileid",
+            has_lines=True,
+        ),
         ResourceSpec(
-            "time_entry", "projects", "time_entries", "time_entries", "time_entry", "time_entries", None,
+            "project", "projects", "projects", "project", "project", "projects", None, service_prefix="projects"
+        ),
+        ResourceSpec(
+            "time_entry",
+            "projects",
+            "time_entries",
+            "time_entries",
+            "time_entry",
+            "time_entries",
+            None,
             service_prefix="timetracking",
         ),
         # Services carry no timestamps, so updated_since cannot apply to them.
         ResourceSpec(
-            "service", "projects", "services", "service", "service", "services", None,
-            honours_updated_filters=False, service_prefix="comments",
+            "service",
+            "projects",
+            "services",
+            "service",
+            "service",
+            "services",
+            None,
+            honours_updated_filters=False,
+            service_prefix="comments",
         ),
     )
 }

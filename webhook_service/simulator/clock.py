@@ -14,7 +14,7 @@ Everything is stored as an aware UTC ``datetime`` truncated to whole seconds
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 EASTERN = ZoneInfo("America/New_York")
@@ -22,7 +22,7 @@ EASTERN = ZoneInfo("America/New_York")
 
 def utc_now() -> datetime:
     """The real clock, the default for ``SimulatorState.now``."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def normalize(moment: datetime) -> datetime:
@@ -33,7 +33,7 @@ def normalize(moment: datetime) -> datetime:
     """
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("simulator clocks must return timezone-aware datetimes")
-    return moment.astimezone(timezone.utc).replace(microsecond=0)
+    return moment.astimezone(UTC).replace(microsecond=0)
 
 
 def eastern_naive(moment: datetime) -> str:
@@ -48,12 +48,12 @@ def eastern_date(moment: datetime) -> date:
 
 def utc_naive(moment: datetime) -> str:
     """Zone-less UTC ``YYYY-MM-DD HH:MM:SS`` (client ``signup_date``)."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def iso_utc(moment: datetime, *, suffix_z: bool) -> str:
     """ISO 8601 UTC to the second, with or without the trailing ``Z``."""
-    text = moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    text = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return text + "Z" if suffix_z else text
 
 
@@ -64,8 +64,8 @@ def parse_iso_utc(text: str) -> datetime:
     """
     moment = datetime.fromisoformat(text.strip().replace(" ", "T"))
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def parse_day(text: str) -> date:

@@ -37,27 +37,61 @@ def from_oauth(error: OAuthError) -> ApiError:
 
 def accounting_not_found(spec: ResourceSpec, value: str) -> ApiError:
     noun = spec.name.replace("_", " ")
-    return ApiError(404, {"response": {"errors": [{
-        "errno": 1012,
-        "field": spec.error_field,
-        "message": f"The requested {noun} could not be found.",
-        "object": spec.name,
-        "value": value,
-    }]}})
+    return ApiError(
+        404,
+        {
+            "response": {
+                "errors": [
+                    {
+                        "errno": 1012,
+                        "field": spec.error_field,
+                        "message": f"The requested {noun} could not be found.",
+                        "object": spec.name,
+                        "value": value,
+                    }
+                ]
+            }
+        },
+    )
 
 
 def account_not_found(identifier: str) -> ApiError:
     """A wrong or inaccessible account_id: a bare, unhelpful 404 like FreshBooks'."""
-    return ApiError(404, {"response": {"errors": [{
-        "errno": 1003, "field": "accountid", "message": "The requested account could not be found.",
-        "object": "account", "value": identifier,
-    }]}})
+    return ApiError(
+        404,
+        {
+            "response": {
+                "errors": [
+                    {
+                        "errno": 1003,
+                        "field": "accountid",
+                        "message": "The requested account could not be found.",
+                        "object": "account",
+                        "value": identifier,
+                    }
+                ]
+            }
+        },
+    )
 
 
 def accounting_bad_request(field: str, message: str, value: str) -> ApiError:
-    return ApiError(400, {"response": {"errors": [{
-        "errno": 2001, "field": field, "message": message, "object": "search", "value": value,
-    }]}})
+    return ApiError(
+        400,
+        {
+            "response": {
+                "errors": [
+                    {
+                        "errno": 2001,
+                        "field": field,
+                        "message": message,
+                        "object": "search",
+                        "value": value,
+                    }
+                ]
+            }
+        },
+    )
 
 
 def projects_not_found(what: str = "Requested resource") -> ApiError:

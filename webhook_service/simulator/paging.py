@@ -43,7 +43,7 @@ class Page:
 
     def slice(self, items: list[T]) -> list[T]:
         start = (self.number - 1) * self.per_page
-        return items[start:start + self.per_page]
+        return items[start : start + self.per_page]
 
     def meta(self, total: int) -> dict[str, Any]:
         pages = -(-total // self.per_page)  # ceil; 0 for an empty list

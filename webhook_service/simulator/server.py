@@ -51,8 +51,12 @@ def run(host: str, port: int, seed_invoices: int = 0, seed_clients: int = 0) -> 
     sock = bind_socket(host, port)
     actual_port = sock.getsockname()[1]
     base_url = f"http://{url_host(host)}:{actual_port}"
-    authorize = base_url + "/oauth/authorize?" + urlencode(
-        {"response_type": "code", "client_id": state.client_id, "redirect_uri": "https://localhost/callback"}
+    authorize = (
+        base_url
+        + "/oauth/authorize?"
+        + urlencode(
+            {"response_type": "code", "client_id": state.client_id, "redirect_uri": "https://localhost/callback"}
+        )
     )
     print(f"FreshBooks simulator listening on {base_url}", flush=True)
     print(f"  auth base / API base: {base_url}")

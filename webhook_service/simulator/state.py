@@ -173,8 +173,12 @@ class SimulatorState:
 
     def check_client(self, client_id: Any, client_secret: Any) -> None:
         if client_id != self.client_id or client_secret != self.client_secret:
-            raise OAuthError(401, "invalid_client", "Client authentication failed due to unknown client, "
-                             "no client authentication included, or unsupported authentication method.")
+            raise OAuthError(
+                401,
+                "invalid_client",
+                "Client authentication failed due to unknown client, "
+                "no client authentication included, or unsupported authentication method.",
+            )
 
     def grant_token(self, body: dict[str, Any]) -> dict[str, Any]:
         """The token endpoint's decision for a parsed body; raises ``OAuthError``."""
@@ -310,11 +314,18 @@ class SimulatorState:
 
     # -- logs ------------------------------------------------------------------------
 
-    def log_request(self, method: str, path: str, query: list[tuple[str, str]], authorization: str | None,
-                    arrived: float) -> dict[str, Any]:
+    def log_request(
+        self, method: str, path: str, query: list[tuple[str, str]], authorization: str | None, arrived: float
+    ) -> dict[str, Any]:
         """Append a request entry now (status filled in when the response starts)."""
-        entry = {"method": method, "path": path, "query": query, "authorization": authorization,
-                 "time": arrived, "status": None}
+        entry = {
+            "method": method,
+            "path": path,
+            "query": query,
+            "authorization": authorization,
+            "time": arrived,
+            "status": None,
+        }
         with self._lock:
             self.requests.append(entry)
         return entry
@@ -324,8 +335,14 @@ class SimulatorState:
             entry["status"] = status
 
     def log_token_request(self, body: dict[str, Any], status: int, error: str | None, arrived: float) -> None:
-        entry = {"grant_type": body.get("grant_type"), "refresh_token": body.get("refresh_token"),
-                 "code": body.get("code"), "status": status, "error": error, "time": arrived}
+        entry = {
+            "grant_type": body.get("grant_type"),
+            "refresh_token": body.get("refresh_token"),
+            "code": body.get("code"),
+            "status": status,
+            "error": error,
+            "time": arrived,
+        }
         with self._lock:
             self.token_requests.append(entry)
 
@@ -334,4 +351,3 @@ class SimulatorState:
         with self._lock:
             self.requests.clear()
             self.token_requests.clear()
-

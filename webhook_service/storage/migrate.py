@@ -14,7 +14,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from webhook_service.logs import get_logger
 from webhook_service.storage.database import Database
+
+log = get_logger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -27,6 +30,9 @@ def alembic_config(url: str) -> Config:
 
 
 async def upgrade(db: Database, revision: str = "head") -> None:
+    pending = await pending_revisions(db)
+    if not pending:
+        return
     config = alembic_config(db.url)
 
     def _upgrade(connection: Connection) -> None:
@@ -35,6 +41,7 @@ async def upgrade(db: Database, revision: str = "head") -> None:
 
     async with db.engine.begin() as connection:
         await connection.run_sync(_upgrade)
+    log.info("database_migrated", applied=list(reversed(pending)))
 
 
 async def pending_revisions(db: Database) -> list[str]:
