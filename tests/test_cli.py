@@ -83,6 +83,8 @@ def test_import_list_show_disconnect(cli_env, simulator, tmp_path):
     assert json.loads(gone.stdout)["revoked"] is True
     assert len([r for r in simulator.state.requests if r["path"] == "/auth/oauth/revoke"]) == revoked_before + 1
     assert json.loads(_run(["tenants", "list", "--json"], cli_env, cwd=tmp_path).stdout)[0]["status"] == "disconnected"
+    again = _run(["tenants", "disconnect", tenant["id"]], cli_env, cwd=tmp_path)
+    assert again.returncode == 1 and "already disconnected" in again.stderr
 
 
 def test_import_reused_token_fails_cleanly(cli_env, simulator, tmp_path):
@@ -116,3 +118,30 @@ def test_import_with_several_businesses_asks_then_resumes(cli_env, simulator, tm
     assert json.loads(resumed.stdout)["account_id"] == "XYZ789"
     listed = json.loads(_run(["tenants", "list", "--json"], cli_env, cwd=tmp_path).stdout)
     assert len(listed) == 1
+
+
+def test_secret_key_rotation(cli_env, simulator, tmp_path):
+    from webhook_service.crypto import generate_key
+
+    token = simulator.state.issue_refresh_token()
+    assert (
+        _run(
+            ["tenants", "import", "--refresh-token", token, "--business-id", "439000"], cli_env, cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    old_key, new_key = cli_env["SECRET_KEY"], generate_key()
+    rotated = _run(["rotate-secret-key"], {**cli_env, "SECRET_KEY": f"{new_key},{old_key}"}, cwd=tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    assert "re-encrypted 2 secrets" in rotated.stdout
+
+    # the old key alone can no longer read them; the new key alone can, and the grant still works
+    listed = json.loads(_run(["tenants", "list", "--json"], {**cli_env, "SECRET_KEY": new_key}, cwd=tmp_path).stdout)
+    refused = _run(["tenants", "disconnect", listed[0]["id"]], {**cli_env, "SECRET_KEY": old_key}, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "cannot be decrypted" in refused.stderr
+    revokes = len([r for r in simulator.state.requests if r["path"] == "/auth/oauth/revoke"])
+    gone = _run(["tenants", "disconnect", listed[0]["id"], "--json"], {**cli_env, "SECRET_KEY": new_key}, cwd=tmp_path)
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout)["revoked"] is True
+    assert len([r for r in simulator.state.requests if r["path"] == "/auth/oauth/revoke"]) == revokes + 1

@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keygen.set_defaults(handler=lambda settings, args: print(generate_key()))
 
+    rekey = commands.add_parser(
+        "rotate-secret-key",
+        help="re-encrypt every stored secret under the first SECRET_KEY key",
+        description="Key rotation: set SECRET_KEY=NEW,OLD, run this, then drop OLD from SECRET_KEY.",
+    )
+    rekey.set_defaults(handler=_run_async(_rotate_secret_key))
+
     tenants = commands.add_parser(
         "tenants", help="connected FreshBooks businesses", description="Connect, list, inspect and disconnect tenants."
     )
@@ -168,6 +175,16 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.simulator.server import run
 
     run(args.host, args.port, seed_invoices=args.seed_invoices, seed_clients=args.seed_clients)
+    return EXIT_OK
+
+
+async def _rotate_secret_key(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.runtime import Runtime
+    from webhook_service.storage.rekey import reencrypt_all
+
+    async with Runtime.open(settings) as runtime:
+        count = await reencrypt_all(runtime.db, runtime.box)
+    print(f"re-encrypted {count} secrets under the first SECRET_KEY key")
     return EXIT_OK
 
 

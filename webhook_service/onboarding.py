@@ -194,12 +194,14 @@ async def disconnect(runtime: Runtime, tenant_id: str) -> tuple[Tenant, str | No
         tenant = await tenant_store.get(session, tenant_id)
         if tenant is None:
             raise OnboardingError(f"no tenant {tenant_id}")
+    if tenant.status == TenantStatus.DISCONNECTED.value:
+        raise OnboardingError(f"tenant {tenant_id} is already disconnected")
+    refresh_token = runtime.box.decrypt(tenant.refresh_token_enc)
     revoke_error: str | None = None
-    if tenant.refresh_token_enc:
-        try:
-            await runtime.oauth.revoke(runtime.box.decrypt(tenant.refresh_token_enc))
-        except FreshBooksError as exc:
-            revoke_error = str(exc)
+    try:
+        await runtime.oauth.revoke(refresh_token)
+    except FreshBooksError as exc:
+        revoke_error = str(exc)
     now = utcnow()
     async with runtime.db.sessions() as session:
         tenant = await tenant_store.get(session, tenant_id)
