@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import text
@@ -18,9 +20,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from webhook_service import onboarding
+from webhook_service.app import create_app
 from webhook_service.config import Settings
 from webhook_service.crypto import generate_key
 from webhook_service.runtime import Runtime
+from webhook_service.serving import BackgroundServer, bind_socket
 from webhook_service.simulator import SimulatorServer, SimulatorState
 from webhook_service.storage.models import Tenant
 
@@ -61,11 +65,21 @@ async def _admin(statement: str) -> None:
 
 
 @pytest.fixture
-def settings(database_url: str, simulator: SimulatorServer) -> Settings:
-    return make_settings(database_url, simulator)
+def service_socket() -> Iterator[socket.socket]:
+    """The service's listening socket, bound first so its URL (PUBLIC_BASE_URL) is known."""
+    sock = bind_socket("127.0.0.1", 0)
+    yield sock
+    sock.close()
 
 
-def make_settings(database_url: str, simulator: SimulatorServer, **overrides: object) -> Settings:
+@pytest.fixture
+def settings(database_url: str, simulator: SimulatorServer, service_socket: socket.socket) -> Settings:
+    return make_settings(database_url, simulator, service_socket)
+
+
+def make_settings(
+    database_url: str, simulator: SimulatorServer, service_socket: socket.socket, **overrides: object
+) -> Settings:
     values: dict[str, object] = {
         "database_url": database_url,
         "secret_key": generate_key(),
@@ -73,12 +87,41 @@ def make_settings(database_url: str, simulator: SimulatorServer, **overrides: ob
         "freshbooks_auth_base": simulator.base_url,
         "freshbooks_client_id": simulator.state.client_id,
         "freshbooks_client_secret": simulator.state.client_secret,
-        "public_base_url": "http://127.0.0.1:8000",
+        "public_base_url": f"http://127.0.0.1:{service_socket.getsockname()[1]}",
+        "callback_sync_interval": 3600,
         "auto_migrate": "always",
         "_env_file": None,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class RunningService:
+    """The service app on 127.0.0.1 (its own thread and event loop, like a separate process)."""
+
+    server: BackgroundServer
+    simulator: SimulatorServer
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.server.app.state.runtime  # type: ignore[attr-defined, no-any-return]
+
+    def settle(self) -> None:
+        """Wait until the simulator has sent everything and the service has finished reacting."""
+        for _ in range(2):  # a reaction (a PUT) may itself make the simulator send something
+            self.simulator.state.flush_deliveries()
+            self.server.run_coroutine(self.runtime.tasks.idle())
+
+
+@pytest.fixture
+def service(settings: Settings, service_socket: socket.socket, simulator: SimulatorServer) -> Iterator[RunningService]:
+    with BackgroundServer(create_app(settings), sock=service_socket, lifespan="on") as server:
+        yield RunningService(server, simulator)
 
 
 @pytest.fixture

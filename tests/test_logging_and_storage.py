@@ -10,9 +10,7 @@ import pytest
 from conftest import ON_POSTGRES, OWNER_ACCOUNT_ID
 from sqlalchemy import text
 
-from webhook_service.app import create_app
 from webhook_service.logs import REDACTED, configure_logging, get_logger
-from webhook_service.serving import BackgroundServer
 from webhook_service.storage import migrate
 from webhook_service.storage import tenants as tenant_store
 
@@ -53,11 +51,8 @@ async def test_secrets_never_reach_the_logs(json_logs, runtime, simulator, capsy
     assert tried["status_code"] == 200
 
 
-def test_request_logs_carry_a_request_id_and_no_query_string(json_logs, settings):
-    with BackgroundServer(create_app(settings), lifespan="on") as server:
-        response = httpx.get(
-            f"{server.base_url}/oauth/freshbooks/callback", params={"code": "SECRETCODE", "state": "x"}
-        )
+def test_request_logs_carry_a_request_id_and_no_query_string(json_logs, service):
+    response = httpx.get(f"{service.base_url}/oauth/freshbooks/callback", params={"code": "SECRETCODE", "state": "x"})
     lines = json_logs()
     requests = [line for line in lines if line["event"] == "http_request"]
     assert requests and requests[-1]["request_id"] == response.headers["x-request-id"]

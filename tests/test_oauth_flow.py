@@ -9,20 +9,15 @@ import httpx
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
-from webhook_service.app import create_app
 from webhook_service.config import DEFAULT_SCOPES
 from webhook_service.runtime import Runtime
-from webhook_service.serving import BackgroundServer
 from webhook_service.storage import tenants as tenant_store
 
 
 @pytest.fixture
-def service(settings):
-    """The service on 127.0.0.1, and a browser-like client that keeps cookies."""
-    with (
-        BackgroundServer(create_app(settings), lifespan="on") as server,
-        httpx.Client(base_url=server.base_url) as client,
-    ):
+def browser(service):
+    """A browser-like client of the service running on 127.0.0.1: it keeps cookies."""
+    with httpx.Client(base_url=service.base_url) as client:
         yield client
 
 
@@ -31,10 +26,10 @@ def _authorize(simulator_url: str) -> httpx.Response:
     return httpx.get(simulator_url, follow_redirects=False)
 
 
-def _to_callback(service: httpx.Client, location: str, **extra: str) -> httpx.Response:
+def _to_callback(browser: httpx.Client, location: str, **extra: str) -> httpx.Response:
     parts = urlsplit(location)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()} | extra
-    return service.get(parts.path, params=query)
+    return browser.get(parts.path, params=query)
 
 
 def _tenants(settings):
@@ -45,25 +40,25 @@ def _tenants(settings):
     return asyncio.run(read())
 
 
-def test_start_redirects_with_full_scopes_and_signed_state(service, simulator, settings):
-    response = service.get("/oauth/freshbooks/start", follow_redirects=False)
+def test_start_redirects_with_full_scopes_and_signed_state(browser, simulator, settings):
+    response = browser.get("/oauth/freshbooks/start", follow_redirects=False)
     assert response.status_code == 302
     target = urlsplit(response.headers["location"])
     query = parse_qs(target.query)
     assert f"{target.scheme}://{target.netloc}" == simulator.base_url
     assert target.path == "/oauth/authorize"
     assert query["client_id"] == [simulator.state.client_id]
-    assert query["redirect_uri"] == ["http://127.0.0.1:8000/oauth/freshbooks/callback"]
+    assert query["redirect_uri"] == [f"{settings.public_base_url}/oauth/freshbooks/callback"]
     assert set(query["scope"][0].split()) == set(DEFAULT_SCOPES)
     assert query["state"][0]
     assert "fb_oauth_nonce" in response.headers["set-cookie"]
 
 
-def test_flow_with_business_id_connects_that_business(service, simulator, settings):
-    start = service.get("/oauth/freshbooks/start", params={"business_id": 439001}, follow_redirects=False)
+def test_flow_with_business_id_connects_that_business(browser, simulator, settings):
+    start = browser.get("/oauth/freshbooks/start", params={"business_id": 439001}, follow_redirects=False)
     approved = _authorize(start.headers["location"])
     assert approved.status_code == 302
-    page = _to_callback(service, approved.headers["location"])
+    page = _to_callback(browser, approved.headers["location"])
     assert page.status_code == 200, page.text
     assert "Second Co." in page.text
     [tenant] = _tenants(settings)
@@ -75,9 +70,9 @@ def test_flow_with_business_id_connects_that_business(service, simulator, settin
     )
 
 
-def test_flow_without_choice_lists_businesses_then_connects_the_chosen_one(service, simulator, settings):
-    start = service.get("/oauth/freshbooks/start", follow_redirects=False)
-    page = _to_callback(service, _authorize(start.headers["location"]).headers["location"])
+def test_flow_without_choice_lists_businesses_then_connects_the_chosen_one(browser, simulator, settings):
+    start = browser.get("/oauth/freshbooks/start", follow_redirects=False)
+    page = _to_callback(browser, _authorize(start.headers["location"]).headers["location"])
     assert page.status_code == 200
     assert "Choose a business" in page.text
     assert "Awesome Inc." in page.text and "Second Co." in page.text
@@ -85,36 +80,36 @@ def test_flow_without_choice_lists_businesses_then_connects_the_chosen_one(servi
     assert _tenants(settings) == []
 
     link = next(part.split('"')[0] for part in page.text.split('href="')[1:] if "business_id=439000" in part)
-    done = service.get(link.replace("&amp;", "&"))
+    done = browser.get(link.replace("&amp;", "&"))
     assert done.status_code == 200
     assert "Awesome Inc." in done.text
     [tenant] = _tenants(settings)
     assert (tenant.business_id, tenant.account_id) == (439000, "ABC123")
-    assert service.get(link.replace("&amp;", "&")).status_code == 403  # the held grant was used up
+    assert browser.get(link.replace("&amp;", "&")).status_code == 403  # the held grant was used up
 
 
-def test_client_only_identity_gets_a_clear_page(service, simulator, settings):
+def test_client_only_identity_gets_a_clear_page(browser, simulator, settings):
     identity = simulator.state.add_identity([{"business_id": 777001, "name": "Vendor Portal", "role": "client"}])
-    start = service.get("/oauth/freshbooks/start", follow_redirects=False)
+    start = browser.get("/oauth/freshbooks/start", follow_redirects=False)
     state = parse_qs(urlsplit(start.headers["location"]).query)["state"][0]
     code = simulator.state.issue_authorization_code(settings.redirect_uri, identity_id=identity)
-    page = service.get("/oauth/freshbooks/callback", params={"code": code, "state": state})
+    page = browser.get("/oauth/freshbooks/callback", params={"code": code, "state": state})
     assert page.status_code == 403
     assert "client" in page.text.lower() and "Traceback" not in page.text
     assert _tenants(settings) == []
 
 
-def test_bad_state_is_refused(service, simulator, settings):
-    service.get("/oauth/freshbooks/start", follow_redirects=False)
+def test_bad_state_is_refused(browser, simulator, settings):
+    browser.get("/oauth/freshbooks/start", follow_redirects=False)
     code = simulator.state.issue_authorization_code(settings.redirect_uri)
-    page = service.get("/oauth/freshbooks/callback", params={"code": code, "state": "forged"})
+    page = browser.get("/oauth/freshbooks/callback", params={"code": code, "state": "forged"})
     assert page.status_code == 400
     assert _tenants(settings) == []
 
 
-def test_expired_state_is_refused(service, simulator, settings, monkeypatch):
-    start = service.get("/oauth/freshbooks/start", follow_redirects=False)
-    nonce = service.cookies.get("fb_oauth_nonce")
+def test_expired_state_is_refused(browser, simulator, settings, monkeypatch):
+    start = browser.get("/oauth/freshbooks/start", follow_redirects=False)
+    nonce = browser.cookies.get("fb_oauth_nonce")
     import itsdangerous.timed
 
     monkeypatch.setattr(
@@ -127,31 +122,31 @@ def test_expired_state_is_refused(service, simulator, settings, monkeypatch):
     ).dumps({"n": nonce, "b": None})
     monkeypatch.undo()
     code = simulator.state.issue_authorization_code(settings.redirect_uri)
-    page = service.get("/oauth/freshbooks/callback", params={"code": code, "state": old_state})
+    page = browser.get("/oauth/freshbooks/callback", params={"code": code, "state": old_state})
     assert page.status_code == 400
     assert "took too long" in page.text
     assert start.status_code == 302
 
 
-def test_state_from_another_browser_is_refused(service, simulator, settings):
-    start = service.get("/oauth/freshbooks/start", follow_redirects=False)
+def test_state_from_another_browser_is_refused(browser, simulator, settings):
+    start = browser.get("/oauth/freshbooks/start", follow_redirects=False)
     state = parse_qs(urlsplit(start.headers["location"]).query)["state"][0]
-    service.cookies.clear()
+    browser.cookies.clear()
     code = simulator.state.issue_authorization_code(settings.redirect_uri)
-    page = service.get("/oauth/freshbooks/callback", params={"code": code, "state": state})
+    page = browser.get("/oauth/freshbooks/callback", params={"code": code, "state": state})
     assert page.status_code == 400
     assert _tenants(settings) == []
 
 
-def test_health_and_readiness(service):
-    assert service.get("/healthz").json() == {"status": "ok"}
-    ready = service.get("/readyz")
+def test_health_and_readiness(browser):
+    assert browser.get("/healthz").json() == {"status": "ok"}
+    ready = browser.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ok"
     assert ready.headers["x-request-id"].startswith("req_")
 
 
-def test_unknown_route_is_json_404_with_request_id(service):
-    response = service.get("/nope", headers={"X-Request-ID": "abc-123"})
+def test_unknown_route_is_json_404_with_request_id(browser):
+    response = browser.get("/nope", headers={"X-Request-ID": "abc-123"})
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
     assert response.json()["request_id"] == "abc-123"

@@ -11,9 +11,10 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from webhook_service.config import Settings, get_settings
+from webhook_service.inbound import registrar
 from webhook_service.logs import get_logger
 from webhook_service.middleware import RequestContextMiddleware
-from webhook_service.routes import health, oauth
+from webhook_service.routes import health, oauth, webhooks
 from webhook_service.routes.errors import http_exception, unhandled_exception
 from webhook_service.runtime import Runtime
 
@@ -28,22 +29,34 @@ def create_app(settings: Settings | None = None) -> Starlette:
         async with Runtime.open(settings) as runtime:
             app.state.runtime = runtime
             refresher = asyncio.create_task(_keep_tokens_fresh(runtime), name="token-refresher")
+            syncer = asyncio.create_task(_keep_callbacks_in_sync(runtime), name="callbacks-sync")
             log.info(
                 "service_started", public_base_url=settings.public_base_url, database=runtime.db.engine.dialect.name
             )
             try:
                 yield
             finally:
-                refresher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await refresher
+                for task in (refresher, syncer):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     return Starlette(
-        routes=[*health.routes, *oauth.routes],
+        routes=[*health.routes, *oauth.routes, *webhooks.routes],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
         lifespan=lifespan,
     )
+
+
+async def _keep_callbacks_in_sync(runtime: Runtime) -> None:
+    """Notice callbacks FreshBooks dropped or disabled, and finish pending verifications."""
+    while True:
+        try:
+            await registrar.sync_all(runtime)
+        except Exception:
+            log.exception("callbacks_sync_loop_failed")
+        await asyncio.sleep(runtime.settings.callback_sync_interval)
 
 
 async def _keep_tokens_fresh(runtime: Runtime) -> None:

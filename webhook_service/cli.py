@@ -87,6 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rekey.set_defaults(handler=_run_async(_rotate_secret_key))
 
+    callbacks = commands.add_parser(
+        "callbacks", help="FreshBooks webhook callbacks per tenant", description="Reconcile and list callbacks."
+    )
+    callback_commands = callbacks.add_subparsers(title="callback commands", metavar="COMMAND")
+    callbacks.set_defaults(handler=lambda settings, args: _usage(callbacks))
+    sync = callback_commands.add_parser(
+        "sync",
+        help="reconcile callbacks with FreshBooks",
+        description="Create missing callbacks, ask FreshBooks to resend pending verifications, replace "
+        "dropped or disabled ones, delete the service's stale ones; leaves other callbacks alone.",
+    )
+    target = sync.add_mutually_exclusive_group(required=True)
+    target.add_argument("--tenant", metavar="ID", help="one tenant")
+    target.add_argument("--all", action="store_true", help="every active tenant")
+    sync.add_argument("--json", action="store_true", help="print JSON")
+    sync.set_defaults(handler=_run_async(_callbacks_sync))
+    cb_list = callback_commands.add_parser(
+        "list", help="list callbacks and their state", description="Callbacks with state and last event time."
+    )
+    cb_list.add_argument("--tenant", metavar="ID", help="only this tenant")
+    cb_list.add_argument("--all-history", action="store_true", help="include retired callbacks")
+    cb_list.add_argument("--json", action="store_true", help="print JSON")
+    cb_list.set_defaults(handler=_run_async(_callbacks_list))
+
     tenants = commands.add_parser(
         "tenants", help="connected FreshBooks businesses", description="Connect, list, inspect and disconnect tenants."
     )
@@ -220,8 +244,105 @@ async def _tenants_import(settings: Settings, args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
         return EXIT_FAILED
-    _print_tenants([outcome], args.json, single=True)
+    async with Runtime.open(settings) as runtime:
+        from webhook_service.inbound import registrar
+
+        report = await registrar.sync_tenant(runtime, outcome)
+    if args.json:
+        _print_json({**tenant_view(outcome), "callbacks": report.as_dict()})
+    else:
+        _print_tenants([outcome], False, single=True)
+        _print_sync_report(report)
     return EXIT_OK
+
+
+async def _callbacks_sync(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.inbound import registrar
+    from webhook_service.runtime import Runtime
+    from webhook_service.storage import tenants as tenant_store
+
+    async with Runtime.open(settings) as runtime:
+        if args.all:
+            reports = await registrar.sync_all(runtime)
+        else:
+            async with runtime.db.sessions() as session:
+                tenant = await tenant_store.get(session, args.tenant)
+            if tenant is None:
+                raise CommandError(f"no tenant {args.tenant}")
+            reports = [await registrar.sync_tenant(runtime, tenant)]
+    if args.json:
+        _print_json([report.as_dict() for report in reports])
+    else:
+        for report in reports:
+            _print_sync_report(report)
+    return EXIT_FAILED if any(report.error for report in reports) else EXIT_OK
+
+
+def _print_sync_report(report: Any) -> None:
+    if report.error:
+        print(f"{report.tenant_id}: FAILED: {report.error}")
+        return
+    parts = [
+        f"{label} {', '.join(map(str, items))}"
+        for label, items in (
+            ("created", report.created),
+            ("resent verification for", report.resent),
+            ("replaced", report.replaced),
+            ("deleted stale", report.deleted),
+            ("retired", report.retired),
+        )
+        if items
+    ]
+    print(f"{report.tenant_id}: " + ("; ".join(parts) if parts else f"in sync ({len(report.unchanged)} callbacks)"))
+
+
+async def _callbacks_list(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.runtime import Runtime
+    from webhook_service.storage import callbacks as callback_store
+
+    async with Runtime.open(settings) as runtime, runtime.db.sessions() as session:
+        rows = await callback_store.list_all(session, tenant_id=args.tenant, include_retired=args.all_history)
+    views = [callback_view(row) for row in rows]
+    if args.json:
+        _print_json(views)
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "tenant", "event", "state", "freshbooks id", "last event", "last error")
+    for view in views:
+        state = view["state"] if view["active"] else f"retired ({view['state']})"
+        table.add_row(
+            view["id"],
+            view["tenant_id"],
+            view["event"],
+            state,
+            str(view["freshbooks_callback_id"] or ""),
+            view["last_event_at"] or "never",
+            view["last_error"] or "",
+        )
+    Console().print(table)
+    return EXIT_OK
+
+
+def callback_view(callback: Any) -> dict[str, Any]:
+    """What may be shown of a callback: never its verifier, and its URI only without the key."""
+    return {
+        "id": callback.id,
+        "tenant_id": callback.tenant_id,
+        "event": callback.event,
+        "state": callback.status,
+        "active": callback.active,
+        "freshbooks_callback_id": callback.freshbooks_callback_id,
+        "verified_at": _iso(callback.verified_at),
+        "last_event_at": _iso(callback.last_event_at),
+        "last_error": callback.last_error,
+        "created_at": _iso(callback.created_at),
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 async def _tenants_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     freshbooks_max_retry_wait: float = Field(default=120.0, gt=0)
     freshbooks_concurrency_per_tenant: int = Field(default=4, ge=1, le=64)
 
+    # --- inbound webhooks ----------------------------------------------------------------------
+    freshbooks_events: str = ""
+    inbound_max_body_bytes: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)
+    inbox_dedupe_window: int = Field(default=300, ge=0)
+    callback_verifier_grace: int = Field(default=3600, ge=0)
+    callback_sync_interval: float = Field(default=3600.0, gt=0)
+    callback_verify_attempts: int = Field(default=3, ge=1, le=10)
+
     # --- tokens and OAuth ----------------------------------------------------------------------
     token_refresh_margin_min: int = Field(default=60, ge=0)
     token_refresh_margin_max: int = Field(default=180, ge=0)
@@ -79,6 +87,22 @@ class Settings(BaseSettings):
     @cached_property
     def scopes(self) -> tuple[str, ...]:
         return tuple(self.freshbooks_scopes.replace(",", " ").split()) or DEFAULT_SCOPES
+
+    @cached_property
+    def events(self) -> tuple[str, ...]:
+        """FreshBooks nouns to subscribe per tenant; default: every noun the service normalizes."""
+        from webhook_service.freshbooks.catalogue import CATALOGUE
+
+        chosen = tuple(dict.fromkeys(self.freshbooks_events.replace(",", " ").split())) or tuple(CATALOGUE)
+        unknown = [noun for noun in chosen if noun not in CATALOGUE]
+        if unknown:
+            raise ValueError(f"FRESHBOOKS_EVENTS names unknown nouns {unknown}; known: {', '.join(CATALOGUE)}")
+        return chosen
+
+    @property
+    def webhook_base_url(self) -> str:
+        """Callback URIs are this plus an endpoint key; anything under it is the service's own."""
+        return f"{self.public_base_url}/webhooks/freshbooks/"
 
     @property
     def is_sqlite(self) -> bool:

@@ -15,6 +15,7 @@ from sqlalchemy import delete
 
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.oauth import Identity, Membership, TokenPair
+from webhook_service.inbound import registrar
 from webhook_service.logs import get_logger
 from webhook_service.runtime import Runtime
 from webhook_service.storage import tenants as tenant_store
@@ -196,6 +197,9 @@ async def disconnect(runtime: Runtime, tenant_id: str) -> tuple[Tenant, str | No
             raise OnboardingError(f"no tenant {tenant_id}")
     if tenant.status == TenantStatus.DISCONNECTED.value:
         raise OnboardingError(f"tenant {tenant_id} is already disconnected")
+    removal = await registrar.remove_all(runtime, tenant)
+    if removal.error:
+        log.warning("callbacks_not_removed", tenant_id=tenant_id, error=removal.error)
     refresh_token = runtime.box.decrypt(tenant.refresh_token_enc)
     revoke_error: str | None = None
     try:

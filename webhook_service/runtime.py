@@ -20,6 +20,7 @@ from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.freshbooks.tokens import TokenManager
 from webhook_service.storage import migrate
 from webhook_service.storage.database import Database
+from webhook_service.tasks import TaskTracker
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Runtime:
     oauth: OAuthClient
     tokens: TokenManager
     freshbooks: FreshBooksClient
+    tasks: TaskTracker
 
     @classmethod
     @asynccontextmanager
@@ -44,6 +46,7 @@ class Runtime:
             headers={"User-Agent": f"webhook-service/{__version__}"},
             follow_redirects=False,
         )
+        tasks = TaskTracker()
         try:
             if migrate_schema if migrate_schema is not None else settings.should_migrate_on_start:
                 await migrate.upgrade(db)
@@ -57,7 +60,9 @@ class Runtime:
                 oauth=oauth,
                 tokens=tokens,
                 freshbooks=FreshBooksClient(settings, http, tokens),
+                tasks=tasks,
             )
         finally:
+            await tasks.cancel_all()
             await http.aclose()
             await db.dispose()

@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import socket
 import threading
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import uvicorn
 from starlette.types import ASGIApp
 
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
+T = TypeVar("T")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -55,11 +57,15 @@ class _ThreadedServer(uvicorn.Server):
     def install_signal_handlers(self) -> None:
         return None
 
-    async def main_loop(self) -> None:
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        await super().startup(sockets)
+
+    async def main_loop(self) -> None:
         counter = 0
         should_exit = await self.on_tick(counter)
+        assert self._wake is not None
         while not should_exit:
             counter = (counter + 1) % 864000
             with contextlib.suppress(TimeoutError):
@@ -83,13 +89,21 @@ class BackgroundServer:
     """
 
     def __init__(
-        self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, lifespan: Literal["on", "off"] = "off"
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        lifespan: Literal["on", "off"] = "off",
+        sock: socket.socket | None = None,
     ) -> None:
+        """``sock``: an already bound socket, for apps that must know their own URL before starting."""
         self.app = app
         self.host = host
         self.port = port
         self.lifespan = lifespan
         self.base_url = ""
+        self._given_socket = sock
         self._socket: socket.socket | None = None
         self._server: _ThreadedServer | None = None
         self._thread: threading.Thread | None = None
@@ -98,8 +112,8 @@ class BackgroundServer:
     def start(self) -> Self:
         if self._thread is not None:
             raise RuntimeError("server already running")
-        self._socket = bind_socket(self.host, self.port)
-        self.port = self._socket.getsockname()[1]
+        self._socket = self._given_socket or bind_socket(self.host, self.port)
+        self.host, self.port = self._socket.getsockname()[:2]
         self.base_url = f"http://{url_host(self.host)}:{self.port}"
         config = uvicorn.Config(
             self.app,
@@ -132,6 +146,14 @@ class BackgroundServer:
             if self._finished.wait(0.01):
                 self.stop()
                 raise RuntimeError("the app failed to start (see the log)")
+
+    def run_coroutine(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run ``coro`` on the server's event loop and wait for its result (from another thread)."""
+        loop = self._server._loop if self._server is not None else None
+        if loop is None:
+            coro.close()
+            raise RuntimeError("server is not running")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
     def stop(self) -> None:
         if self._server is not None:

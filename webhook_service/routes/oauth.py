@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from webhook_service import onboarding
 from webhook_service.freshbooks.errors import FreshBooksError
+from webhook_service.inbound import registrar
 from webhook_service.logs import get_logger
 from webhook_service.runtime import Runtime
 from webhook_service.storage.models import Tenant
@@ -117,6 +118,7 @@ async def select(request: Request) -> Response:
 
 def _outcome_page(runtime: Runtime, outcome: Tenant | onboarding.ChooseBusiness) -> HTMLResponse:
     if isinstance(outcome, Tenant):
+        runtime.tasks.spawn(registrar.sync_tenant(runtime, outcome), name=f"callbacks-sync:{outcome.id}")
         return _page(
             "Connected",
             f"“{outcome.name}” (account {outcome.account_id}, business {outcome.business_id}) is connected "

@@ -1,7 +1,7 @@
 """The Starlette app: route modules plus the traffic middleware.
 
 Each API family lives in its own route module (``oauth``, ``accounting``,
-``projects``, ``control``); a new one (the callbacks API) is one more
+``projects``, ``events`` (callbacks), ``control``); a new one is one more
 ``routes()`` in the list below.
 """
 
@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import accounting, control, oauth, projects
+from . import accounting, control, events, oauth, projects
 from .errors import ApiError, route_not_found
 from .middleware import TrafficMiddleware
 from .state import SimulatorState
@@ -35,7 +35,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(state: SimulatorState) -> Starlette:
     """A FreshBooks stand-in serving ``state`` (auth host and API host in one)."""
     app = Starlette(
-        routes=[*oauth.routes(), *accounting.routes(), *projects.routes(), *control.routes()],
+        routes=[*oauth.routes(), *accounting.routes(), *projects.routes(), *events.routes(), *control.routes()],
         middleware=[Middleware(TrafficMiddleware, state=state)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )

@@ -3,7 +3,8 @@
 For tests in another process and for operators poking a simulator started
 from the CLI. No auth (it is a local test double), not logged, never failed
 by ``fail_next``. Each route is a thin shim over the ``SimulatorState``
-Python API; ``KeyError`` becomes 404 and ``ValueError``/``TypeError`` 400.
+Python API; ``KeyError`` becomes 404, ``ValueError``/``TypeError`` 400 and
+``TimeoutError`` (deliveries not drained) 504.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -36,6 +38,8 @@ def control(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return JSONResponse(await handler(request, simulator_state(request), body))
         except KeyError as exc:
             return JSONResponse({"error": str(exc.args[0] if exc.args else exc)}, status_code=404)
+        except TimeoutError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=504)
         except (ValueError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
 
@@ -125,6 +129,55 @@ async def reset_logs(request: Request, state: SimulatorState, body: dict[str, An
     return {}
 
 
+@control
+async def send_event(request: Request, state: SimulatorState, body: dict[str, Any]) -> Any:
+    ref = state.business_ref(str(body["account_id"]))
+    fields = body.get("fields")
+    if fields is not None and not isinstance(fields, dict):
+        raise ValueError("fields must be a JSON object")
+    return {"queued": state.send_event(ref, str(body["name"]), body["object_id"], fields)}
+
+
+@control
+async def flush_deliveries(request: Request, state: SimulatorState, body: dict[str, Any]) -> Any:
+    # On a worker thread: blocking the event loop would also block the responses
+    # whose deliveries are being waited for (and any receiver on this loop).
+    await run_in_threadpool(state.flush_deliveries, float(body.get("timeout", 10.0)))
+    return {}
+
+
+@control
+async def delivery_log(request: Request, state: SimulatorState, body: dict[str, Any]) -> Any:
+    return state.delivery_log()
+
+
+@control
+async def delivery_settings(request: Request, state: SimulatorState, body: dict[str, Any]) -> Any:
+    """Change only what the body names; answer the settings now in force."""
+    if "drop_rate" in body:
+        state.delivery_drop_rate = float(body["drop_rate"])
+    if "disable_after_failures" in body:
+        state.disable_after_failures = body["disable_after_failures"]
+    if "paused" in body:
+        if not isinstance(body["paused"], bool):
+            raise ValueError("paused must be true or false")
+        (state.pause_deliveries if body["paused"] else state.resume_deliveries)()
+    return {
+        "drop_rate": state.delivery_drop_rate,
+        "paused": state.deliveries_paused,
+        "disable_after_failures": state.disable_after_failures,
+    }
+
+
+@control
+async def callback_list(request: Request, state: SimulatorState, body: dict[str, Any]) -> Any:
+    """The business's callbacks, each with its current ``verifier`` (so another process can sign)."""
+    return [
+        {**found, "verifier": state.callback_verifier(found["callbackid"])}
+        for found in state.list_callbacks(_ref(request, state))
+    ]
+
+
 def routes() -> list[BaseRoute]:
     objects = "/_sim/objects/{account_id}/{resource}"
     return [
@@ -140,4 +193,9 @@ def routes() -> list[BaseRoute]:
         Route("/_sim/requests", request_log, methods=["GET"]),
         Route("/_sim/token-requests", token_request_log, methods=["GET"]),
         Route("/_sim/reset-logs", reset_logs, methods=["POST"]),
+        Route("/_sim/events", send_event, methods=["POST"]),
+        Route("/_sim/flush-deliveries", flush_deliveries, methods=["POST"]),
+        Route("/_sim/deliveries", delivery_log, methods=["GET"]),
+        Route("/_sim/delivery-settings", delivery_settings, methods=["POST"]),
+        Route("/_sim/callbacks/{account_id}", callback_list, methods=["GET"]),
     ]

@@ -102,5 +102,14 @@ def projects_bad_request(message: str) -> ApiError:
     return ApiError(400, {"errno": 2001, "message": message})
 
 
+def events_error(status: int, field: str, message: str) -> ApiError:
+    """Events (callbacks) API style: ``{"errno", "message", "details": ["field: Value error, ..."]}``."""
+    return ApiError(status, {"errno": status, "message": message, "details": [f"{field}: Value error, {message}"]})
+
+
+def callback_not_found(value: str) -> ApiError:
+    return ApiError(404, {"errno": 404, "message": "Callback not found.", "details": [f"callbackid: {value}"]})
+
+
 def route_not_found() -> ApiError:
     return ApiError(404, {"error": "not found", "message": "The requested URL was not found on the server."})

@@ -40,6 +40,13 @@ class SimulatorServer(BackgroundServer):
         self.state = state if state is not None else SimulatorState()
         super().__init__(create_app(self.state), host, port)
 
+    def stop(self) -> None:
+        """Stop serving, then stop the webhook delivery thread (queued deliveries are discarded)."""
+        try:
+            super().stop()
+        finally:
+            self.state.close()
+
 
 def run(host: str, port: int, seed_invoices: int = 0, seed_clients: int = 0) -> None:
     """Serve in the foreground until interrupted, after printing what an operator needs."""
@@ -73,3 +80,4 @@ def run(host: str, port: int, seed_invoices: int = 0, seed_clients: int = 0) -> 
         print("simulator stopped", flush=True)
     finally:
         sock.close()
+        state.close()

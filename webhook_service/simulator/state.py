@@ -4,7 +4,12 @@ The HTTP server runs on a background thread while the test thread seeds
 objects, expires tokens or reads the logs, so every read and write of shared
 data happens under ``self._lock`` (a plain ``threading.Lock``: short critical
 sections, never nested). The helper stores it composes (tokens, objects,
-failures) are deliberately lock-free and only ever touched from here.
+failures, webhooks) are deliberately lock-free and only ever touched from here.
+
+Webhook deliveries go through a ``Dispatcher`` whose condition variable is
+built on this same lock: a change and the deliveries it causes are queued in
+one critical section, while the POSTs themselves run on the dispatcher's
+thread with the lock released.
 """
 
 from __future__ import annotations
@@ -12,17 +17,20 @@ from __future__ import annotations
 import random
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from .callbacks import Callback
 from .catalog import ResourceSpec, get_spec
 from .clock import normalize, utc_now
+from .delivery import DELIVERY_TIMEOUT_SECONDS, Delivery, DeliveryHold, Dispatcher, Outcome
 from .factory import FIRST, LAST, ObjectFactory
 from .failures import FailurePlan, FailureRule
 from .identity import Business, Identity, Membership
 from .store import ObjectStore, Record, clone
 from .tokens import OAuthError, TokenStore
+from .webhooks import Webhooks
 
 BusinessRef = str | int  # an account_id string, or an integer business id
 
@@ -47,9 +55,13 @@ class SimulatorState:
         self.now: Callable[[], datetime] = utc_now
         self.requests: list[dict[str, Any]] = []
         self.token_requests: list[dict[str, Any]] = []
+        self.deliveries: list[dict[str, Any]] = []
         self._tokens = TokenStore()
         self._store = ObjectStore(ObjectFactory(self._rng))
         self._failures = FailurePlan()
+        # Its own RNG, so webhook traffic never shifts the seeded objects (and vice versa).
+        self._webhooks = Webhooks(random.Random(f"deliveries:{seed}"))
+        self._dispatcher = Dispatcher(self._lock, self._webhooks.prepare, self._finish_delivery)
         self._identities: dict[int, Identity] = {}
         self._businesses: dict[int, Business] = {}
         self._next_identity_id = DEFAULT_IDENTITY_ID
@@ -237,7 +249,10 @@ class SimulatorState:
         spec = get_spec(resource)
         now = self._stamp()
         with self._lock:
-            return clone(self._store.create(spec, self._business(account_id), now, fields).data)
+            business = self._business(account_id)
+            record = self._store.create(spec, business, now, fields)
+            self._emit_locked(business, f"{spec.name}.create", record.data["id"])
+            return clone(record.data)
 
     def update_object(
         self, account_id: BusinessRef, resource: str, object_id: int, fields: dict[str, Any] | None = None
@@ -246,7 +261,10 @@ class SimulatorState:
         spec = get_spec(resource)
         now = self._stamp()
         with self._lock:
-            return clone(self._store.update(spec, self._business(account_id), int(object_id), now, fields).data)
+            business = self._business(account_id)
+            record = self._store.update(spec, business, int(object_id), now, fields)
+            self._emit_locked(business, f"{spec.name}.update", record.data["id"])
+            return clone(record.data)
 
     def delete_object(self, account_id: BusinessRef, resource: str, object_id: int) -> dict[str, Any]:
         """Accounting: soft delete (``vis_state`` 1, still readable). Projects family: gone (404)."""
@@ -255,8 +273,11 @@ class SimulatorState:
         with self._lock:
             business = self._business(account_id)
             if spec.family == "projects":
-                return clone(self._store.remove(spec, business, int(object_id)).data)
-            return clone(self._store.update(spec, business, int(object_id), now, {"vis_state": 1}).data)
+                record = self._store.remove(spec, business, int(object_id))
+            else:
+                record = self._store.update(spec, business, int(object_id), now, {"vis_state": 1})
+            self._emit_locked(business, f"{spec.name}.delete", record.data["id"])
+            return clone(record.data)
 
     def archive_object(self, account_id: BusinessRef, resource: str, object_id: int) -> dict[str, Any]:
         """``vis_state`` 2 (projects and time entries have none: ``active`` becomes false)."""
@@ -264,7 +285,10 @@ class SimulatorState:
         fields = {"active": False} if spec.name in ("project", "time_entry") else {"vis_state": 2}
         now = self._stamp()
         with self._lock:
-            return clone(self._store.update(spec, self._business(account_id), int(object_id), now, fields).data)
+            business = self._business(account_id)
+            record = self._store.update(spec, business, int(object_id), now, fields)
+            self._emit_locked(business, f"{spec.name}.update", record.data["id"])  # archiving is an update
+            return clone(record.data)
 
     def get_object(self, account_id: BusinessRef, resource: str, object_id: int) -> dict[str, Any] | None:
         """The stored full object (lines included), or ``None``."""
@@ -347,7 +371,227 @@ class SimulatorState:
             self.token_requests.append(entry)
 
     def reset_logs(self) -> None:
-        """Empty both logs in place (references held by tests stay valid)."""
+        """Empty the request, token-request and delivery logs in place (references held by tests stay valid)."""
         with self._lock:
             self.requests.clear()
             self.token_requests.clear()
+            self.deliveries.clear()
+
+    # -- webhooks: delivery knobs ------------------------------------------------------
+
+    @property
+    def delivery_drop_rate(self) -> float:
+        """Fraction of *event* deliveries silently lost (seeded); verification POSTs never are."""
+        return self._webhooks.drop_rate
+
+    @delivery_drop_rate.setter
+    def delivery_drop_rate(self, rate: float) -> None:
+        rate = float(rate)
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("delivery_drop_rate must be between 0 and 1")
+        with self._lock:
+            self._webhooks.drop_rate = rate
+
+    @property
+    def disable_after_failures(self) -> int | None:
+        """Consecutive failed event deliveries after which a callback is disabled (``None``: never)."""
+        return self._webhooks.disable_after_failures
+
+    @disable_after_failures.setter
+    def disable_after_failures(self, count: int | None) -> None:
+        if count is not None and int(count) < 1:
+            raise ValueError("disable_after_failures must be at least 1, or None")
+        with self._lock:
+            self._webhooks.disable_after_failures = None if count is None else int(count)
+
+    @property
+    def deliveries_paused(self) -> bool:
+        return self._dispatcher.paused
+
+    def pause_deliveries(self) -> None:
+        """Hold queued and new deliveries (one already in flight still finishes)."""
+        with self._lock:
+            self._dispatcher.set_paused_locked(True)
+
+    def resume_deliveries(self) -> None:
+        with self._lock:
+            self._dispatcher.set_paused_locked(False)
+
+    def flush_deliveries(self, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
+        """Block until every queued delivery has been sent (or dropped) and logged.
+
+        While paused only in-flight deliveries are waited for. Raises
+        ``TimeoutError`` if that takes longer than ``timeout`` seconds.
+        """
+        self._dispatcher.flush(timeout)
+
+    def close(self) -> None:
+        """Stop the delivery thread and discard queued deliveries (restarts on next use)."""
+        self._dispatcher.close()
+
+    def delivery_log(self) -> list[dict[str, Any]]:
+        """A snapshot of ``deliveries`` taken under the lock."""
+        with self._lock:
+            return [dict(entry, fields=dict(entry["fields"])) for entry in self.deliveries]
+
+    # -- webhooks: callbacks, Python API ----------------------------------------------------
+
+    def create_callback(
+        self,
+        account_id: BusinessRef,
+        event: str,
+        uri: str,
+        identity_id: int | None = None,
+        *,
+        hold: DeliveryHold | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe ``uri`` to ``event`` (unverified) and queue its verification POST.
+
+        ``identity_id`` (default: the business's owner) becomes the
+        verification's ``user_id``. ``hold`` keeps the POST back until
+        released (the HTTP route releases it once its response is sent).
+        Raises ``CallbackError`` (a ``ValueError``) for an unknown event or a bad URI.
+        """
+        now = self._stamp()
+        with self._lock:
+            business = self._business(account_id)
+            creator = self._actor_locked(business) if identity_id is None else self._identity(identity_id).id
+            callback, deliveries = self._webhooks.create(business, creator, event, uri, now, hold)
+            self._submit_locked(deliveries)
+            return self._webhooks.callbacks.render(callback)
+
+    def list_callbacks(self, account_id: BusinessRef, event: str | None = None) -> list[dict[str, Any]]:
+        """The business's callbacks in id order (only those for exactly ``event`` if given)."""
+        with self._lock:
+            return self._callbacks_locked(self._business(account_id), event)
+
+    def get_callback(self, callback_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            callback = self._webhooks.callbacks.get(int(callback_id))
+            return None if callback is None else self._webhooks.callbacks.render(callback)
+
+    def callback_verifier(self, callback_id: int) -> str:
+        """The current verifier: what a test signs with to play FreshBooks. ``KeyError`` if unknown."""
+        with self._lock:
+            return self._callback_locked(callback_id, None).verifier
+
+    def verify_callback(self, callback_id: int, verifier: str, business: Business | None = None) -> dict[str, Any]:
+        """PUT the verifier back: the callback is verified, or ``CallbackError`` and nothing changes."""
+        now = self._stamp()
+        with self._lock:
+            callback = self._callback_locked(callback_id, business)
+            self._webhooks.verify(callback, verifier, now)
+            return self._webhooks.callbacks.render(callback)
+
+    def resend_verification(
+        self, callback_id: int, business: Business | None = None, *, hold: DeliveryHold | None = None
+    ) -> dict[str, Any]:
+        """A new verifier and a new verification POST; unverified until it is PUT back."""
+        now = self._stamp()
+        with self._lock:
+            callback = self._callback_locked(callback_id, business)
+            self._submit_locked(self._webhooks.resend(callback, self._businesses[callback.business_id], now, hold))
+            return self._webhooks.callbacks.render(callback)
+
+    def update_callback(
+        self,
+        callback_id: int,
+        event: str | None = None,
+        uri: str | None = None,
+        business: Business | None = None,
+        *,
+        hold: DeliveryHold | None = None,
+    ) -> dict[str, Any]:
+        """Change the event and/or URI; a new URI means a new verification."""
+        now = self._stamp()
+        with self._lock:
+            callback = self._callback_locked(callback_id, business)
+            owner = self._businesses[callback.business_id]
+            self._submit_locked(self._webhooks.update(callback, owner, event, uri, now, hold))
+            return self._webhooks.callbacks.render(callback)
+
+    def delete_callback(self, callback_id: int, business: Business | None = None) -> None:
+        """Gone at once: queued events for it are not sent. ``KeyError`` if unknown."""
+        with self._lock:
+            callback = self._callback_locked(callback_id, business)
+            self._webhooks.callbacks.remove(callback.id)
+
+    def drop_callback(self, callback_id: int) -> None:
+        """FreshBooks deleted the callback on its own (the service finds out by listing)."""
+        self.delete_callback(callback_id)
+
+    def disable_callback(self, callback_id: int) -> None:
+        """FreshBooks disabled the callback: ``verified`` false, no deliveries until re-verified."""
+        now = self._stamp()
+        with self._lock:
+            self._webhooks.disable(self._callback_locked(callback_id, None), now)
+
+    def send_event(
+        self, account_id: BusinessRef, name: str, object_id: int | str, fields: Mapping[str, object] | None = None
+    ) -> int:
+        """Deliver an arbitrary event (e.g. ``invoice.sendByEmail``) to its verified subscribers.
+
+        ``fields`` add to or override the six standard fields. Returns how many
+        deliveries were queued (dropped ones included).
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError("event name must be a non-empty string")
+        with self._lock:
+            return self._emit_locked(self._business(account_id), name, object_id, fields)
+
+    # -- webhooks: used by the HTTP routes ---------------------------------------------------
+
+    def business_callbacks(self, business: Business, event: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._callbacks_locked(business, event)
+
+    def business_callback(self, business: Business, callback_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            callback = self._webhooks.callbacks.get(callback_id, business.id)
+            return None if callback is None else self._webhooks.callbacks.render(callback)
+
+    def release_deliveries(self, hold: DeliveryHold) -> None:
+        """Let deliveries queued under ``hold`` go (the response they must follow is out)."""
+        with self._lock:
+            self._dispatcher.release_locked(hold)
+
+    # -- webhooks: internals (lock held) -------------------------------------------------------
+
+    def _callbacks_locked(self, business: Business, event: str | None) -> list[dict[str, Any]]:
+        found = self._webhooks.callbacks.for_business(business.id)
+        if event is not None:
+            found = [c for c in found if c.event == event]
+        return [self._webhooks.callbacks.render(c) for c in found]
+
+    def _callback_locked(self, callback_id: int, business: Business | None) -> Callback:
+        callback = self._webhooks.callbacks.get(int(callback_id), None if business is None else business.id)
+        if callback is None:
+            raise KeyError(f"no callback {callback_id}")
+        return callback
+
+    def _actor_locked(self, business: Business) -> int:
+        """Who "made" a change done through the Python API: the business's owner if it has one."""
+        members = [
+            (m.role != "owner", identity.id)
+            for identity in self._identities.values()
+            for m in identity.memberships
+            if m.business is business
+        ]
+        return min(members)[1] if members else self.default_identity_id
+
+    def _emit_locked(
+        self, business: Business, name: str, object_id: int | str, fields: Mapping[str, object] | None = None
+    ) -> int:
+        if not self._webhooks.callbacks.subscribers(business.id, name):
+            return 0  # the common case: no lookups, no RNG draws
+        deliveries = self._webhooks.event_deliveries(business, name, object_id, self._actor_locked(business), fields)
+        self._submit_locked(deliveries)
+        return len(deliveries)
+
+    def _submit_locked(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            self._dispatcher.submit_locked(delivery)
+
+    def _finish_delivery(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Dispatcher hook, lock held: log the attempt and count failures."""
+        self.deliveries.append(self._webhooks.finish(delivery, outcome, self._stamp()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from webhook_service.storage.columns import UTCDateTime, utcnow
@@ -66,3 +66,82 @@ class PendingConnection(Base):
     token_enc: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CallbackStatus(enum.StrEnum):
+    PENDING_VERIFICATION = "pending_verification"
+    VERIFIED = "verified"
+    FAILED = "failed"
+
+
+class Callback(Base):
+    """One FreshBooks webhook callback (one event noun of one tenant) and its secret.
+
+    ``endpoint_key`` makes the callback URI unique and unguessable, which is how a delivery (which
+    names no callback) finds its callback and verifier. ``verifier_enc`` is set only once FreshBooks
+    has accepted the verifier; after a re-verification the previous one stays valid until
+    ``previous_verifier_until``. A callback replaced or removed is kept with ``active`` false.
+    """
+
+    __tablename__ = "callbacks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(64))
+    endpoint_key: Mapped[str] = mapped_column(String(64), unique=True)
+    uri: Mapped[str] = mapped_column(Text)
+    freshbooks_callback_id: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(32), default=CallbackStatus.PENDING_VERIFICATION.value)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    verifier_enc: Mapped[str | None] = mapped_column(Text)
+    previous_verifier_enc: Mapped[str | None] = mapped_column(Text)
+    previous_verifier_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class InboxStatus(enum.StrEnum):
+    PENDING = "pending"
+    DUPLICATE = "duplicate"
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+
+class InboxEvent(Base):
+    """A verified FreshBooks delivery, committed before the 2xx goes out.
+
+    The raw body is kept byte for byte (it is what was signed); the parsed ids are columns so the
+    pipeline can work without re-parsing. ``body_hash`` finds exact redeliveries.
+    """
+
+    __tablename__ = "inbox_events"
+    __table_args__ = (Index("ix_inbox_events_dedupe", "callback_id", "body_hash", "received_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    callback_id: Mapped[str] = mapped_column(ForeignKey("callbacks.id", ondelete="CASCADE"))
+    event_name: Mapped[str] = mapped_column(String(128))
+    object_id: Mapped[str | None] = mapped_column(String(64))
+    account_id: Mapped[str | None] = mapped_column(String(64))
+    business_id: Mapped[str | None] = mapped_column(String(64))
+    raw_body: Mapped[str] = mapped_column(Text)
+    headers: Mapped[str] = mapped_column(Text)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=InboxStatus.PENDING.value, index=True)
+    duplicate_of: Mapped[int | None] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Lease(Base):
+    """A named, expiring claim, so one replica at a time runs a periodic job for a tenant."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    until: Mapped[datetime] = mapped_column(UTCDateTime())

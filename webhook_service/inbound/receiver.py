@@ -1,0 +1,130 @@
+"""What happens to a POST on a callback URI, once its body has been read.
+
+Each refusal is a :class:`Refusal` with the status to answer and a reason for the log; nothing is
+written for a refused request. An accepted event is in the inbox (committed) before this returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from webhook_service.inbound.signature import MalformedBody, parse_form, verify_signature
+from webhook_service.inbound.verification import complete_handshake
+from webhook_service.logs import get_logger
+from webhook_service.runtime import Runtime
+from webhook_service.storage import callbacks as callback_store
+from webhook_service.storage import inbox
+from webhook_service.storage.columns import utcnow
+from webhook_service.storage.models import Callback, CallbackStatus
+
+log = get_logger(__name__)
+
+SIGNATURE_HEADER = "x-freshbooks-hmac-sha256"
+VERIFY_EVENT = "callback.verify"
+#: Headers kept with an inbox event: enough to re-check the signature and trace the sender.
+KEPT_HEADERS = ("content-type", "user-agent", SIGNATURE_HEADER, "x-request-id", "x-forwarded-for")
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Accepted:
+    kind: str  # "event" or "verification"
+    inbox_id: int | None = None
+    duplicate: bool = False
+
+
+async def find_callback(runtime: Runtime, endpoint_key: str) -> Callback:
+    async with runtime.db.sessions() as session:
+        callback = await callback_store.by_endpoint_key(session, endpoint_key)
+    if callback is None:
+        raise Refusal(404, "unknown_endpoint", "No callback is registered at this URI.")
+    return callback
+
+
+async def accept(runtime: Runtime, callback: Callback, body: bytes, headers: dict[str, str]) -> Accepted:
+    try:
+        fields = parse_form(body)
+    except MalformedBody as exc:
+        raise Refusal(400, "malformed_body", "The body is not valid form-urlencoded UTF-8.") from exc
+    name = fields.get("name")
+    if not name:
+        raise Refusal(400, "malformed_body", "The form has no 'name' field.")
+    if name == VERIFY_EVENT:
+        return _start_handshake(runtime, callback, fields)
+    return await _record_event(runtime, callback, fields, body, headers)
+
+
+def _start_handshake(runtime: Runtime, callback: Callback, fields: dict[str, str]) -> Accepted:
+    verifier, object_id = fields.get("verifier", ""), fields.get("object_id", "")
+    if not verifier or not object_id.isdigit():
+        raise Refusal(400, "malformed_verification", "callback.verify needs a verifier and a numeric object_id.")
+    if callback.freshbooks_callback_id is not None and int(object_id) != callback.freshbooks_callback_id:
+        raise Refusal(400, "callback_id_mismatch", "object_id does not name the callback at this URI.")
+    runtime.tasks.spawn(
+        complete_handshake(runtime, callback.id, int(object_id), verifier), name=f"verify:{callback.id}"
+    )
+    log.info("verification_received", callback_id=callback.id, freshbooks_callback_id=int(object_id))
+    return Accepted("verification")
+
+
+async def _record_event(
+    runtime: Runtime, callback: Callback, fields: dict[str, str], body: bytes, headers: dict[str, str]
+) -> Accepted:
+    if callback.status != CallbackStatus.VERIFIED.value or not callback.verifier_enc:
+        raise Refusal(403, "callback_not_verified", "This callback has not completed verification.")
+    signature = headers.get(SIGNATURE_HEADER)
+    if not signature:
+        raise Refusal(401, "missing_signature", "X-FreshBooks-Hmac-SHA256 is required.")
+    now = utcnow()
+    if not _signed_by_a_current_verifier(runtime, callback, fields, signature, now):
+        raise Refusal(401, "bad_signature", "The signature does not match.")
+    name = fields["name"]
+    if name.split(".", 1)[0] != callback.event:
+        raise Refusal(422, "event_not_subscribed", f"This callback receives {callback.event} events only.")
+    kept = {key: headers[key] for key in KEPT_HEADERS if key in headers}
+    async with runtime.db.sessions() as session:
+        event = await inbox.record(
+            session,
+            callback,
+            fields=fields,
+            raw_body=body,
+            headers=kept,
+            now=now,
+            dedupe_window=timedelta(seconds=runtime.settings.inbox_dedupe_window),
+        )
+        await session.commit()
+    duplicate = event.duplicate_of is not None
+    log.info(
+        "inbound_accepted",
+        inbox_id=event.id,
+        callback_id=callback.id,
+        tenant_id=callback.tenant_id,
+        event_name=name,
+        object_id=fields.get("object_id"),
+        duplicate=duplicate,
+    )
+    return Accepted("event", event.id, duplicate)
+
+
+def _signed_by_a_current_verifier(
+    runtime: Runtime, callback: Callback, fields: dict[str, str], signature: str, now: object
+) -> bool:
+    assert callback.verifier_enc is not None
+    if verify_signature(runtime.box.decrypt(callback.verifier_enc), fields, signature):
+        return True
+    previous_valid = (
+        callback.previous_verifier_enc is not None
+        and callback.previous_verifier_until is not None
+        and callback.previous_verifier_until > now  # type: ignore[operator]
+    )
+    return previous_valid and verify_signature(
+        runtime.box.decrypt(callback.previous_verifier_enc or ""), fields, signature
+    )

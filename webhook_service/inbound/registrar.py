@@ -1,0 +1,194 @@
+"""Reconciling a tenant's FreshBooks callbacks with what the service wants.
+
+Idempotent: list every callback FreshBooks has for the account, create what is missing (one
+noun-level callback per configured event, each at its own unguessable URI), ask FreshBooks to resend
+verification where it is pending, replace callbacks FreshBooks dropped or disabled, delete the
+service's own stale ones (URI under ``PUBLIC_BASE_URL`` but unknown or superseded), and leave every
+other callback alone. One replica at a time per tenant (a lease).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from webhook_service.freshbooks.callbacks import CallbacksAPI, RemoteCallback
+from webhook_service.freshbooks.errors import FreshBooksError
+from webhook_service.freshbooks.tokens import TenantUnavailable
+from webhook_service.logs import get_logger
+from webhook_service.runtime import Runtime
+from webhook_service.storage import callbacks as callback_store
+from webhook_service.storage import leases
+from webhook_service.storage import tenants as tenant_store
+from webhook_service.storage.columns import new_id, utcnow
+from webhook_service.storage.models import Callback, CallbackStatus, Tenant, TenantStatus
+
+log = get_logger(__name__)
+
+SYNC_LEASE = timedelta(minutes=5)
+
+
+@dataclass
+class SyncReport:
+    tenant_id: str
+    created: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    deleted: list[int] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def sync_all(runtime: Runtime) -> list[SyncReport]:
+    async with runtime.db.sessions() as session:
+        tenants = await tenant_store.list_all(session, status=TenantStatus.ACTIVE.value)
+    return [await sync_tenant(runtime, tenant) for tenant in tenants]
+
+
+async def sync_tenant(runtime: Runtime, tenant: Tenant) -> SyncReport:
+    report = SyncReport(tenant.id)
+    lease_name, owner = f"callbacks-sync:{tenant.id}", secrets.token_hex(6)
+    if not await leases.acquire(runtime.db, lease_name, owner, SYNC_LEASE):
+        report.error = "another process is syncing this tenant"
+        return report
+    try:
+        await _reconcile(runtime, tenant, report)
+    except (FreshBooksError, TenantUnavailable) as exc:
+        report.error = str(exc)
+        log.warning("callbacks_sync_failed", tenant_id=tenant.id, error=str(exc))
+    finally:
+        await leases.release(runtime.db, lease_name, owner)
+    if not report.error:
+        log.info(
+            "callbacks_synced",
+            tenant_id=tenant.id,
+            created=len(report.created),
+            resent=len(report.resent),
+            replaced=len(report.replaced),
+            deleted=len(report.deleted),
+        )
+    return report
+
+
+async def remove_all(runtime: Runtime, tenant: Tenant) -> SyncReport:
+    """Delete the service's callbacks at FreshBooks and retire them here (before a disconnect)."""
+    report = SyncReport(tenant.id)
+    api = CallbacksAPI(runtime.freshbooks)
+    ours = runtime.settings.webhook_base_url
+    try:
+        for remote in await api.list_all(tenant):
+            if remote.uri.startswith(ours):
+                await api.delete(tenant, remote.callback_id)
+                report.deleted.append(remote.callback_id)
+    except (FreshBooksError, TenantUnavailable) as exc:
+        report.error = str(exc)
+    async with runtime.db.sessions() as session:
+        for callback in await callback_store.active_for_tenant(session, tenant.id):
+            _retire(callback)
+            report.retired.append(callback.event)
+        await session.commit()
+    return report
+
+
+async def _reconcile(runtime: Runtime, tenant: Tenant, report: SyncReport) -> None:
+    api = CallbacksAPI(runtime.freshbooks)
+    remote = await api.list_all(tenant)
+    wanted = runtime.settings.events
+    async with runtime.db.sessions() as session:
+        active = await callback_store.active_for_tenant(session, tenant.id)
+    local: dict[str, Callback] = {}
+    for row in active:
+        if row.event in wanted and row.event not in local:
+            local[row.event] = row
+        else:
+            await _save_retired(runtime, row)
+            report.retired.append(row.event)
+
+    keep_ids: set[int] = set()
+    for event in wanted:
+        callback = local.get(event)
+        matches = [r for r in remote if callback is not None and r.uri == callback.uri and r.event == event]
+        if callback is None or not matches:
+            if callback is not None:  # FreshBooks dropped it: start again at a new URI
+                await _save_retired(runtime, callback)
+                report.replaced.append(event)
+            else:
+                report.created.append(event)
+            created = await _create(runtime, api, tenant, event)
+            keep_ids.add(created)
+            continue
+        keep = next((r for r in matches if r.verified), matches[0])
+        keep_ids.add(keep.callback_id)
+        await _update(runtime, callback.id, freshbooks_callback_id=keep.callback_id)
+        if keep.verified and callback.verifier_enc:
+            if callback.status != CallbackStatus.VERIFIED.value:
+                await _update(runtime, callback.id, status=CallbackStatus.VERIFIED.value)
+            report.unchanged.append(event)
+        else:  # pending, failed, disabled by FreshBooks, or verified there without our having the verifier
+            await _update(runtime, callback.id, status=CallbackStatus.PENDING_VERIFICATION.value)
+            await api.resend_verification(tenant, keep.callback_id)
+            report.resent.append(event)
+
+    ours = runtime.settings.webhook_base_url
+    for stale in remote:
+        if stale.uri.startswith(ours) and stale.callback_id not in keep_ids:
+            await api.delete(tenant, stale.callback_id)
+            report.deleted.append(stale.callback_id)
+
+
+async def _create(runtime: Runtime, api: CallbacksAPI, tenant: Tenant, event: str) -> int:
+    """Commit the local row first: FreshBooks POSTs the verification before create even returns."""
+    key = secrets.token_urlsafe(32)
+    now = utcnow()
+    callback = Callback(
+        id=new_id("cb"),
+        tenant_id=tenant.id,
+        event=event,
+        endpoint_key=key,
+        uri=f"{runtime.settings.webhook_base_url}{key}",
+        status=CallbackStatus.PENDING_VERIFICATION.value,
+        active=True,
+        created_at=now,
+        updated_at=now,
+    )
+    async with runtime.db.sessions() as session:
+        session.add(callback)
+        await session.commit()
+    try:
+        remote: RemoteCallback = await api.create(tenant, event, callback.uri)
+    except FreshBooksError as exc:
+        await _update(runtime, callback.id, status=CallbackStatus.FAILED.value, last_error=f"create failed: {exc}")
+        raise
+    await _update(runtime, callback.id, freshbooks_callback_id=remote.callback_id)
+    return remote.callback_id
+
+
+async def _update(runtime: Runtime, callback_id: str, **values: Any) -> None:
+    async with runtime.db.sessions() as session:
+        callback = await session.get(Callback, callback_id)
+        if callback is None:
+            return
+        for name, value in values.items():
+            setattr(callback, name, value)
+        callback.updated_at = utcnow()
+        await session.commit()
+
+
+async def _save_retired(runtime: Runtime, callback: Callback) -> None:
+    async with runtime.db.sessions() as session:
+        row = await session.get(Callback, callback.id)
+        if row is not None:
+            _retire(row)
+            await session.commit()
+
+
+def _retire(callback: Callback) -> None:
+    callback.active = False
+    callback.retired_at = utcnow()
+    callback.updated_at = callback.retired_at

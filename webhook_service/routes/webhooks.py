@@ -1,0 +1,62 @@
+"""``POST /webhooks/freshbooks/{endpoint_key}``: where FreshBooks delivers.
+
+The body is read with a cap (``INBOUND_MAX_BODY_BYTES``) whether or not a Content-Length is sent,
+so a chunked upload cannot grow past it; FreshBooks' own messages are well under 1 KiB.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from webhook_service.inbound.receiver import Refusal, accept, find_callback
+from webhook_service.logs import get_logger
+from webhook_service.routes.errors import error_response
+from webhook_service.runtime import Runtime
+
+log = get_logger("webhook_service.inbound")
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+async def receive(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    try:
+        callback = await find_callback(runtime, request.path_params["endpoint_key"])
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != FORM_TYPE:
+            raise Refusal(415, "unsupported_media_type", f"Content-Type must be {FORM_TYPE}.")
+        body = await _read_capped(request, runtime.settings.inbound_max_body_bytes)
+        outcome = await accept(runtime, callback, body, {k.lower(): v for k, v in request.headers.items()})
+    except Refusal as refusal:
+        log.warning("inbound_refused", reason=refusal.reason, status=refusal.status, path=request.url.path[:40])
+        return error_response(request, refusal.status, refusal.reason, refusal.message)
+    if outcome.kind == "verification":
+        return JSONResponse({"status": "verification_started"})
+    return JSONResponse(
+        {"status": "duplicate" if outcome.duplicate else "accepted", "id": outcome.inbox_id}, status_code=200
+    )
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise Refusal(400, "bad_content_length", "Content-Length is not a number.")
+        if int(declared) > cap:
+            raise Refusal(413, "body_too_large", f"The body exceeds {cap} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise Refusal(413, "body_too_large", f"The body exceeds {cap} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise Refusal(400, "client_disconnected", "The request body was cut off.") from exc
+    return b"".join(chunks)
+
+
+routes = [Route("/webhooks/freshbooks/{endpoint_key}", receive, methods=["POST"])]

@@ -1,0 +1,186 @@
+"""Outgoing POSTs to callback URIs: one FIFO queue, one background thread.
+
+The queue lives behind ``SimulatorState``'s lock (the dispatcher's
+``threading.Condition`` is built on that very lock), but the network I/O
+happens with the lock released, so a slow or dead receiver never stalls the
+API or the test thread. One sender thread keeps deliveries in the order the
+changes happened; FreshBooks promises no order at all, but a deterministic
+one keeps tests reproducible (the field order is what gets shuffled).
+
+No retries: FreshBooks' retry policy is undocumented, so the harsher reading
+is that a failed delivery is simply lost and the receiver must poll to cover
+the gap.
+
+Locking contract: methods ending in ``_locked`` are called with the shared
+lock held (so a state change and its deliveries are queued atomically);
+``flush`` and ``close`` acquire it themselves and must be called without it.
+The ``prepare`` and ``finish`` hooks the state supplies run with the lock
+held, on the sender thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+
+from .signing import FORM_CONTENT_TYPE, SIGNATURE_HEADER, encode
+
+DELIVERY_TIMEOUT_SECONDS = 10.0
+USER_AGENT = "FreshBooks-Webhooks (simulator)"
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["verify", "event"]
+
+
+@dataclass(slots=True)
+class DeliveryHold:
+    """Keeps queued deliveries back until an HTTP response has been sent.
+
+    FreshBooks sends the verification *after* answering the create; a route
+    attaches a hold to what it queues and releases it once its response is
+    out (or failed), so the POST can never overtake the response.
+    """
+
+    released: bool = False
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One POST to make. ``uri`` and ``signature`` of an event are filled in by ``prepare``."""
+
+    kind: Kind
+    callback_id: int
+    message: dict[str, object]
+    uri: str = ""
+    signature: str | None = None
+    dropped: bool = False
+    hold: DeliveryHold | None = None
+    started: float = field(default=0.0)
+
+    @property
+    def body(self) -> bytes:
+        return encode(self.message)
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int | None  # None: dropped, or no response at all
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def post(client: httpx.Client, delivery: Delivery) -> Outcome:
+    """Send one delivery; any failure to get a response is an error, never an exception."""
+    headers = {"Content-Type": FORM_CONTENT_TYPE, "User-Agent": USER_AGENT}
+    if delivery.signature is not None:
+        headers[SIGNATURE_HEADER] = delivery.signature
+    try:
+        response = client.post(delivery.uri, content=delivery.body, headers=headers)
+    except Exception as exc:  # transport errors, bad URLs...: the delivery is lost either way
+        return Outcome(None, f"{type(exc).__name__}: {exc}")
+    return Outcome(response.status_code, None)
+
+
+Prepare = Callable[[Delivery], Delivery | None]
+Finish = Callable[[Delivery, Outcome], None]
+
+
+class Dispatcher:
+    """The queue and its sender thread (started lazily, daemon, restartable after ``close``)."""
+
+    def __init__(self, lock: threading.Lock, prepare: Prepare, finish: Finish) -> None:
+        self._cond = threading.Condition(lock)
+        self._prepare = prepare
+        self._finish = finish
+        self._queue: deque[Delivery] = deque()
+        self._in_flight = 0
+        self._thread: threading.Thread | None = None
+        self.paused = False
+
+    # -- with the lock held ------------------------------------------------------------
+
+    def submit_locked(self, delivery: Delivery) -> None:
+        self._queue.append(delivery)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sim-deliveries", daemon=True)
+            self._thread.start()
+        self._cond.notify_all()
+
+    def release_locked(self, hold: DeliveryHold) -> None:
+        hold.released = True
+        self._cond.notify_all()
+
+    def set_paused_locked(self, paused: bool) -> None:
+        self.paused = paused
+        self._cond.notify_all()
+
+    # -- without the lock ----------------------------------------------------------------
+
+    def flush(self, timeout: float) -> None:
+        """Wait until nothing is queued (paused deliveries excepted) or in flight."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._in_flight == 0 and (self.paused or not self._queue), timeout):
+                raise TimeoutError(
+                    f"deliveries not drained within {timeout} s "
+                    f"({len(self._queue)} queued, {self._in_flight} in flight)"
+                )
+
+    def close(self, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
+        """Stop the sender thread; queued deliveries are discarded (an in-flight one finishes)."""
+        with self._cond:
+            thread, self._thread = self._thread, None
+            self._queue.clear()
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # -- the sender thread -----------------------------------------------------------------
+
+    def _ready(self, me: threading.Thread) -> bool:
+        if self._thread is not me:
+            return True  # closed (or replaced): wake up to exit
+        if self.paused or not self._queue:
+            return False
+        hold = self._queue[0].hold
+        return hold is None or hold.released
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        with httpx.Client(timeout=DELIVERY_TIMEOUT_SECONDS, follow_redirects=False) as client:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._ready(me))
+                    if self._thread is not me:
+                        return
+                    delivery = self._queue.popleft()
+                    self._in_flight += 1
+                    try:
+                        prepared = self._prepare(delivery)
+                    except Exception:  # a bug must not kill the sender and wedge flush()
+                        log.exception("preparing a delivery failed")
+                        prepared = None
+                    if prepared is None:
+                        self._in_flight -= 1
+                        self._cond.notify_all()
+                        continue
+                prepared.started = time.monotonic()
+                outcome = Outcome(None, None) if prepared.dropped else post(client, prepared)
+                with self._cond:
+                    self._in_flight -= 1
+                    try:
+                        self._finish(prepared, outcome)
+                    except Exception:
+                        log.exception("recording a delivery failed")
+                    finally:
+                        self._cond.notify_all()

@@ -1,0 +1,83 @@
+"""Writing verified FreshBooks deliveries to the durable inbox."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from webhook_service.storage.models import Callback, InboxEvent, InboxStatus
+
+
+def body_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+async def record(
+    session: AsyncSession,
+    callback: Callback,
+    *,
+    fields: dict[str, str],
+    raw_body: bytes,
+    headers: dict[str, str],
+    now: datetime,
+    dedupe_window: timedelta,
+) -> InboxEvent:
+    """Add the delivery (not committed); an exact redelivery still waiting is a duplicate.
+
+    FreshBooks bodies carry only ids, so two genuine changes of one object look identical. A copy
+    counts as a duplicate only while the earlier copy is still unprocessed: processing fetches the
+    object as it is then, so the later change is covered. Once the earlier one has been processed a
+    new copy may be a new change and is kept (the object-version ledger stops a repeat emission).
+    """
+    digest = body_hash(raw_body)
+    earlier = (
+        await session.execute(
+            select(InboxEvent.id)
+            .where(
+                InboxEvent.callback_id == callback.id,
+                InboxEvent.body_hash == digest,
+                InboxEvent.received_at >= now - dedupe_window,
+                InboxEvent.status == InboxStatus.PENDING.value,
+            )
+            .order_by(InboxEvent.id)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    event = InboxEvent(
+        tenant_id=callback.tenant_id,
+        callback_id=callback.id,
+        event_name=fields.get("name", ""),
+        object_id=fields.get("object_id"),
+        account_id=fields.get("account_id"),
+        business_id=fields.get("business_id"),
+        raw_body=raw_body.decode("utf-8"),
+        headers=json.dumps(headers, sort_keys=True),
+        body_hash=digest,
+        status=InboxStatus.DUPLICATE.value if earlier is not None else InboxStatus.PENDING.value,
+        duplicate_of=earlier,
+        received_at=now,
+    )
+    session.add(event)
+    await session.execute(
+        update(Callback)
+        .where(Callback.id == callback.id)
+        .values(last_event_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await session.flush()
+    return event
+
+
+async def list_events(
+    session: AsyncSession, *, tenant_id: str | None = None, status: str | None = None, limit: int = 100
+) -> list[InboxEvent]:
+    query = select(InboxEvent).order_by(InboxEvent.id.desc()).limit(limit)
+    if tenant_id is not None:
+        query = query.where(InboxEvent.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(InboxEvent.status == status)
+    return list((await session.execute(query)).scalars())
