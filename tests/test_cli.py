@@ -27,6 +27,7 @@ def cli_env(settings, simulator):
         "FRESHBOOKS_AUTH_BASE": simulator.base_url,
         "FRESHBOOKS_CLIENT_ID": simulator.state.client_id,
         "FRESHBOOKS_CLIENT_SECRET": simulator.state.client_secret,
+        "PUBLIC_BASE_URL": settings.public_base_url,
         "LOG_FORMAT": "json",
         "AUTO_MIGRATE": "always",
     }
@@ -145,3 +146,37 @@ def test_secret_key_rotation(cli_env, simulator, tmp_path):
     assert gone.returncode == 0, gone.stderr
     assert json.loads(gone.stdout)["revoked"] is True
     assert len([r for r in simulator.state.requests if r["path"] == "/auth/oauth/revoke"]) == revokes + 1
+
+
+def test_callbacks_sync_and_list_with_the_service_running(cli_env, service, simulator, tmp_path):
+    imported = _run(
+        [
+            "tenants",
+            "import",
+            "--refresh-token",
+            simulator.state.issue_refresh_token(),
+            "--business-id",
+            "439000",
+            "--json",
+        ],
+        cli_env,
+        cwd=tmp_path,
+    )
+    assert imported.returncode == 0, imported.stderr
+    report = json.loads(imported.stdout)["callbacks"]
+    assert report["error"] is None and len(report["created"]) == 15
+    service.settle()
+
+    listed = json.loads(_run(["callbacks", "list", "--json"], cli_env, cwd=tmp_path).stdout)
+    assert len(listed) == 15
+    assert {c["state"] for c in listed} == {"verified"}
+    assert all(c["last_event_at"] is None for c in listed)
+    assert not any("verifier" in key or "key" in key for key in listed[0])
+
+    synced = _run(["callbacks", "sync", "--all", "--json"], cli_env, cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr
+    [again] = json.loads(synced.stdout)
+    assert (again["created"], again["deleted"], again["resent"]) == ([], [], [])
+    human = _run(["callbacks", "sync", "--tenant", listed[0]["tenant_id"]], cli_env, cwd=tmp_path)
+    assert "in sync (15 callbacks)" in human.stdout
+    assert _run(["callbacks", "sync", "--tenant", "ten_nope"], cli_env, cwd=tmp_path).returncode == 1

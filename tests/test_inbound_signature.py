@@ -92,3 +92,15 @@ def test_non_ascii_is_signed_as_ascii_escapes():
 def test_malformed_bodies_are_refused(body):
     with pytest.raises(MalformedBody):
         parse_form(body)
+
+
+def test_the_documented_example_holds():
+    import doctest
+
+    from webhook_service.inbound import signature
+
+    assert doctest.testmod(signature) == (0, 2)
+    readme = (__import__("pathlib").Path(__file__).parents[1] / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    runner = doctest.DocTestRunner()
+    assert runner.run(doctest.DocTestParser().get_doctest(example, {}, "README", None, 0)) == (0, 3)

@@ -429,15 +429,13 @@ def test_request_log_keeps_query_order_and_authorization(http, state, token):
     assert isinstance(entry["time"], float)
 
 
-def test_seed_is_deterministic_and_fast():
+def test_seed_is_deterministic():
     def world() -> SimulatorState:
         state = SimulatorState(seed=3)
         state.now = lambda: LATE_EVENING_EASTERN
         return state
 
-    started = time.perf_counter()
     invoices = world().seed("ABC123", "invoice", 2500)
-    assert time.perf_counter() - started < 1.0
     assert world().seed("ABC123", "invoice", 2500) == invoices
     assert len({inv["id"] for inv in invoices}) == 2500
     assert all(EASTERN_NAIVE.match(inv["updated"]) and inv["lines"] for inv in invoices[:50])

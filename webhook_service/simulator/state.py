@@ -45,6 +45,11 @@ class SimulatorState:
     objects at chosen moments. OAuth expiry runs on the real wall clock
     (``time.time``) so a frozen ``now`` never makes tokens look stale to a
     service that compares ``created_at + expires_in`` with its own clock.
+
+    Every ``create_object`` / ``update_object`` / ``delete_object`` /
+    ``archive_object`` (not ``seed``) sends ``<noun>.create|update|delete``
+    to the business's verified callbacks; ``flush_deliveries()`` waits for
+    them and ``close()`` stops the delivery thread.
     """
 
     def __init__(self, seed: int = 0) -> None:
