@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 from datetime import timedelta
 
@@ -195,6 +198,11 @@ async def _inbox_count(runtime) -> int:
         return (await session.execute(select(func.count()).select_from(InboxEvent))).scalar_one()
 
 
+def _compact_signature(verifier: str, fields: dict[str, str]) -> str:
+    digest = hmac.new(verifier.encode(), json.dumps(fields, separators=(",", ":")).encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
 async def test_refusals_with_their_status_and_nothing_stored(connected, service, runtime, simulator):
     callbacks = await _callbacks(runtime, connected.id)
     invoice = callbacks["invoice"]
@@ -219,6 +227,15 @@ async def test_refusals_with_their_status_and_nothing_stored(connected, service,
                 signing.sign(
                     simulator.state.callback_verifier(invoice.freshbooks_callback_id), dict(sorted(fields.items()))
                 ),
+            ),
+            401,
+        ),
+        "compact json": (
+            _post(
+                service,
+                invoice,
+                body,
+                _compact_signature(simulator.state.callback_verifier(invoice.freshbooks_callback_id), fields),
             ),
             401,
         ),
@@ -264,3 +281,23 @@ async def test_disconnect_deletes_the_callbacks_at_freshbooks(connected, service
     assert revoke_error is None and tenant.status == TenantStatus.DISCONNECTED.value
     assert simulator.state.list_callbacks(OWNER_ACCOUNT_ID) == []
     assert await _callbacks(runtime, connected.id) == {}
+
+
+async def test_failed_verification_shows_in_list_and_next_sync_recovers(service, settings, runtime, tenant, simulator):
+    settings.freshbooks_events = "invoice"
+    settings.__dict__.pop("events", None)
+    settings.callback_verify_attempts = 1
+    simulator.state.pause_deliveries()
+    assert (await registrar.sync_tenant(runtime, tenant)).created == ["invoice"]
+    simulator.state.fail_next(settings.freshbooks_max_attempts, status=503, retry_after="0", paths_prefix="/events/")
+    simulator.state.resume_deliveries()
+    await asyncio.to_thread(service.settle)
+
+    failed = (await _callbacks(runtime, tenant.id))["invoice"]
+    assert failed.status == CallbackStatus.FAILED.value
+    assert "503" in failed.last_error and failed.verifier_enc is None
+
+    assert (await registrar.sync_tenant(runtime, tenant)).resent == ["invoice"]
+    await asyncio.to_thread(service.settle)
+    recovered = (await _callbacks(runtime, tenant.id))["invoice"]
+    assert recovered.status == CallbackStatus.VERIFIED.value and recovered.last_error is None
