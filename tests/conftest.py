@@ -24,6 +24,8 @@ from webhook_service.app import create_app
 from webhook_service.config import Settings
 from webhook_service.crypto import generate_key
 from webhook_service.runtime import Runtime
+from webhook_service.delivery.worker import DeliveryWorker
+from webhook_service.normalize.processor import InboxProcessor
 from webhook_service.serving import BackgroundServer, bind_socket
 from webhook_service.simulator import SimulatorServer, SimulatorState
 from webhook_service.storage.models import Tenant
@@ -112,10 +114,20 @@ class RunningService:
         return self.server.app.state.runtime  # type: ignore[attr-defined, no-any-return]
 
     def settle(self) -> None:
-        """Wait until the simulator has sent everything and the service has finished reacting."""
-        for _ in range(2):  # a reaction (a PUT) may itself make the simulator send something
+        """Wait until the simulator has sent everything and the service has done all that is due.
+
+        The service's own loops run too; driving one more round here (claims keep the two apart)
+        makes "everything due is done" something a test can wait for instead of sleeping.
+        """
+        for _ in range(3):  # a reaction (a PUT) may itself make the simulator send something
             self.simulator.state.flush_deliveries()
-            self.server.run_coroutine(self.runtime.tasks.idle())
+            self.server.run_coroutine(self._drain())
+
+    async def _drain(self) -> None:
+        runtime = self.runtime
+        await runtime.tasks.idle()
+        while await InboxProcessor(runtime).run_once() + await DeliveryWorker(runtime).run_once():
+            await runtime.tasks.idle()
 
 
 @pytest.fixture

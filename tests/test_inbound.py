@@ -19,7 +19,7 @@ from webhook_service.inbound import registrar
 from webhook_service.simulator import signing
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.models import Callback, CallbackStatus, InboxEvent, TenantStatus
+from webhook_service.storage.models import Callback, CallbackStatus, Event, InboxEvent, TenantStatus
 
 
 async def _callbacks(runtime, tenant_id) -> dict[str, Callback]:
@@ -84,9 +84,12 @@ async def test_connect_sync_verify_and_receive_end_to_end(connected, service, ru
     assert [d["status"] for d in events] == [200, 200]
     inbox = await _inbox(runtime)
     assert [(e.event_name, e.object_id, e.status) for e in inbox] == [
-        ("invoice.update", str(invoice["id"]), "pending"),
-        ("client.create", str(client["id"]), "pending"),
+        ("invoice.update", str(invoice["id"]), "processed"),
+        ("client.create", str(client["id"]), "processed"),
     ]
+    async with runtime.db.sessions() as session:
+        emitted = (await session.execute(select(Event.type, Event.inbox_event_id).order_by(Event.created_at))).all()
+    assert sorted(emitted) == sorted([("invoice.updated", inbox[0].id), ("client.created", inbox[1].id)])
     assert inbox[0].callback_id == callbacks["invoice"].id and inbox[0].tenant_id == connected.id
     assert inbox[0].raw_body == events[0]["body"]
     assert json.loads(inbox[0].headers)["x-freshbooks-hmac-sha256"] == events[0]["signature"]
@@ -169,9 +172,15 @@ async def test_exact_redelivery_is_a_duplicate(connected, service, runtime, simu
     first = _post(service, callback, body, signature)
     second = _post(service, callback, body, signature)
     assert first.json()["status"] == "accepted" and second.json()["status"] == "duplicate"
+    third = _post(service, callback, body, signature)
+    assert third.json()["status"] == "duplicate"
+    await asyncio.to_thread(service.settle)
     inbox = await _inbox(runtime)
-    assert [e.status for e in inbox] == ["pending", "duplicate"]
-    assert inbox[1].duplicate_of == inbox[0].id
+    assert [e.status for e in inbox] == ["processed", "duplicate", "duplicate"]
+    assert inbox[1].duplicate_of == inbox[2].duplicate_of == inbox[0].id
+    async with runtime.db.sessions() as session:
+        events = (await session.execute(select(Event).where(Event.object_id == "100001"))).scalars().all()
+    assert len(events) == 1  # processed once
 
 
 async def test_awkward_values_arrive_signed_through_http(connected, service, runtime, simulator):

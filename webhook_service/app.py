@@ -11,9 +11,11 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from webhook_service.config import Settings, get_settings
+from webhook_service.delivery.worker import DeliveryWorker
 from webhook_service.inbound import registrar
 from webhook_service.logs import get_logger
 from webhook_service.middleware import RequestContextMiddleware
+from webhook_service.normalize.processor import InboxProcessor
 from webhook_service.routes import health, oauth, webhooks
 from webhook_service.routes.errors import http_exception, unhandled_exception
 from webhook_service.runtime import Runtime
@@ -30,13 +32,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.runtime = runtime
             refresher = asyncio.create_task(_keep_tokens_fresh(runtime), name="token-refresher")
             syncer = asyncio.create_task(_keep_callbacks_in_sync(runtime), name="callbacks-sync")
+            workers = [
+                asyncio.create_task(InboxProcessor(runtime).run_forever(), name="inbox-processor"),
+                *(
+                    asyncio.create_task(DeliveryWorker(runtime).run_forever(), name=f"delivery-worker-{n}")
+                    for n in range(settings.delivery_workers)
+                ),
+            ]
             log.info(
                 "service_started", public_base_url=settings.public_base_url, database=runtime.db.engine.dialect.name
             )
             try:
                 yield
             finally:
-                for task in (refresher, syncer):
+                for task in (refresher, syncer, *workers):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task

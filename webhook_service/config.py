@@ -68,6 +68,22 @@ class Settings(BaseSettings):
     callback_sync_interval: float = Field(default=3600.0, gt=0)
     callback_verify_attempts: int = Field(default=3, ge=1, le=10)
 
+    # --- processing and delivery ---------------------------------------------------------------
+    admin_token: SecretStr | None = None
+    processor_concurrency: int = Field(default=8, ge=1, le=256)
+    delivery_workers: int = Field(default=4, ge=0, le=64)
+    delivery_batch_size: int = Field(default=50, ge=1, le=1000)
+    delivery_concurrency: int = Field(default=64, ge=1, le=1024)
+    delivery_timeout: float = Field(default=15.0, gt=0, le=120)
+    delivery_retry_schedule: str = "0,5,300,1800,7200,18000,36000,36000"
+    delivery_retry_jitter: float = Field(default=0.2, ge=0, le=0.9)
+    delivery_lease_seconds: int = Field(default=60, ge=5)
+    delivery_poll_interval: float = Field(default=1.0, gt=0)
+    subscription_disable_after_hours: float = Field(default=120.0, gt=0)
+    secret_rotation_grace_hours: float = Field(default=24.0, ge=0, le=24 * 7)
+    outbound_allowed_cidrs: str = ""
+    outbound_https_only: bool = False
+
     # --- tokens and OAuth ----------------------------------------------------------------------
     token_refresh_margin_min: int = Field(default=60, ge=0)
     token_refresh_margin_max: int = Field(default=180, ge=0)
@@ -98,6 +114,21 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"FRESHBOOKS_EVENTS names unknown nouns {unknown}; known: {', '.join(CATALOGUE)}")
         return chosen
+
+    @cached_property
+    def retry_schedule(self) -> tuple[float, ...]:
+        """Delay before each attempt, in seconds (the first is usually 0)."""
+        try:
+            delays = tuple(float(part) for part in self.delivery_retry_schedule.replace(" ", "").split(",") if part)
+        except ValueError as exc:
+            raise ValueError("DELIVERY_RETRY_SCHEDULE must be comma-separated seconds") from exc
+        if not delays or any(delay < 0 for delay in delays):
+            raise ValueError("DELIVERY_RETRY_SCHEDULE needs at least one non-negative delay")
+        return delays
+
+    @cached_property
+    def allowed_cidrs(self) -> tuple[str, ...]:
+        return tuple(self.outbound_allowed_cidrs.replace(",", " ").split())
 
     @property
     def webhook_base_url(self) -> str:

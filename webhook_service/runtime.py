@@ -6,18 +6,21 @@ one way to reach each piece and one place that builds it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
 from webhook_service import __version__
 from webhook_service.config import Settings
 from webhook_service.crypto import SecretBox, secret_box_from_settings
+from webhook_service.delivery.egress import EgressPolicy, guarded_transport
 from webhook_service.freshbooks.client import FreshBooksClient
 from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.freshbooks.tokens import TokenManager
+from webhook_service.signals import Signals
 from webhook_service.storage import migrate
 from webhook_service.storage.database import Database
 from webhook_service.tasks import TaskTracker
@@ -33,6 +36,10 @@ class Runtime:
     tokens: TokenManager
     freshbooks: FreshBooksClient
     tasks: TaskTracker
+    outbound: httpx.AsyncClient
+    """Subscriber deliveries only: egress-guarded, never follows redirects, never reads proxies."""
+    signals: Signals = field(default_factory=Signals)
+    delivery_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
 
     @classmethod
     @asynccontextmanager
@@ -47,6 +54,15 @@ class Runtime:
             follow_redirects=False,
         )
         tasks = TaskTracker()
+        outbound = httpx.AsyncClient(
+            transport=guarded_transport(
+                EgressPolicy(settings.allowed_cidrs, https_only=settings.outbound_https_only),
+                limits=httpx.Limits(max_connections=settings.delivery_concurrency, max_keepalive_connections=100),
+            ),
+            timeout=httpx.Timeout(settings.delivery_timeout),
+            follow_redirects=False,
+            trust_env=False,
+        )
         try:
             if migrate_schema if migrate_schema is not None else settings.should_migrate_on_start:
                 await migrate.upgrade(db)
@@ -61,8 +77,11 @@ class Runtime:
                 tokens=tokens,
                 freshbooks=FreshBooksClient(settings, http, tokens),
                 tasks=tasks,
+                outbound=outbound,
+                delivery_slots=asyncio.Semaphore(settings.delivery_concurrency),
             )
         finally:
             await tasks.cancel_all()
+            await outbound.aclose()
             await http.aclose()
             await db.dispose()

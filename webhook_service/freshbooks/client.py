@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
@@ -21,6 +20,7 @@ from webhook_service.freshbooks.catalogue import BusinessRef, Page, Resource, ge
 from webhook_service.freshbooks.errors import RETRYABLE_STATUSES, FreshBooksError
 from webhook_service.freshbooks.tokens import TokenManager
 from webhook_service.logs import get_logger
+from webhook_service.retry_after import parse_retry_after
 
 log = get_logger(__name__)
 
@@ -201,24 +201,6 @@ class FreshBooksClient:
         """Exponential backoff with full jitter: 0.5 s, 1 s, 2 s ... capped at 30 s."""
         ceiling = min(30.0, 0.5 * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date; None when absent or garbage."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
 def _keep_updated_since(spec: Resource, page: Page, since: datetime) -> Page:

@@ -102,6 +102,8 @@ async def _record_event(
         )
         await session.commit()
     duplicate = event.duplicate_of is not None
+    if not duplicate:
+        runtime.signals.inbox_ready()
     log.info(
         "inbound_accepted",
         inbox_id=event.id,

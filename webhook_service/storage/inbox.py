@@ -26,27 +26,29 @@ async def record(
     now: datetime,
     dedupe_window: timedelta,
 ) -> InboxEvent:
-    """Add the delivery (not committed); an exact redelivery still waiting is a duplicate.
+    """Add the delivery (not committed); an exact redelivery within the window is a duplicate.
 
-    FreshBooks bodies carry only ids, so two genuine changes of one object look identical. A copy
-    counts as a duplicate only while the earlier copy is still unprocessed: processing fetches the
-    object as it is then, so the later change is covered. Once the earlier one has been processed a
-    new copy may be a new change and is kept (the object-version ledger stops a repeat emission).
+    A duplicate is never processed as an event of its own. But FreshBooks bodies carry only ids, so
+    a second genuine change of the same object looks exactly like a redelivery: when the first copy
+    has already been processed, the duplicate is marked for a recheck (``next_attempt_at``), which
+    fetches the object again and emits only a version the ledger has not seen.
     """
     digest = body_hash(raw_body)
-    earlier = (
+    original = (
         await session.execute(
-            select(InboxEvent.id)
+            select(InboxEvent.id, InboxEvent.status)
             .where(
                 InboxEvent.callback_id == callback.id,
                 InboxEvent.body_hash == digest,
                 InboxEvent.received_at >= now - dedupe_window,
-                InboxEvent.status == InboxStatus.PENDING.value,
+                InboxEvent.status != InboxStatus.DUPLICATE.value,
             )
             .order_by(InboxEvent.id)
             .limit(1)
         )
-    ).scalar_one_or_none()
+    ).first()
+    earlier = original[0] if original else None
+    recheck = now if original is not None and original[1] != InboxStatus.PENDING.value else None
     event = InboxEvent(
         tenant_id=callback.tenant_id,
         callback_id=callback.id,
@@ -59,6 +61,7 @@ async def record(
         body_hash=digest,
         status=InboxStatus.DUPLICATE.value if earlier is not None else InboxStatus.PENDING.value,
         duplicate_of=earlier,
+        next_attempt_at=recheck,
         received_at=now,
     )
     session.add(event)

@@ -1,0 +1,1 @@
+"""Forwarding normalized events to subscribers: signing, retries, dead letters, egress safety."""

@@ -1,0 +1,224 @@
+"""Subscriptions: create, read, update, delete, rotate the secret. Shared by the admin API and CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from webhook_service.delivery.egress import EgressPolicy
+from webhook_service.delivery.matching import invalid_patterns
+from webhook_service.delivery.signing import generate_secret
+from webhook_service.freshbooks.catalogue import CATALOGUE
+from webhook_service.runtime import Runtime
+from webhook_service.storage.columns import new_id, utcnow
+from webhook_service.storage.models import Delivery, DeliveryStatus, Subscription, Tenant
+
+EDITABLE = ("url", "event_types", "tenant_id", "description", "enabled", "rate_limit_per_second")
+
+
+class SubscriptionError(ValueError):
+    """The request cannot be applied; the message says why (shown to the caller)."""
+
+
+class SubscriptionNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Created:
+    subscription: Subscription
+    secret: str
+    """Shown once: it is stored only encrypted."""
+
+
+def view(subscription: Subscription) -> dict[str, Any]:
+    """What may be shown of a subscription: never its secret."""
+    return {
+        "id": subscription.id,
+        "url": subscription.url,
+        "event_types": json.loads(subscription.event_types),
+        "tenant_id": subscription.tenant_id,
+        "description": subscription.description,
+        "enabled": subscription.enabled,
+        "disabled_reason": subscription.disabled_reason,
+        "rate_limit_per_second": subscription.rate_limit_per_second,
+        "previous_secret_valid_until": _iso(subscription.previous_secret_until),
+        "failing_since": _iso(subscription.failing_since),
+        "created_at": _iso(subscription.created_at),
+        "updated_at": _iso(subscription.updated_at),
+    }
+
+
+def secrets_for_signing(runtime: Runtime, subscription: Subscription, now: datetime) -> list[str]:
+    """The current secret, plus the previous one while its rotation grace lasts."""
+    current = [runtime.box.decrypt(subscription.secret_enc)]
+    if (
+        subscription.previous_secret_enc
+        and subscription.previous_secret_until
+        and subscription.previous_secret_until > now
+    ):
+        current.append(runtime.box.decrypt(subscription.previous_secret_enc))
+    return current
+
+
+async def create(runtime: Runtime, fields: dict[str, Any]) -> Created:
+    values = await _validated(runtime, fields, creating=True)
+    secret = generate_secret()
+    now = utcnow()
+    subscription = Subscription(
+        id=new_id("sub"),
+        url=values["url"],
+        event_types=json.dumps(values["event_types"]),
+        tenant_id=values.get("tenant_id"),
+        description=values.get("description", ""),
+        enabled=values.get("enabled", True),
+        rate_limit_per_second=values.get("rate_limit_per_second"),
+        rate_window_count=0,
+        secret_enc=runtime.box.encrypt(secret),
+        created_at=now,
+        updated_at=now,
+    )
+    async with runtime.db.sessions() as session:
+        session.add(subscription)
+        await session.commit()
+    return Created(subscription, secret)
+
+
+async def get(runtime: Runtime, subscription_id: str) -> Subscription:
+    async with runtime.db.sessions() as session:
+        subscription = await session.get(Subscription, subscription_id)
+    if subscription is None:
+        raise SubscriptionNotFound(subscription_id)
+    return subscription
+
+
+async def list_all(runtime: Runtime) -> list[Subscription]:
+    async with runtime.db.sessions() as session:
+        return list((await session.execute(select(Subscription).order_by(Subscription.created_at))).scalars())
+
+
+async def modify(runtime: Runtime, subscription_id: str, fields: dict[str, Any]) -> Subscription:
+    values = await _validated(runtime, fields, creating=False)
+    async with runtime.db.sessions() as session:
+        subscription = await session.get(Subscription, subscription_id)
+        if subscription is None:
+            raise SubscriptionNotFound(subscription_id)
+        for name, value in values.items():
+            setattr(subscription, name, json.dumps(value) if name == "event_types" else value)
+        if values.get("enabled") is True:
+            subscription.disabled_reason = None
+            subscription.failing_since = None
+        subscription.updated_at = utcnow()
+        await session.commit()
+    return subscription
+
+
+async def remove(runtime: Runtime, subscription_id: str) -> None:
+    async with runtime.db.sessions() as session:
+        subscription = await session.get(Subscription, subscription_id)
+        if subscription is None:
+            raise SubscriptionNotFound(subscription_id)
+        await session.delete(subscription)
+        await session.commit()
+
+
+async def rotate_secret(runtime: Runtime, subscription_id: str, grace: timedelta | None = None) -> Created:
+    """A new secret; the old one keeps signing beside it for ``grace`` (default from settings)."""
+    grace = grace if grace is not None else timedelta(hours=runtime.settings.secret_rotation_grace_hours)
+    secret = generate_secret()
+    now = utcnow()
+    async with runtime.db.sessions() as session:
+        subscription = await session.get(Subscription, subscription_id)
+        if subscription is None:
+            raise SubscriptionNotFound(subscription_id)
+        subscription.previous_secret_enc = subscription.secret_enc
+        subscription.previous_secret_until = now + grace
+        subscription.secret_enc = runtime.box.encrypt(secret)
+        subscription.updated_at = now
+        await session.commit()
+    return Created(subscription, secret)
+
+
+async def disable(runtime: Runtime, subscription_id: str, reason: str) -> None:
+    """Stop delivering: what is still queued becomes dead (``recover`` brings it back later)."""
+    now = utcnow()
+    async with runtime.db.sessions() as session:
+        await session.execute(
+            update(Subscription)
+            .where(Subscription.id == subscription_id)
+            .values(enabled=False, disabled_reason=reason, updated_at=now)
+        )
+        await session.execute(
+            update(Delivery)
+            .where(
+                Delivery.subscription_id == subscription_id,
+                Delivery.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value]),
+            )
+            .values(
+                status=DeliveryStatus.DEAD.value,
+                last_error=f"subscription disabled: {reason}",
+                lease_owner=None,
+                lease_until=None,
+                completed_at=now,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+
+
+async def _validated(runtime: Runtime, fields: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+    unknown = set(fields) - set(EDITABLE)
+    if unknown:
+        raise SubscriptionError(f"unknown fields: {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    if "url" in fields or creating:
+        url = fields.get("url")
+        if not isinstance(url, str) or not url:
+            raise SubscriptionError("url is required")
+        policy = EgressPolicy(runtime.settings.allowed_cidrs, https_only=runtime.settings.outbound_https_only)
+        problem = policy.validate_subscriber_url(url)
+        if problem:
+            raise SubscriptionError(f"url: {problem}")
+        values["url"] = url
+    if "event_types" in fields or creating:
+        patterns = fields.get("event_types", ["*"] if creating else None)
+        if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) for p in patterns):
+            raise SubscriptionError("event_types must be a non-empty list of strings")
+        bad = invalid_patterns(patterns)
+        unknown_nouns = [p for p in patterns if p != "*" and p.split(".", 1)[0] not in CATALOGUE]
+        if bad or unknown_nouns:
+            raise SubscriptionError(
+                f"event_types: {', '.join(bad + unknown_nouns)} not understood; use '*', '<noun>.*' or "
+                f"'<noun>.<verb>' with a noun among {', '.join(CATALOGUE)}"
+            )
+        values["event_types"] = list(dict.fromkeys(patterns))
+    if "tenant_id" in fields:
+        tenant_id = fields["tenant_id"]
+        if tenant_id is not None:
+            async with runtime.db.sessions() as session:
+                if not isinstance(tenant_id, str) or await session.get(Tenant, tenant_id) is None:
+                    raise SubscriptionError(f"tenant_id: no tenant {tenant_id!r}")
+        values["tenant_id"] = tenant_id
+    if "description" in fields:
+        if not isinstance(fields["description"], str) or len(fields["description"]) > 1000:
+            raise SubscriptionError("description must be a string of at most 1000 characters")
+        values["description"] = fields["description"]
+    if "enabled" in fields:
+        if not isinstance(fields["enabled"], bool):
+            raise SubscriptionError("enabled must be true or false")
+        values["enabled"] = fields["enabled"]
+    if "rate_limit_per_second" in fields:
+        limit = fields["rate_limit_per_second"]
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000):
+            raise SubscriptionError("rate_limit_per_second must be an integer from 1 to 10000, or null")
+        values["rate_limit_per_second"] = limit
+    return values
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,232 @@
+"""Delivery workers: claim due deliveries, sign, POST, record every attempt, schedule the next.
+
+Outcomes: 2xx succeeds; anything else (3xx included: redirects are never followed) fails and is
+retried on the schedule (``DELIVERY_RETRY_SCHEDULE``, each delay ±``DELIVERY_RETRY_JITTER``);
+429/502/503/504 wait at least as long as ``Retry-After`` asks; ``410 Gone`` disables the
+subscription; a subscription failing without a single success for
+``SUBSCRIPTION_DISABLE_AFTER_HOURS`` is disabled; after the last attempt a delivery is dead.
+Scheduling uses the injected clock (tests simulate time); the signature timestamp is always the
+real send time, because subscribers check it against theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from webhook_service.delivery import signing
+from webhook_service.delivery.egress import egress_refusal
+from webhook_service.delivery.subscriptions import disable, secrets_for_signing
+from webhook_service.logs import get_logger
+from webhook_service.retry_after import parse_retry_after
+from webhook_service.runtime import Runtime
+from webhook_service.storage import deliveries as claims
+from webhook_service.storage.columns import utcnow
+from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Subscription
+
+log = get_logger(__name__)
+
+RESPONSE_BODY_LIMIT = 20_000
+SLOW_DOWN = frozenset({429, 502, 503, 504})
+MAX_RETRY_AFTER = 24 * 3600.0
+USER_AGENT = "webhook-service (+https://www.standardwebhooks.com)"
+
+
+@dataclass
+class Outcome:
+    delivery_id: str
+    subscription_id: str
+    number: int
+    started_at: datetime
+    status_code: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    response_body: str | None = None
+    retry_after: float | None = None
+    deferred_until: datetime | None = None  # rate limited: not an attempt
+    skip_reason: str | None = None  # subscription disabled: no attempt
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class DeliveryWorker:
+    def __init__(self, runtime: Runtime, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._runtime = runtime
+        self._clock = clock
+        self._settings = runtime.settings
+
+    async def run_once(self) -> int:
+        """Claim and send one batch of due deliveries; returns how many were claimed."""
+        now = self._clock()
+        async with self._runtime.db.sessions() as session:
+            batch = await claims.claim_deliveries(
+                session,
+                now=now,
+                limit=self._settings.delivery_batch_size,
+                lease=timedelta(seconds=self._settings.delivery_lease_seconds + self._settings.delivery_timeout),
+            )
+        if not batch:
+            return 0
+        outcomes = await asyncio.gather(*(self._attempt(d, e, s, now) for d, e, s in batch))
+        await self._record(outcomes, {d.id: d for d, _, _ in batch})
+        return len(batch)
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                claimed = await self.run_once()
+            except Exception:
+                log.exception("delivery_worker_failed")
+                claimed = 0
+            if not claimed:
+                await self._runtime.signals.wait_deliveries(self._settings.delivery_poll_interval)
+
+    # -- one attempt --------------------------------------------------------------------------
+    async def _attempt(self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime) -> Outcome:
+        outcome = Outcome(delivery.id, subscription.id, delivery.attempts + 1, now)
+        if not subscription.enabled:
+            outcome.skip_reason = f"subscription disabled: {subscription.disabled_reason or 'by an operator'}"
+            return outcome
+        limit = subscription.rate_limit_per_second
+        if limit is not None:
+            async with self._runtime.db.sessions() as session:
+                if not await claims.take_rate_slot(session, subscription.id, limit, now):
+                    outcome.deferred_until = datetime.fromtimestamp(int(now.timestamp()) + 1, UTC)
+                    return outcome
+        sent_at = datetime.now(UTC)
+        headers = {
+            **signing.headers(secrets_for_signing(self._runtime, subscription, now), event.id, sent_at, event.payload),
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+        }
+        started = time.perf_counter()
+        async with self._runtime.delivery_slots:
+            try:
+                async with self._runtime.outbound.stream(
+                    "POST", subscription.url, content=event.payload.encode("utf-8"), headers=headers
+                ) as response:
+                    body = await _read_limited(response, RESPONSE_BODY_LIMIT)
+                outcome.status_code = response.status_code
+                outcome.response_body = body.decode("utf-8", "replace")
+                if response.status_code in SLOW_DOWN:
+                    outcome.retry_after = parse_retry_after(response.headers.get("retry-after"))
+            except httpx.TimeoutException:
+                outcome.error = f"timeout after {self._settings.delivery_timeout:g} s"
+            except httpx.HTTPError as exc:
+                refusal = egress_refusal(exc)
+                outcome.error = str(refusal) if refusal else f"{type(exc).__name__}: {exc}"
+        outcome.latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        return outcome
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    async def _record(self, outcomes: list[Outcome], deliveries: dict[str, Delivery]) -> None:
+        now = self._clock()
+        to_disable: dict[str, str] = {}
+        async with self._runtime.db.sessions() as session:
+            for outcome in outcomes:
+                delivery = deliveries[outcome.delivery_id]
+                values = self._next_state(delivery, outcome, now)
+                await session.execute(
+                    update(Delivery)
+                    .where(Delivery.id == delivery.id)
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                )
+                if outcome.deferred_until is not None or outcome.skip_reason is not None:
+                    continue
+                session.add(
+                    DeliveryAttempt(
+                        delivery_id=delivery.id,
+                        number=outcome.number,
+                        started_at=outcome.started_at,
+                        status_code=outcome.status_code,
+                        latency_ms=outcome.latency_ms,
+                        error=outcome.error,
+                        response_body=outcome.response_body,
+                    )
+                )
+                if outcome.status_code == 410:
+                    to_disable[outcome.subscription_id] = "the endpoint answered 410 Gone"
+            failing = await self._track_health(session, outcomes, now)
+            await session.commit()
+        for subscription_id, since in failing.items():
+            hours = self._settings.subscription_disable_after_hours
+            if since <= now - timedelta(hours=hours):
+                to_disable.setdefault(subscription_id, f"nothing but failures for {hours:g} hours")
+        for subscription_id, reason in to_disable.items():
+            await disable(self._runtime, subscription_id, reason)
+            log.warning("subscription_disabled", subscription_id=subscription_id, reason=reason)
+
+    def _next_state(self, delivery: Delivery, outcome: Outcome, now: datetime) -> dict[str, object]:
+        values: dict[str, object] = {"lease_owner": None, "lease_until": None, "updated_at": now}
+        if outcome.deferred_until is not None:
+            return {**values, "next_attempt_at": outcome.deferred_until}
+        if outcome.skip_reason is not None:
+            return {
+                **values,
+                "status": DeliveryStatus.DEAD.value,
+                "last_error": outcome.skip_reason,
+                "completed_at": now,
+            }
+        values.update(
+            attempts=outcome.number,
+            last_status_code=outcome.status_code,
+            last_error=outcome.error or (None if outcome.succeeded else f"HTTP {outcome.status_code}"),
+        )
+        if outcome.succeeded:
+            return {**values, "status": DeliveryStatus.SUCCEEDED.value, "completed_at": now, "last_error": None}
+        schedule = self._settings.retry_schedule
+        position = outcome.number - delivery.schedule_base  # attempts made in this schedule
+        if position >= len(schedule) or outcome.status_code == 410:
+            log.warning("delivery_dead", delivery_id=delivery.id, attempts=outcome.number)
+            return {**values, "status": DeliveryStatus.DEAD.value, "completed_at": now}
+        delay = schedule[position] * random.uniform(
+            1 - self._settings.delivery_retry_jitter, 1 + self._settings.delivery_retry_jitter
+        )
+        if outcome.retry_after is not None:
+            delay = max(delay, min(outcome.retry_after, MAX_RETRY_AFTER))
+        return {**values, "status": DeliveryStatus.FAILED.value, "next_attempt_at": now + timedelta(seconds=delay)}
+
+    async def _track_health(self, session: AsyncSession, outcomes: list[Outcome], now: datetime) -> dict[str, datetime]:
+        """Clear ``failing_since`` on any success; start it on a first failure. Returns the failing."""
+        attempted = [o for o in outcomes if o.deferred_until is None and o.skip_reason is None]
+        ok = {o.subscription_id for o in attempted if o.succeeded}
+        bad = {o.subscription_id for o in attempted if not o.succeeded} - ok
+        if ok:
+            await session.execute(
+                update(Subscription)
+                .where(Subscription.id.in_(ok))
+                .values(failing_since=None)
+                .execution_options(synchronize_session=False)
+            )
+        failing: dict[str, datetime] = {}
+        for subscription_id in bad:
+            subscription = await session.get(Subscription, subscription_id, populate_existing=True)
+            if subscription is None:
+                continue
+            if subscription.failing_since is None:
+                subscription.failing_since = now
+            failing[subscription_id] = subscription.failing_since
+        return failing
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body; the rest is not read (a huge body cannot hurt us)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_raw():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]

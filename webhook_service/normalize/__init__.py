@@ -1,0 +1,1 @@
+"""FreshBooks events to normalized, documented events (Standard Webhooks shape)."""

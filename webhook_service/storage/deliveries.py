@@ -1,0 +1,133 @@
+"""Claiming due work with leases, so no two workers (or replicas) send the same attempt.
+
+A claim is one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`` stamping a lease
+owner token; the rows are then read back by that token. On PostgreSQL ``SKIP LOCKED`` keeps
+replicas off each other's rows; SQLite serializes writers, so the same statement is safe there.
+A worker that dies leaves its lease to run out, after which the delivery is due again.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.elements import ColumnElement
+
+from webhook_service.storage.models import (
+    Delivery,
+    DeliveryStatus,
+    Event,
+    InboxEvent,
+    InboxStatus,
+    Subscription,
+    Tenant,
+    TenantStatus,
+)
+
+DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value)
+
+
+def _unleased(lease_until: InstrumentedAttribute[datetime | None], now: datetime) -> ColumnElement[bool]:
+    return or_(lease_until.is_(None), lease_until < now)
+
+
+async def claim_deliveries(
+    session: AsyncSession, *, now: datetime, limit: int, lease: timedelta
+) -> list[tuple[Delivery, Event, Subscription]]:
+    token = f"d{secrets.token_hex(8)}"
+    due = (
+        select(Delivery.id)
+        .where(Delivery.status.in_(DUE), Delivery.next_attempt_at <= now, _unleased(Delivery.lease_until, now))
+        .order_by(Delivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(due.scalar_subquery()))
+        .values(lease_owner=token, lease_until=now + lease)
+        .execution_options(synchronize_session=False)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        await session.commit()
+        return []
+    rows = await session.execute(
+        select(Delivery, Event, Subscription)
+        .join(Event, Event.id == Delivery.event_id)
+        .join(Subscription, Subscription.id == Delivery.subscription_id)
+        .where(Delivery.lease_owner == token)
+    )
+    claimed = [(d, e, s) for d, e, s in rows.tuples()]
+    await session.commit()
+    return claimed
+
+
+async def claim_inbox(session: AsyncSession, *, now: datetime, limit: int, lease: timedelta) -> list[InboxEvent]:
+    """Pending inbox events of active tenants; a tenant waiting for re-authorization keeps its own."""
+    token = f"i{secrets.token_hex(8)}"
+    due = (
+        select(InboxEvent.id)
+        .join(Tenant, Tenant.id == InboxEvent.tenant_id)
+        .where(
+            or_(
+                and_(
+                    InboxEvent.status == InboxStatus.PENDING.value,
+                    or_(InboxEvent.next_attempt_at.is_(None), InboxEvent.next_attempt_at <= now),
+                ),
+                and_(  # a redelivery of something already processed: look for a newer version
+                    InboxEvent.status == InboxStatus.DUPLICATE.value,
+                    InboxEvent.processed_at.is_(None),
+                    InboxEvent.next_attempt_at <= now,
+                ),
+            ),
+            Tenant.status == TenantStatus.ACTIVE.value,
+            _unleased(InboxEvent.lease_until, now),
+        )
+        .order_by(InboxEvent.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=InboxEvent)
+    )
+    result = await session.execute(
+        update(InboxEvent)
+        .where(InboxEvent.id.in_(due.scalar_subquery()))
+        .values(lease_owner=token, lease_until=now + lease)
+        .execution_options(synchronize_session=False)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        await session.commit()
+        return []
+    rows = await session.execute(select(InboxEvent).where(InboxEvent.lease_owner == token).order_by(InboxEvent.id))
+    claimed = list(rows.scalars())
+    await session.commit()
+    return claimed
+
+
+async def take_rate_slot(session: AsyncSession, subscription_id: str, limit: int, now: datetime) -> bool:
+    """One send in this one-second window of the subscription's limit, counted in the database so
+    every worker and replica shares it."""
+    window = int(now.timestamp())
+    result = await session.execute(
+        update(Subscription)
+        .where(
+            Subscription.id == subscription_id,
+            or_(
+                Subscription.rate_window.is_(None),
+                Subscription.rate_window != window,
+                and_(Subscription.rate_window == window, Subscription.rate_window_count < limit),
+            ),
+        )
+        .values(
+            rate_window=window,
+            rate_window_count=_count_in(window),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _count_in(window: int) -> object:
+    return case((Subscription.rate_window == window, Subscription.rate_window_count + 1), else_=1)
