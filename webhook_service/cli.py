@@ -15,6 +15,7 @@ from webhook_service.crypto import SecretKeyError, generate_key
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.logs import configure_logging
 from webhook_service.storage.models import Tenant
+from webhook_service.views import callback_view, tenant_view
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -325,26 +326,6 @@ async def _callbacks_list(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def callback_view(callback: Any) -> dict[str, Any]:
-    """What may be shown of a callback: never its verifier, and its URI only without the key."""
-    return {
-        "id": callback.id,
-        "tenant_id": callback.tenant_id,
-        "event": callback.event,
-        "state": callback.status,
-        "active": callback.active,
-        "freshbooks_callback_id": callback.freshbooks_callback_id,
-        "verified_at": _iso(callback.verified_at),
-        "last_event_at": _iso(callback.last_event_at),
-        "last_error": callback.last_error,
-        "created_at": _iso(callback.created_at),
-    }
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 async def _tenants_list(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.runtime import Runtime
     from webhook_service.storage import tenants as tenant_store
@@ -390,25 +371,6 @@ async def _tenants_disconnect(settings: Settings, args: argparse.Namespace) -> i
 
 
 # -- output -----------------------------------------------------------------------------------
-def tenant_view(tenant: Tenant) -> dict[str, Any]:
-    """What may be shown of a tenant: everything but its tokens."""
-    return {
-        "id": tenant.id,
-        "name": tenant.name,
-        "account_id": tenant.account_id,
-        "business_id": tenant.business_id,
-        "business_uuid": tenant.business_uuid,
-        "role": tenant.role,
-        "identity_id": tenant.identity_id,
-        "status": tenant.status,
-        "status_reason": tenant.status_reason,
-        "scopes": tenant.scopes.split(),
-        "access_expires_at": tenant.access_expires_at.isoformat() if tenant.access_expires_at else None,
-        "last_refreshed_at": tenant.last_refreshed_at.isoformat() if tenant.last_refreshed_at else None,
-        "created_at": tenant.created_at.isoformat(),
-    }
-
-
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=False))
 

@@ -35,24 +35,6 @@ class Created:
     """Shown once: it is stored only encrypted."""
 
 
-def view(subscription: Subscription) -> dict[str, Any]:
-    """What may be shown of a subscription: never its secret."""
-    return {
-        "id": subscription.id,
-        "url": subscription.url,
-        "event_types": json.loads(subscription.event_types),
-        "tenant_id": subscription.tenant_id,
-        "description": subscription.description,
-        "enabled": subscription.enabled,
-        "disabled_reason": subscription.disabled_reason,
-        "rate_limit_per_second": subscription.rate_limit_per_second,
-        "previous_secret_valid_until": _iso(subscription.previous_secret_until),
-        "failing_since": _iso(subscription.failing_since),
-        "created_at": _iso(subscription.created_at),
-        "updated_at": _iso(subscription.updated_at),
-    }
-
-
 def secrets_for_signing(runtime: Runtime, subscription: Subscription, now: datetime) -> list[str]:
     """The current secret, plus the previous one while its rotation grace lasts."""
     current = [runtime.box.decrypt(subscription.secret_enc)]
@@ -218,7 +200,3 @@ async def _validated(runtime: Runtime, fields: dict[str, Any], *, creating: bool
             raise SubscriptionError("rate_limit_per_second must be an integer from 1 to 10000, or null")
         values["rate_limit_per_second"] = limit
     return values
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None

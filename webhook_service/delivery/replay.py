@@ -1,0 +1,106 @@
+"""Replaying deliveries: one by one, or everything that failed for a subscription since a time.
+
+A replay is a new attempt of the same message: same event, same body, same ``webhook-id``; it
+starts a fresh retry schedule and keeps the earlier attempts on record.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+
+from webhook_service.runtime import Runtime
+from webhook_service.storage.columns import utcnow
+from webhook_service.storage.models import Delivery, DeliveryStatus, Subscription
+
+REPLAYABLE = (DeliveryStatus.FAILED.value, DeliveryStatus.DEAD.value, DeliveryStatus.SUCCEEDED.value)
+
+
+class ReplayError(ValueError):
+    """The replay cannot be done as asked; the message says why."""
+
+
+class DeliveryNotFound(LookupError):
+    pass
+
+
+async def replay(runtime: Runtime, delivery_id: str) -> Delivery:
+    async with runtime.db.sessions() as session:
+        delivery = await session.get(Delivery, delivery_id)
+        if delivery is None:
+            raise DeliveryNotFound(delivery_id)
+        subscription = await session.get(Subscription, delivery.subscription_id)
+        _require_enabled(subscription)
+        if delivery.status not in REPLAYABLE:
+            raise ReplayError(f"delivery {delivery_id} is {delivery.status}: it is already queued")
+        _requeue(delivery, utcnow())
+        await session.commit()
+    runtime.signals.deliveries_ready()
+    return delivery
+
+
+async def recover(runtime: Runtime, subscription_id: str, since: datetime) -> list[str]:
+    """Replay every failed or dead delivery of the subscription created at or after ``since``."""
+    now = utcnow()
+    async with runtime.db.sessions() as session:
+        _require_enabled(await session.get(Subscription, subscription_id), subscription_id)
+        rows = await session.execute(
+            select(Delivery)
+            .where(
+                Delivery.subscription_id == subscription_id,
+                Delivery.created_at >= since,
+                Delivery.status.in_([DeliveryStatus.FAILED.value, DeliveryStatus.DEAD.value]),
+            )
+            .order_by(Delivery.created_at)
+            .with_for_update()
+        )
+        recovered = []
+        for delivery in rows.scalars():
+            _requeue(delivery, now)
+            recovered.append(delivery.id)
+        await session.commit()
+    runtime.signals.deliveries_ready()
+    return recovered
+
+
+def _requeue(delivery: Delivery, now: datetime) -> None:
+    delivery.status = DeliveryStatus.PENDING.value
+    delivery.schedule_base = delivery.attempts
+    delivery.next_attempt_at = now
+    delivery.lease_owner = None
+    delivery.lease_until = None
+    delivery.completed_at = None
+    delivery.updated_at = now
+
+
+def _require_enabled(subscription: Subscription | None, subscription_id: str | None = None) -> None:
+    if subscription is None:
+        raise DeliveryNotFound(subscription_id or "subscription")
+    if not subscription.enabled:
+        raise ReplayError(
+            f"subscription {subscription.id} is disabled ({subscription.disabled_reason or 'by an operator'}); "
+            "enable it first"
+        )
+
+
+async def list_deliveries(
+    runtime: Runtime,
+    *,
+    status: str | None = None,
+    subscription_id: str | None = None,
+    event_id: str | None = None,
+    limit: int = 100,
+) -> list[Delivery]:
+    query = select(Delivery).order_by(Delivery.created_at.desc(), Delivery.id).limit(limit)
+    if status is not None:
+        query = query.where(Delivery.status == status)
+    if subscription_id is not None:
+        query = query.where(Delivery.subscription_id == subscription_id)
+    if event_id is not None:
+        query = query.where(Delivery.event_id == event_id)
+    async with runtime.db.sessions() as session:
+        return list((await session.execute(query)).scalars())
+
+
+
