@@ -23,11 +23,12 @@ from webhook_service import onboarding
 from webhook_service.app import create_app
 from webhook_service.config import Settings
 from webhook_service.crypto import generate_key
-from webhook_service.runtime import Runtime
 from webhook_service.delivery.worker import DeliveryWorker
 from webhook_service.normalize.processor import InboxProcessor
+from webhook_service.runtime import Runtime
 from webhook_service.serving import BackgroundServer, bind_socket
 from webhook_service.simulator import SimulatorServer, SimulatorState
+from webhook_service.sink import SinkServer
 from webhook_service.storage.models import Tenant
 
 OWNER_BUSINESS_ID = 439000
@@ -91,6 +92,7 @@ def make_settings(
         "freshbooks_client_secret": simulator.state.client_secret,
         "public_base_url": f"http://127.0.0.1:{service_socket.getsockname()[1]}",
         "callback_sync_interval": 3600,
+        "outbound_allowed_cidrs": "127.0.0.0/8 ::1/128",  # subscriber sinks listen on loopback
         "auto_migrate": "always",
         "_env_file": None,
     }
@@ -128,6 +130,12 @@ class RunningService:
         await runtime.tasks.idle()
         while await InboxProcessor(runtime).run_once() + await DeliveryWorker(runtime).run_once():
             await runtime.tasks.idle()
+
+
+@pytest.fixture
+def sink() -> Iterator[SinkServer]:
+    with SinkServer() as server:
+        yield server
 
 
 @pytest.fixture

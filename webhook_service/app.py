@@ -16,7 +16,7 @@ from webhook_service.inbound import registrar
 from webhook_service.logs import get_logger
 from webhook_service.middleware import RequestContextMiddleware
 from webhook_service.normalize.processor import InboxProcessor
-from webhook_service.routes import health, oauth, webhooks
+from webhook_service.routes import admin, health, oauth, webhooks
 from webhook_service.routes.errors import http_exception, unhandled_exception
 from webhook_service.runtime import Runtime
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                         await task
 
     return Starlette(
-        routes=[*health.routes, *oauth.routes, *webhooks.routes],
+        routes=[*health.routes, *oauth.routes, *webhooks.routes, *admin.routes],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
         lifespan=lifespan,

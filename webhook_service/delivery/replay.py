@@ -101,6 +101,3 @@ async def list_deliveries(
         query = query.where(Delivery.event_id == event_id)
     async with runtime.db.sessions() as session:
         return list((await session.execute(query)).scalars())
-
-
-

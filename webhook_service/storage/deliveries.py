@@ -60,7 +60,7 @@ async def claim_deliveries(
         .join(Subscription, Subscription.id == Delivery.subscription_id)
         .where(Delivery.lease_owner == token)
     )
-    claimed = [(d, e, s) for d, e, s in rows.tuples()]
+    claimed = [(d, e, s) for d, e, s in rows.all()]
     await session.commit()
     return claimed
 
