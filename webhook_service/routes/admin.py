@@ -145,9 +145,7 @@ def path_id(request: Request, name: str) -> str:
 
 
 _SMALL_NUMBER = re.compile(r"0*[0-9]{1,5}")
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:(?P<second>\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
-)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:(?P<second>\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 
 
 def _reject_constant(name: str) -> Any:

@@ -26,9 +26,7 @@ MAX_GRACE_HOURS = 168.0
 NO_NUL = "^[^\\u0000]*$"
 """Text the admin API stores or filters on must not contain NUL (PostgreSQL cannot store it)."""
 
-EVENT_TYPE_PATTERN = (
-    r"^(\*|(" + "|".join(re.escape(noun) for noun in CATALOGUE) + r")\.(\*|[a-z0-9_]+))$"
-)
+EVENT_TYPE_PATTERN = r"^(\*|(" + "|".join(re.escape(noun) for noun in CATALOGUE) + r")\.(\*|[a-z0-9_]+))$"
 """What ``delivery.subscriptions`` accepts: ``*``, ``<noun>.*`` or ``<noun>.<verb>`` of a known noun."""
 
 JSON = "application/json"
@@ -76,7 +74,10 @@ SUBSCRIPTION: dict[str, Schema] = {
     "enabled": BOOLEAN,
     "disabled_reason": NULLABLE_STRING,
     "rate_limit_per_second": NULLABLE_INTEGER,
-    "previous_secret_valid_until": {**NULLABLE_TIME, "description": "Until when the secret before the last rotation still signs."},
+    "previous_secret_valid_until": {
+        **NULLABLE_TIME,
+        "description": "Until when the secret before the last rotation still signs.",
+    },
     "failing_since": NULLABLE_TIME,
     "created_at": TIME,
     "updated_at": TIME,
@@ -255,12 +256,20 @@ ERRORS: dict[str, str] = {
 def _error(status: str) -> dict[str, Any]:
     response: dict[str, Any] = {"description": ERRORS[status], "content": {JSON: {"schema": _ref("Error")}}}
     if status == "401":
-        response["headers"] = {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "pattern": "^Bearer"}}}
+        response["headers"] = {
+            "WWW-Authenticate": {"required": True, "schema": {"type": "string", "pattern": "^Bearer"}}
+        }
     return response
 
 
 def _path(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string", "minLength": 1}}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "minLength": 1},
+    }
 
 
 def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
@@ -321,81 +330,130 @@ def _paths(prefix: str) -> dict[str, Any]:
                 "summary": "This document (no authentication).",
                 "tags": ["meta"],
                 "security": [],
-                "responses": {"200": {"description": "The OpenAPI document.", "content": {JSON: {"schema": {"type": "object"}}}}},
+                "responses": {
+                    "200": {"description": "The OpenAPI document.", "content": {JSON: {"schema": {"type": "object"}}}}
+                },
             }
         },
         f"{prefix}/subscriptions": {
             "get": _operation(
-                "listSubscriptions", "Every subscription, oldest first.", "subscriptions",
+                "listSubscriptions",
+                "Every subscription, oldest first.",
+                "subscriptions",
                 ("200", "The subscriptions.", "SubscriptionList"),
             ),
             "post": _operation(
-                "createSubscription", "Create a subscription; its secret is shown once, in this answer.",
-                "subscriptions", ("201", "Created, with its secret.", "SubscriptionWithSecret"), ("422",),
+                "createSubscription",
+                "Create a subscription; its secret is shown once, in this answer.",
+                "subscriptions",
+                ("201", "Created, with its secret.", "SubscriptionWithSecret"),
+                ("422",),
                 body=("SubscriptionCreate", True),
             ),
         },
         f"{prefix}/subscriptions/{{subscription_id}}": {
             "get": _operation(
-                "getSubscription", "One subscription (never its secret).", "subscriptions",
-                ("200", "The subscription.", "Subscription"), ("404",), parameters=(SUBSCRIPTION_ID,),
+                "getSubscription",
+                "One subscription (never its secret).",
+                "subscriptions",
+                ("200", "The subscription.", "Subscription"),
+                ("404",),
+                parameters=(SUBSCRIPTION_ID,),
             ),
             "patch": _operation(
-                "updateSubscription", "Change any subset of the fields.", "subscriptions",
-                ("200", "The updated subscription.", "Subscription"), ("404", "422"),
-                parameters=(SUBSCRIPTION_ID,), body=("SubscriptionUpdate", True),
+                "updateSubscription",
+                "Change any subset of the fields.",
+                "subscriptions",
+                ("200", "The updated subscription.", "Subscription"),
+                ("404", "422"),
+                parameters=(SUBSCRIPTION_ID,),
+                body=("SubscriptionUpdate", True),
             ),
             "delete": _operation(
-                "deleteSubscription", "Delete the subscription and its deliveries.", "subscriptions",
-                ("204", "Deleted.", None), ("404",), parameters=(SUBSCRIPTION_ID,),
+                "deleteSubscription",
+                "Delete the subscription and its deliveries.",
+                "subscriptions",
+                ("204", "Deleted.", None),
+                ("404",),
+                parameters=(SUBSCRIPTION_ID,),
             ),
         },
         f"{prefix}/subscriptions/{{subscription_id}}/rotate-secret": {
             "post": _operation(
                 "rotateSubscriptionSecret",
                 "A new secret (shown once, here); the old one keeps signing beside it for the grace period.",
-                "subscriptions", ("200", "The subscription with its new secret.", "SubscriptionWithSecret"),
-                ("404", "422"), parameters=(SUBSCRIPTION_ID,), body=("RotateSecretRequest", False),
+                "subscriptions",
+                ("200", "The subscription with its new secret.", "SubscriptionWithSecret"),
+                ("404", "422"),
+                parameters=(SUBSCRIPTION_ID,),
+                body=("RotateSecretRequest", False),
             ),
         },
         f"{prefix}/tenants": {
-            "get": _operation("listTenants", "Every tenant (never its tokens).", "tenants", ("200", "The tenants.", "TenantList")),
+            "get": _operation(
+                "listTenants", "Every tenant (never its tokens).", "tenants", ("200", "The tenants.", "TenantList")
+            ),
         },
         f"{prefix}/tenants/{{tenant_id}}": {
             "get": _operation(
-                "getTenant", "One tenant (never its tokens).", "tenants", ("200", "The tenant.", "Tenant"), ("404",),
+                "getTenant",
+                "One tenant (never its tokens).",
+                "tenants",
+                ("200", "The tenant.", "Tenant"),
+                ("404",),
                 parameters=(_path("tenant_id", "A tenant id (ten_...)."),),
             ),
         },
         f"{prefix}/callbacks": {
             "get": _operation(
-                "listCallbacks", "Active FreshBooks callbacks with their state (never a verifier or endpoint key).",
-                "tenants", ("200", "The callbacks.", "CallbackList"), ("422",), parameters=(tenant_filter,),
+                "listCallbacks",
+                "Active FreshBooks callbacks with their state (never a verifier or endpoint key).",
+                "tenants",
+                ("200", "The callbacks.", "CallbackList"),
+                ("422",),
+                parameters=(tenant_filter,),
             ),
         },
         f"{prefix}/inbox-events": {
             "get": _operation(
-                "listInboxEvents", "Received FreshBooks deliveries, newest first.", "events",
-                ("200", "The inbox events.", "InboxEventList"), ("422",),
+                "listInboxEvents",
+                "Received FreshBooks deliveries, newest first.",
+                "events",
+                ("200", "The inbox events.", "InboxEventList"),
+                ("422",),
                 parameters=(tenant_filter, _query("status", _enum(InboxStatus), "Only rows in this status."), LIMIT),
             ),
         },
         f"{prefix}/events": {
             "get": _operation(
-                "listEvents", "Normalized events without their payloads, newest first.", "events",
-                ("200", "The events.", "EventList"), ("422",),
-                parameters=(tenant_filter, _text_query("type", "Only events of this exact type (invoice.updated)."), LIMIT),
+                "listEvents",
+                "Normalized events without their payloads, newest first.",
+                "events",
+                ("200", "The events.", "EventList"),
+                ("422",),
+                parameters=(
+                    tenant_filter,
+                    _text_query("type", "Only events of this exact type (invoice.updated)."),
+                    LIMIT,
+                ),
             ),
         },
         f"{prefix}/events/{{event_id}}": {
             "get": _operation(
-                "getEvent", "One event with its payload.", "events", ("200", "The event.", "EventWithPayload"), ("404",),
+                "getEvent",
+                "One event with its payload.",
+                "events",
+                ("200", "The event.", "EventWithPayload"),
+                ("404",),
                 parameters=(_path("event_id", "An event id (evt_...)."),),
             ),
         },
         f"{prefix}/deliveries": {
             "get": _operation(
-                "listDeliveries", "Deliveries, newest first.", "deliveries", ("200", "The deliveries.", "DeliveryList"),
+                "listDeliveries",
+                "Deliveries, newest first.",
+                "deliveries",
+                ("200", "The deliveries.", "DeliveryList"),
                 ("422",),
                 parameters=(
                     _query("status", _enum(DeliveryStatus), "Only deliveries in this status."),
@@ -409,21 +467,30 @@ def _paths(prefix: str) -> dict[str, Any]:
             "post": _operation(
                 "recoverDeliveries",
                 "Queue again every failed or dead delivery of an enabled subscription created at or after `since`.",
-                "deliveries", ("202", "The deliveries queued again.", "RecoverResult"), ("404", "409", "422"),
+                "deliveries",
+                ("202", "The deliveries queued again.", "RecoverResult"),
+                ("404", "409", "422"),
                 body=("RecoverRequest", True),
             ),
         },
         f"{prefix}/deliveries/{{delivery_id}}": {
             "get": _operation(
-                "getDelivery", "One delivery with its attempt log.", "deliveries",
-                ("200", "The delivery.", "DeliveryWithAttempts"), ("404",), parameters=(DELIVERY_ID,),
+                "getDelivery",
+                "One delivery with its attempt log.",
+                "deliveries",
+                ("200", "The delivery.", "DeliveryWithAttempts"),
+                ("404",),
+                parameters=(DELIVERY_ID,),
             ),
         },
         f"{prefix}/deliveries/{{delivery_id}}/replay": {
             "post": _operation(
                 "replayDelivery",
                 "Send a failed, dead or succeeded delivery again (same event and body, a fresh retry schedule).",
-                "deliveries", ("202", "Queued.", "Delivery"), ("404", "409"), parameters=(DELIVERY_ID,),
+                "deliveries",
+                ("202", "Queued.", "Delivery"),
+                ("404", "409"),
+                parameters=(DELIVERY_ID,),
             ),
         },
     }
