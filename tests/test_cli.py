@@ -180,3 +180,78 @@ def test_callbacks_sync_and_list_with_the_service_running(cli_env, service, simu
     human = _run(["callbacks", "sync", "--tenant", listed[0]["tenant_id"]], cli_env, cwd=tmp_path)
     assert "in sync (15 callbacks)" in human.stdout
     assert _run(["callbacks", "sync", "--tenant", "ten_nope"], cli_env, cwd=tmp_path).returncode == 1
+
+
+async def test_subscriptions_and_deliveries_commands(cli_env, runtime, tenant, tmp_path):
+    from test_delivery import _emit  # noqa: PLC0415
+
+    created = _run(
+        [
+            "subscriptions",
+            "create",
+            "--url",
+            "https://hooks.example.com/in",
+            "--events",
+            "invoice.*",
+            "--rate-limit",
+            "5",
+            "--json",
+        ],
+        cli_env,
+        cwd=tmp_path,
+    )
+    assert created.returncode == 0, created.stderr
+    subscription = json.loads(created.stdout)
+    assert subscription["secret"].startswith("whsec_") and subscription["event_types"] == ["invoice.*"]
+
+    listed = _run(["subscriptions", "list", "--json"], cli_env, cwd=tmp_path)
+    assert [s["id"] for s in json.loads(listed.stdout)] == [subscription["id"]]
+    assert "whsec_" not in listed.stdout
+    bad = _run(["subscriptions", "create", "--url", "http://10.1.2.3/x"], cli_env, cwd=tmp_path)
+    assert bad.returncode == 1 and "private" in bad.stderr
+
+    rotated = json.loads(
+        _run(
+            ["subscriptions", "rotate-secret", subscription["id"], "--grace-hours", "2", "--json"],
+            cli_env,
+            cwd=tmp_path,
+        ).stdout
+    )
+    assert rotated["secret"] != subscription["secret"] and rotated["previous_secret_valid_until"]
+    updated = json.loads(
+        _run(["subscriptions", "update", subscription["id"], "--no-rate-limit", "--json"], cli_env, cwd=tmp_path).stdout
+    )
+    assert updated["rate_limit_per_second"] is None
+
+    async def dead_delivery():
+        from sqlalchemy import update
+
+        from webhook_service.storage.columns import utcnow
+        from webhook_service.storage.models import Delivery
+
+        await _emit(runtime, tenant, utcnow())
+        async with runtime.db.sessions() as session:
+            await session.execute(update(Delivery).values(status="dead", attempts=8, last_error="HTTP 500"))
+            await session.commit()
+
+    await dead_delivery()
+    dead = json.loads(_run(["deliveries", "list", "--status", "dead", "--json"], cli_env, cwd=tmp_path).stdout)
+    assert len(dead) == 1 and dead[0]["subscription_id"] == subscription["id"]
+    shown = json.loads(_run(["deliveries", "show", dead[0]["id"], "--json"], cli_env, cwd=tmp_path).stdout)
+    assert shown["attempt_log"] == []
+    recovered = _run(
+        ["deliveries", "recover", "--subscription", subscription["id"], "--since", "1h", "--json"],
+        cli_env,
+        cwd=tmp_path,
+    )
+    assert json.loads(recovered.stdout)["recovered"] == [dead[0]["id"]]
+    assert _run(["deliveries", "list", "--status", "dead", "--json"], cli_env, cwd=tmp_path).stdout.strip() == "[]"
+    again = _run(["deliveries", "replay", dead[0]["id"]], cli_env, cwd=tmp_path)
+    assert again.returncode == 1 and "already queued" in again.stderr
+    naive = _run(
+        ["deliveries", "recover", "--subscription", subscription["id"], "--since", "2026-11-21T10:00:00"],
+        cli_env,
+        cwd=tmp_path,
+    )
+    assert naive.returncode == 1 and "time zone" in naive.stderr
+    assert _run(["subscriptions", "delete", subscription["id"]], cli_env, cwd=tmp_path).returncode == 0

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     cb_list.add_argument("--json", action="store_true", help="print JSON")
     cb_list.set_defaults(handler=_run_async(_callbacks_list))
 
+    _add_subscription_commands(commands)
+    _add_delivery_commands(commands)
+
     tenants = commands.add_parser(
         "tenants", help="connected FreshBooks businesses", description="Connect, list, inspect and disconnect tenants."
     )
@@ -151,6 +154,116 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--json", action="store_true", help="print JSON")
     disc.set_defaults(handler=_run_async(_tenants_disconnect))
     return parser
+
+
+def _add_subscription_commands(commands: Any) -> None:
+    subs = commands.add_parser(
+        "subscriptions", help="downstream subscriber endpoints", description="Create and manage subscriptions."
+    )
+    sub_commands = subs.add_subparsers(title="subscription commands", metavar="COMMAND")
+    subs.set_defaults(handler=lambda settings, args: _usage(subs))
+
+    def fields(parser: argparse.ArgumentParser, *, creating: bool) -> None:
+        parser.add_argument("--url", required=creating, help="where events are POSTed")
+        parser.add_argument(
+            "--events",
+            nargs="+",
+            metavar="TYPE",
+            help="event type filters: '*', 'invoice.*', 'invoice.updated' (default: '*')",
+        )
+        parser.add_argument("--tenant", metavar="ID", help="only this tenant's events")
+        parser.add_argument("--description")
+        parser.add_argument("--rate-limit", type=int, metavar="N", help="at most N deliveries per second")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+    create = sub_commands.add_parser(
+        "create",
+        help="add a subscription (its secret is shown once)",
+        description="Add a subscription; the whsec_ secret is printed once.",
+    )
+    fields(create, creating=True)
+    create.add_argument("--disabled", action="store_true", help="create it disabled")
+    create.set_defaults(handler=_run_async(_subscriptions_create))
+
+    lst = sub_commands.add_parser("list", help="list subscriptions", description="List subscriptions.")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(handler=_run_async(_subscriptions_list))
+
+    show = sub_commands.add_parser("show", help="show one subscription", description="Show one subscription.")
+    show.add_argument("subscription_id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_run_async(_subscriptions_show))
+
+    upd = sub_commands.add_parser("update", help="change a subscription", description="Change a subscription.")
+    upd.add_argument("subscription_id")
+    fields(upd, creating=False)
+    upd.add_argument("--all-tenants", action="store_true", help="remove the tenant scope")
+    upd.add_argument("--no-rate-limit", action="store_true", help="remove the rate limit")
+    state = upd.add_mutually_exclusive_group()
+    state.add_argument("--enable", action="store_true")
+    state.add_argument("--disable", action="store_true")
+    upd.set_defaults(handler=_run_async(_subscriptions_update))
+
+    rm = sub_commands.add_parser(
+        "delete",
+        help="delete a subscription and its deliveries",
+        description="Delete a subscription (and its delivery history).",
+    )
+    rm.add_argument("subscription_id")
+    rm.set_defaults(handler=_run_async(_subscriptions_delete))
+
+    rot = sub_commands.add_parser(
+        "rotate-secret",
+        help="new signing secret; the old one keeps signing for a grace period",
+        description="Generate a new secret (printed once). The old one signs beside it for --grace-hours.",
+    )
+    rot.add_argument("subscription_id")
+    rot.add_argument("--grace-hours", type=float, help="default: SECRET_ROTATION_GRACE_HOURS (24)")
+    rot.add_argument("--json", action="store_true", help="print JSON")
+    rot.set_defaults(handler=_run_async(_subscriptions_rotate))
+
+
+def _add_delivery_commands(commands: Any) -> None:
+    dl = commands.add_parser(
+        "deliveries",
+        help="deliveries to subscribers: list, replay, recover",
+        description="Watch and replay deliveries.",
+    )
+    dl_commands = dl.add_subparsers(title="delivery commands", metavar="COMMAND")
+    dl.set_defaults(handler=lambda settings, args: _usage(dl))
+
+    lst = dl_commands.add_parser("list", help="list deliveries, newest first", description="List deliveries.")
+    lst.add_argument("--status", choices=["pending", "failed", "succeeded", "dead"])
+    lst.add_argument("--subscription", metavar="ID")
+    lst.add_argument("--limit", type=int, default=100)
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(handler=_run_async(_deliveries_list))
+
+    show = dl_commands.add_parser(
+        "show", help="one delivery with every attempt", description="One delivery and its attempts."
+    )
+    show.add_argument("delivery_id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_run_async(_deliveries_show))
+
+    rep = dl_commands.add_parser(
+        "replay",
+        help="send a delivery again (same webhook-id)",
+        description="Queue a new attempt of the same message, on a fresh schedule.",
+    )
+    rep.add_argument("delivery_id")
+    rep.add_argument("--json", action="store_true", help="print JSON")
+    rep.set_defaults(handler=_run_async(_deliveries_replay))
+
+    rec = dl_commands.add_parser(
+        "recover",
+        help="replay every failed or dead delivery since a time",
+        description="Replay every failed or dead delivery of a subscription since T.",
+    )
+    rec.add_argument("--subscription", metavar="ID", required=True)
+    rec.add_argument("--since", required=True, metavar="T", help="ISO 8601 with offset, or e.g. 2h, 3d")
+    rec.add_argument("--json", action="store_true", help="print JSON")
+    rec.set_defaults(handler=_run_async(_deliveries_recover))
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -326,6 +439,206 @@ async def _callbacks_list(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _subscriptions_create(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.delivery import subscriptions
+    from webhook_service.runtime import Runtime
+    from webhook_service.views import subscription_view
+
+    values = _subscription_fields(args)
+    if args.disabled:
+        values["enabled"] = False
+    async with Runtime.open(settings) as runtime:
+        created = await _subscription_call(subscriptions.create(runtime, values))
+    view = {**subscription_view(created.subscription), "secret": created.secret}
+    if args.json:
+        _print_json(view)
+    else:
+        _print_record(view)
+        print("Keep the secret now: it is not shown again.", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _subscriptions_list(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.delivery import subscriptions
+    from webhook_service.runtime import Runtime
+    from webhook_service.views import subscription_view
+
+    async with Runtime.open(settings) as runtime:
+        views = [subscription_view(s) for s in await subscriptions.list_all(runtime)]
+    _print_rows(views, args.json, ("id", "url", "event_types", "tenant_id", "enabled", "disabled_reason"))
+    return EXIT_OK
+
+
+async def _subscriptions_show(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.delivery import subscriptions
+    from webhook_service.runtime import Runtime
+    from webhook_service.views import subscription_view
+
+    async with Runtime.open(settings) as runtime:
+        view = subscription_view(await _subscription_call(subscriptions.get(runtime, args.subscription_id)))
+    _print_json(view) if args.json else _print_record(view)
+    return EXIT_OK
+
+
+async def _subscriptions_update(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.delivery import subscriptions
+    from webhook_service.runtime import Runtime
+    from webhook_service.views import subscription_view
+
+    values = _subscription_fields(args)
+    if args.all_tenants:
+        values["tenant_id"] = None
+    if args.no_rate_limit:
+        values["rate_limit_per_second"] = None
+    if args.enable or args.disable:
+        values["enabled"] = bool(args.enable)
+    if not values:
+        raise CommandError("nothing to change (see --help)")
+    async with Runtime.open(settings) as runtime:
+        view = subscription_view(await _subscription_call(subscriptions.modify(runtime, args.subscription_id, values)))
+    _print_json(view) if args.json else _print_record(view)
+    return EXIT_OK
+
+
+async def _subscriptions_delete(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.delivery import subscriptions
+    from webhook_service.runtime import Runtime
+
+    async with Runtime.open(settings) as runtime:
+        await _subscription_call(subscriptions.remove(runtime, args.subscription_id))
+    print(f"{args.subscription_id} deleted")
+    return EXIT_OK
+
+
+async def _subscriptions_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from webhook_service.delivery import subscriptions
+    from webhook_service.runtime import Runtime
+    from webhook_service.views import subscription_view
+
+    grace = timedelta(hours=args.grace_hours) if args.grace_hours is not None else None
+    async with Runtime.open(settings) as runtime:
+        rotated = await _subscription_call(subscriptions.rotate_secret(runtime, args.subscription_id, grace))
+    view = {**subscription_view(rotated.subscription), "secret": rotated.secret}
+    if args.json:
+        _print_json(view)
+    else:
+        _print_record(view)
+        print("Keep the new secret now: it is not shown again.", file=sys.stderr)
+    return EXIT_OK
+
+
+def _subscription_fields(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for option, name in (
+        ("url", "url"),
+        ("events", "event_types"),
+        ("tenant", "tenant_id"),
+        ("description", "description"),
+        ("rate_limit", "rate_limit_per_second"),
+    ):
+        if getattr(args, option, None) is not None:
+            values[name] = getattr(args, option)
+    return values
+
+
+async def _subscription_call(awaitable: Any) -> Any:
+    from webhook_service.delivery import subscriptions
+
+    try:
+        return await awaitable
+    except subscriptions.SubscriptionError as exc:
+        raise CommandError(str(exc)) from exc
+    except subscriptions.SubscriptionNotFound as exc:
+        raise CommandError(f"no subscription {exc.args[0]}") from exc
+
+
+async def _deliveries_list(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.delivery import replay
+    from webhook_service.runtime import Runtime
+    from webhook_service.views import delivery_view
+
+    async with Runtime.open(settings) as runtime:
+        rows = await replay.list_deliveries(
+            runtime, status=args.status, subscription_id=args.subscription, limit=max(1, min(args.limit, 10_000))
+        )
+    _print_rows(
+        [delivery_view(d) for d in rows],
+        args.json,
+        ("id", "status", "attempts", "last_status_code", "subscription_id", "event_id", "created_at", "last_error"),
+    )
+    return EXIT_OK
+
+
+async def _deliveries_show(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from webhook_service.runtime import Runtime
+    from webhook_service.storage.models import Delivery, DeliveryAttempt
+    from webhook_service.views import delivery_view
+
+    async with Runtime.open(settings) as runtime, runtime.db.sessions() as session:
+        delivery = await session.get(Delivery, args.delivery_id)
+        if delivery is None:
+            raise CommandError(f"no delivery {args.delivery_id}")
+        attempts = list(
+            (
+                await session.execute(
+                    select(DeliveryAttempt)
+                    .where(DeliveryAttempt.delivery_id == delivery.id)
+                    .order_by(DeliveryAttempt.number)
+                )
+            ).scalars()
+        )
+    view = delivery_view(delivery, attempts)
+    if args.json:
+        _print_json(view)
+        return EXIT_OK
+    _print_record({k: v for k, v in view.items() if k != "attempt_log"})
+    _print_rows(view["attempt_log"], False, ("number", "started_at", "status_code", "latency_ms", "error"))
+    return EXIT_OK
+
+
+async def _deliveries_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.delivery import replay
+    from webhook_service.runtime import Runtime
+    from webhook_service.views import delivery_view
+
+    async with Runtime.open(settings) as runtime:
+        try:
+            delivery = await replay.replay(runtime, args.delivery_id)
+        except replay.DeliveryNotFound as exc:
+            raise CommandError(f"no delivery {exc.args[0]}") from exc
+        except replay.ReplayError as exc:
+            raise CommandError(str(exc)) from exc
+    _print_json(delivery_view(delivery)) if args.json else print(f"{delivery.id} queued for a new attempt")
+    return EXIT_OK
+
+
+async def _deliveries_recover(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.delivery import replay
+    from webhook_service.runtime import Runtime
+    from webhook_service.timeparse import parse_since
+
+    try:
+        since = parse_since(args.since)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    async with Runtime.open(settings) as runtime:
+        try:
+            recovered = await replay.recover(runtime, args.subscription, since)
+        except replay.DeliveryNotFound as exc:
+            raise CommandError(f"no subscription {args.subscription}") from exc
+        except replay.ReplayError as exc:
+            raise CommandError(str(exc)) from exc
+    if args.json:
+        _print_json({"recovered": recovered, "count": len(recovered), "since": since.isoformat()})
+    else:
+        print(f"{len(recovered)} deliveries queued again (failed or dead since {since.isoformat()})")
+    return EXIT_OK
+
+
 async def _tenants_list(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.runtime import Runtime
     from webhook_service.storage import tenants as tenant_store
@@ -371,34 +684,46 @@ async def _tenants_disconnect(settings: Settings, args: argparse.Namespace) -> i
 
 
 # -- output -----------------------------------------------------------------------------------
+def _print_record(view: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for key, value in view.items():
+        table.add_row(key, _cell(value))
+    Console().print(table)
+
+
+def _print_rows(views: list[dict[str, Any]], as_json: bool, columns: tuple[str, ...]) -> None:
+    if as_json:
+        _print_json(views)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for view in views:
+        table.add_row(*(_cell(view.get(column)) for column in columns))
+    Console().print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=False))
 
 
 def _print_tenants(rows: list[Tenant], as_json: bool, *, single: bool = False) -> None:
     views = [tenant_view(row) for row in rows]
-    if as_json:
-        _print_json(views[0] if single else views)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
     if single:
-        table = Table(show_header=False, box=None)
-        for key, value in views[0].items():
-            table.add_row(key, " ".join(value) if isinstance(value, list) else str(value))
-        console.print(table)
+        _print_json(views[0]) if as_json else _print_record(views[0])
         return
-    table = Table("id", "name", "account_id", "business_id", "status", "reason", "token expires")
-    for view in views:
-        table.add_row(
-            view["id"],
-            view["name"],
-            view["account_id"],
-            str(view["business_id"]),
-            view["status"],
-            view["status_reason"] or "",
-            view["access_expires_at"] or "",
-        )
-    console.print(table)
+    _print_rows(
+        views, as_json, ("id", "name", "account_id", "business_id", "status", "status_reason", "access_expires_at")
+    )

@@ -16,10 +16,11 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import MAXYEAR, UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+import httpx
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -130,10 +131,13 @@ def parse_time(value: object, name: str) -> datetime:
     if leap:  # 23:59:60 is the second after 23:59:59
         text = text[: match.start("second")] + "59" + text[match.end("second") :]
     try:
-        moment = datetime.fromisoformat(text) + timedelta(seconds=1 if leap else 0)
-        return moment.astimezone(UTC)
-    except (ValueError, OverflowError) as exc:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:  # no such date, or an offset of 24 hours or more
         raise AdminError(422, f"invalid_{name}", problem) from exc
+    try:
+        return (moment + timedelta(seconds=int(leap))).astimezone(UTC)
+    except OverflowError:  # within a day of the ends of the calendar: as early or as late as can be
+        return (datetime.max if moment.year == MAXYEAR else datetime.min).replace(tzinfo=UTC)
 
 
 def path_id(request: Request, name: str) -> str:
@@ -173,7 +177,20 @@ def _storable(value: object) -> bool:
 
 
 def _subscription_fields(body: dict[str, Any]) -> dict[str, Any]:
-    """JSON Schema counts 5.0 as an integer; so does this API."""
+    """The body for ``delivery.subscriptions``, after two checks it does not make itself.
+
+    A malformed IDNA label (``http://xn--/``) raises ``idna.IDNAError`` (a ``UnicodeError``) when
+    httpx decodes the host, which the egress URL check does not catch; and JSON Schema counts 5.0 as
+    an integer, so this API does too.
+    """
+    url = body.get("url")
+    if isinstance(url, str):
+        try:
+            _ = httpx.URL(url).host
+        except httpx.InvalidURL:
+            pass  # the egress check words this one itself
+        except UnicodeError as exc:
+            raise AdminError(422, "invalid_subscription", f"url: the host name is not valid ({exc})") from exc
     limit = body.get("rate_limit_per_second")
     if isinstance(limit, float) and limit.is_integer():
         return {**body, "rate_limit_per_second": int(limit)}
