@@ -297,6 +297,8 @@ async def test_malformed_and_oversized_bodies(api):
     assert "content-length" not in chunked.request.headers
     assert chunked.status_code == 413
     assert (await api.get("/subscriptions")).json() == {"data": []}
+    wrong_method = await api.put("/subscriptions", content=b"{}", headers={"Content-Type": JSON})
+    assert wrong_method.status_code == 405 and "POST" in wrong_method.headers["allow"]
 
 
 async def _chunks(body: bytes) -> AsyncIterator[bytes]:

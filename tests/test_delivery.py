@@ -324,11 +324,18 @@ async def test_egress_to_internal_addresses_is_refused_and_recorded(settings, te
 
 
 async def test_subscription_urls_are_checked_when_saved(runtime):
-    for url in ("ftp://example.com/x", "http://10.0.0.1/hook", "http://user:pw@example.com/", "not a url"):
+    for url in (
+        "ftp://example.com/x",
+        "http://10.0.0.1/hook",
+        "http://user:pw@example.com/",
+        "not a url",
+        "http://xn--/",
+    ):
         with pytest.raises(subscriptions.SubscriptionError):
             await subscriptions.create(runtime, {"url": url})
-    with pytest.raises(subscriptions.SubscriptionError, match="event_types"):
-        await subscriptions.create(runtime, {"url": "https://example.com/h", "event_types": ["invoices.*"]})
+    for patterns in (["invoices.*"], ["invoice.*\n"], [], ["*.updated"]):
+        with pytest.raises(subscriptions.SubscriptionError, match="event_types"):
+            await subscriptions.create(runtime, {"url": "https://example.com/h", "event_types": patterns})
 
 
 async def test_only_matching_subscriptions_get_the_event(runtime, tenant, sink, clock, simulator):

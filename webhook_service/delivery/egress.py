@@ -275,7 +275,11 @@ class EgressPolicy:
             return "plain http is not allowed (OUTBOUND_HTTPS_ONLY)"
         if url.userinfo:
             return "credentials in the URL are not allowed"
-        if not url.host:
+        try:
+            host = url.host
+        except UnicodeError:  # a malformed IDNA label such as xn--
+            return "the host name is not valid"
+        if not host:
             return "URL has no host"
         return None
 

@@ -9,7 +9,7 @@ _PATTERN = re.compile(r"^(\*|[a-z0-9_]+\.\*|[a-z0-9_]+\.[a-z0-9_]+)$")
 
 
 def invalid_patterns(patterns: Iterable[str]) -> list[str]:
-    return [p for p in patterns if not _PATTERN.match(p)]
+    return [p for p in patterns if not _PATTERN.fullmatch(p)]
 
 
 def matches(patterns: Iterable[str], event_type: str) -> bool:

@@ -20,7 +20,9 @@ def error_response(request: Request, status: int, error: str, message: str) -> J
 
 async def http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error_response(request, exc.status_code, _slug(exc.status_code), str(exc.detail))
+    response = error_response(request, exc.status_code, _slug(exc.status_code), str(exc.detail))
+    response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+    return response
 
 
 async def unhandled_exception(request: Request, exc: Exception) -> Response:
