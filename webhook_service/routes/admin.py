@@ -417,22 +417,32 @@ async def recover_deliveries(request: Request) -> Response:
     return JSONResponse({"recovered": recovered, "count": len(recovered)}, status_code=202)
 
 
+def _one_route(path: str, handlers: dict[str, Callable[[Request], Awaitable[Response]]]) -> Route:
+    """One route per path, so a wrong method gets a 405 whose ``Allow`` lists every method there."""
+
+    async def dispatch(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    dispatch.__name__ = "_".join(handler.__name__ for handler in handlers.values())
+    return Route(path, dispatch, methods=list(handlers))
+
+
 routes = [
-    Route(f"{PREFIX}/openapi.json", openapi_document, methods=["GET"]),
-    Route(f"{PREFIX}/subscriptions", list_subscriptions, methods=["GET"]),
-    Route(f"{PREFIX}/subscriptions", create_subscription, methods=["POST"]),
-    Route(f"{PREFIX}/subscriptions/{{subscription_id}}", get_subscription, methods=["GET"]),
-    Route(f"{PREFIX}/subscriptions/{{subscription_id}}", update_subscription, methods=["PATCH"]),
-    Route(f"{PREFIX}/subscriptions/{{subscription_id}}", delete_subscription, methods=["DELETE"]),
-    Route(f"{PREFIX}/subscriptions/{{subscription_id}}/rotate-secret", rotate_secret, methods=["POST"]),
-    Route(f"{PREFIX}/tenants", list_tenants, methods=["GET"]),
-    Route(f"{PREFIX}/tenants/{{tenant_id}}", get_tenant, methods=["GET"]),
-    Route(f"{PREFIX}/callbacks", list_callbacks, methods=["GET"]),
-    Route(f"{PREFIX}/inbox-events", list_inbox_events, methods=["GET"]),
-    Route(f"{PREFIX}/events", list_events, methods=["GET"]),
-    Route(f"{PREFIX}/events/{{event_id}}", get_event, methods=["GET"]),
-    Route(f"{PREFIX}/deliveries", list_deliveries, methods=["GET"]),
-    Route(f"{PREFIX}/deliveries/recover", recover_deliveries, methods=["POST"]),
-    Route(f"{PREFIX}/deliveries/{{delivery_id}}", get_delivery, methods=["GET"]),
-    Route(f"{PREFIX}/deliveries/{{delivery_id}}/replay", replay_delivery, methods=["POST"]),
+    _one_route(f"{PREFIX}/openapi.json", {"GET": openapi_document}),
+    _one_route(f"{PREFIX}/subscriptions", {"GET": list_subscriptions, "POST": create_subscription}),
+    _one_route(
+        f"{PREFIX}/subscriptions/{{subscription_id}}",
+        {"GET": get_subscription, "PATCH": update_subscription, "DELETE": delete_subscription},
+    ),
+    _one_route(f"{PREFIX}/subscriptions/{{subscription_id}}/rotate-secret", {"POST": rotate_secret}),
+    _one_route(f"{PREFIX}/tenants", {"GET": list_tenants}),
+    _one_route(f"{PREFIX}/tenants/{{tenant_id}}", {"GET": get_tenant}),
+    _one_route(f"{PREFIX}/callbacks", {"GET": list_callbacks}),
+    _one_route(f"{PREFIX}/inbox-events", {"GET": list_inbox_events}),
+    _one_route(f"{PREFIX}/events", {"GET": list_events}),
+    _one_route(f"{PREFIX}/events/{{event_id}}", {"GET": get_event}),
+    _one_route(f"{PREFIX}/deliveries", {"GET": list_deliveries}),
+    _one_route(f"{PREFIX}/deliveries/recover", {"POST": recover_deliveries}),
+    _one_route(f"{PREFIX}/deliveries/{{delivery_id}}", {"GET": get_delivery}),
+    _one_route(f"{PREFIX}/deliveries/{{delivery_id}}/replay", {"POST": replay_delivery}),
 ]
