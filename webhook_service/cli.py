@@ -572,25 +572,15 @@ async def _deliveries_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _deliveries_show(settings: Settings, args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
+    from webhook_service.delivery import replay
     from webhook_service.runtime import Runtime
-    from webhook_service.storage.models import Delivery, DeliveryAttempt
     from webhook_service.views import delivery_view
 
-    async with Runtime.open(settings) as runtime, runtime.db.sessions() as session:
-        delivery = await session.get(Delivery, args.delivery_id)
-        if delivery is None:
-            raise CommandError(f"no delivery {args.delivery_id}")
-        attempts = list(
-            (
-                await session.execute(
-                    select(DeliveryAttempt)
-                    .where(DeliveryAttempt.delivery_id == delivery.id)
-                    .order_by(DeliveryAttempt.number)
-                )
-            ).scalars()
-        )
+    async with Runtime.open(settings) as runtime:
+        try:
+            delivery, attempts = await replay.get_with_attempts(runtime, args.delivery_id)
+        except replay.DeliveryNotFound as exc:
+            raise CommandError(f"no delivery {args.delivery_id}") from exc
     view = delivery_view(delivery, attempts)
     if args.json:
         _print_json(view)

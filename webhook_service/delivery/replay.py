@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from webhook_service.runtime import Runtime
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.models import Delivery, DeliveryStatus, Subscription
+from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Subscription
 
 REPLAYABLE = (DeliveryStatus.FAILED.value, DeliveryStatus.DEAD.value, DeliveryStatus.SUCCEEDED.value)
 
@@ -82,6 +82,17 @@ def _require_enabled(subscription: Subscription | None, subscription_id: str | N
             f"subscription {subscription.id} is disabled ({subscription.disabled_reason or 'by an operator'}); "
             "enable it first"
         )
+
+
+async def get_with_attempts(runtime: Runtime, delivery_id: str) -> tuple[Delivery, list[DeliveryAttempt]]:
+    async with runtime.db.sessions() as session:
+        delivery = await session.get(Delivery, delivery_id)
+        if delivery is None:
+            raise DeliveryNotFound(delivery_id)
+        attempts = await session.execute(
+            select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery_id).order_by(DeliveryAttempt.number)
+        )
+        return delivery, list(attempts.scalars())
 
 
 async def list_deliveries(

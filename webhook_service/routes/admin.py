@@ -42,7 +42,7 @@ from webhook_service.runtime import Runtime
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import inbox as inbox_store
 from webhook_service.storage import tenants as tenant_store
-from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, InboxStatus
+from webhook_service.storage.models import DeliveryStatus, Event, InboxStatus
 from webhook_service.views import (
     callback_view,
     delivery_view,
@@ -391,14 +391,11 @@ async def list_deliveries(request: Request) -> Response:
 @_admin
 async def get_delivery(request: Request) -> Response:
     delivery_id = path_id(request, "delivery_id")
-    async with _runtime(request).db.sessions() as session:
-        delivery = await session.get(Delivery, delivery_id)
-        if delivery is None:
-            raise _not_found("delivery", delivery_id)
-        attempts = await session.execute(
-            select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery_id).order_by(DeliveryAttempt.number)
-        )
-        return JSONResponse(delivery_view(delivery, list(attempts.scalars())))
+    try:
+        delivery, attempts = await replay.get_with_attempts(_runtime(request), delivery_id)
+    except replay.DeliveryNotFound:
+        raise _not_found("delivery", delivery_id) from None
+    return JSONResponse(delivery_view(delivery, attempts))
 
 
 @_admin
