@@ -205,7 +205,7 @@ class DeliveryWorker:
         if ok:
             await session.execute(
                 update(Subscription)
-                .where(Subscription.id.in_(ok))
+                .where(Subscription.id.in_(ok), Subscription.failing_since.is_not(None))
                 .values(failing_since=None)
                 .execution_options(synchronize_session=False)
             )
