@@ -93,6 +93,7 @@ def make_settings(
         "public_base_url": f"http://127.0.0.1:{service_socket.getsockname()[1]}",
         "callback_sync_interval": 3600,
         "outbound_allowed_cidrs": "127.0.0.0/8 ::1/128",  # subscriber sinks listen on loopback
+        "backfill_enabled": False,  # tests run sweeps themselves
         "auto_migrate": "always",
         "_env_file": None,
     }

@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
+from webhook_service.backfill import schedule as backfill_schedule
 from webhook_service.config import Settings, get_settings
 from webhook_service.delivery.worker import DeliveryWorker
 from webhook_service.inbound import registrar
@@ -39,6 +40,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     for n in range(settings.delivery_workers)
                 ),
             ]
+            if settings.backfill_enabled:
+                workers.append(asyncio.create_task(backfill_schedule.run_forever(runtime), name="backfill-sweep"))
             log.info(
                 "service_started", public_base_url=settings.public_base_url, database=runtime.db.engine.dialect.name
             )

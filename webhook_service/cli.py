@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     cb_list.add_argument("--json", action="store_true", help="print JSON")
     cb_list.set_defaults(handler=_run_async(_callbacks_list))
 
+    _add_backfill_command(commands)
     _add_subscription_commands(commands)
     _add_delivery_commands(commands)
 
@@ -154,6 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--json", action="store_true", help="print JSON")
     disc.set_defaults(handler=_run_async(_tenants_disconnect))
     return parser
+
+
+def _add_backfill_command(commands: Any) -> None:
+    bf = commands.add_parser(
+        "backfill",
+        help="poll FreshBooks for what webhooks missed (or: backfill status)",
+        description="List what changed in FreshBooks since T (default: the stored watermark) and emit every "
+        "object version not yet emitted, through the same pipeline as webhooks. `backfill status` shows the "
+        "watermarks and how many events polling recovered.",
+    )
+    bf.add_argument("what", nargs="?", choices=["status"], help="show watermarks and recovery counts instead")
+    target = bf.add_mutually_exclusive_group()
+    target.add_argument("--tenant", metavar="ID", help="one tenant")
+    target.add_argument("--all", action="store_true", help="every active tenant")
+    bf.add_argument("--since", metavar="T", help="ISO 8601 with offset, or e.g. 2h, 3d (default: the watermark)")
+    bf.add_argument("--until", metavar="T", help="ignore versions updated after T")
+    bf.add_argument("--resources", metavar="LIST", help="comma-separated nouns, e.g. invoice,client (default: all)")
+    bf.add_argument("--dry-run", action="store_true", help="report what would be emitted; change nothing")
+    bf.add_argument("--json", action="store_true", help="print JSON")
+    bf.set_defaults(handler=_run_async(_backfill))
 
 
 def _add_subscription_commands(commands: Any) -> None:
@@ -437,6 +458,135 @@ async def _callbacks_list(settings: Settings, args: argparse.Namespace) -> int:
         )
     Console().print(table)
     return EXIT_OK
+
+
+async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.runtime import Runtime
+
+    if args.what == "status":
+        from webhook_service.backfill.sweep import status
+        from webhook_service.views import backfill_state_view
+
+        async with Runtime.open(settings) as runtime:
+            rows = [backfill_state_view(s) for s in await status(runtime)]
+        _print_rows(
+            rows,
+            args.json,
+            (
+                "tenant_id",
+                "resource",
+                "watermark",
+                "last_run_at",
+                "last_run_status",
+                "last_scanned",
+                "last_emitted",
+                "recovered_by_polling",
+            ),
+        )
+        return EXIT_OK
+    if not (args.tenant or args.all):
+        raise CommandError("choose --tenant ID or --all (or `backfill status`)")
+    return await _backfill_run(settings, args)
+
+
+async def _backfill_run(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.backfill.sweep import backfill_tenant
+    from webhook_service.freshbooks.catalogue import CATALOGUE
+    from webhook_service.runtime import Runtime
+    from webhook_service.storage import tenants as tenant_store
+    from webhook_service.storage.models import TenantStatus
+    from webhook_service.timeparse import parse_since
+
+    try:
+        since = parse_since(args.since) if args.since else None
+        until = parse_since(args.until) if args.until else None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    resources = [r.strip() for r in args.resources.split(",") if r.strip()] if args.resources else None
+    unknown = [r for r in resources or [] if r not in CATALOGUE]
+    if unknown:
+        raise CommandError(f"unknown resources {unknown}; known: {', '.join(CATALOGUE)}")
+    reports = []
+    async with Runtime.open(settings) as runtime:
+        async with runtime.db.sessions() as session:
+            if args.all:
+                tenants = await tenant_store.list_all(session, status=TenantStatus.ACTIVE.value)
+            else:
+                tenant = await tenant_store.get(session, args.tenant)
+                if tenant is None:
+                    raise CommandError(f"no tenant {args.tenant}")
+                tenants = [tenant]
+        with _BackfillProgress(enabled=not args.json and sys.stderr.isatty()) as progress:
+            for tenant in tenants:
+                reports.append(
+                    await backfill_tenant(
+                        runtime,
+                        tenant,
+                        since=since,
+                        until=until,
+                        resources=resources,
+                        dry_run=args.dry_run,
+                        progress=progress.update,
+                    )
+                )
+    failed = [r.tenant_id for r in reports if r.failed]
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "tenants": [r.as_dict() for r in reports], "failed_tenants": failed})
+    else:
+        rows = [
+            {
+                "tenant_id": r.tenant_id,
+                **{k: getattr(part, k) for k in ("resource", "pages", "scanned", "known", "emitted", "error")},
+            }
+            for r in reports
+            for part in r.resources
+        ]
+        _print_rows(rows, False, ("tenant_id", "resource", "pages", "scanned", "known", "emitted", "error"))
+        verb = "would emit" if args.dry_run else "emitted"
+        total = sum(row["emitted"] for row in rows)
+        print(
+            f"{len(reports)} tenant(s): {sum(r['scanned'] for r in rows)} objects scanned, "
+            f"{sum(r['known'] for r in rows)} already known, {total} {verb}"
+        )
+    if failed:
+        print(f"error: backfill failed for tenant(s) {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+class _BackfillProgress:
+    """A rich progress bar per tenant and resource, on a terminal only."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._enabled = enabled
+        self._bars: dict[tuple[str, str], Any] = {}
+        self._progress: Any = None
+
+    def __enter__(self) -> _BackfillProgress:
+        if self._enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("pages, {task.fields[emitted]} emitted"),
+                transient=False,
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, tenant_id: str, resource: str, page: Any, emitted: int) -> None:
+        if self._progress is None:
+            return
+        key = (tenant_id, resource)
+        if key not in self._bars:
+            self._bars[key] = self._progress.add_task(f"{tenant_id} {resource}", total=max(page.pages, 1), emitted=0)
+        self._progress.update(self._bars[key], completed=min(page.page, max(page.pages, 1)), emitted=emitted)
 
 
 async def _subscriptions_create(settings: Settings, args: argparse.Namespace) -> int:

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     outbound_allowed_cidrs: str = ""
     outbound_https_only: bool = False
 
+    # --- polling backfill --------------------------------------------------------------------
+    backfill_interval: float = Field(default=900.0, gt=0)
+    backfill_enabled: bool = True
+    backfill_initial_lookback_hours: float = Field(default=24.0, ge=0)
+    backfill_watermark_margin: float = Field(default=120.0, ge=0)
+
     # --- tokens and OAuth ----------------------------------------------------------------------
     token_refresh_margin_min: int = Field(default=60, ge=0)
     token_refresh_margin_max: int = Field(default=180, ge=0)

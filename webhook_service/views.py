@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from webhook_service.storage.models import (
+    BackfillState,
     Callback,
     Delivery,
     DeliveryAttempt,
@@ -134,4 +135,18 @@ def subscription_view(subscription: Subscription) -> dict[str, Any]:
         "failing_since": iso(subscription.failing_since),
         "created_at": iso(subscription.created_at),
         "updated_at": iso(subscription.updated_at),
+    }
+
+
+def backfill_state_view(state: BackfillState) -> dict[str, Any]:
+    return {
+        "tenant_id": state.tenant_id,
+        "resource": state.resource,
+        "watermark": iso(state.watermark),
+        "last_run_at": iso(state.last_run_at),
+        "last_run_status": state.last_run_status,
+        "last_error": state.last_error,
+        "last_scanned": state.last_scanned,
+        "last_emitted": state.last_emitted,
+        "recovered_by_polling": state.recovered_total,
     }

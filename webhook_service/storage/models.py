@@ -262,3 +262,24 @@ class DeliveryAttempt(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     response_body: Mapped[str | None] = mapped_column(Text)
+
+
+class BackfillState(Base):
+    """Per tenant and resource: how far polling has covered, and what it found.
+
+    ``watermark`` only moves after every event of a scan is committed, to the moment the scan
+    started (less a margin for clock skew): a crash repeats work, it never skips any.
+    """
+
+    __tablename__ = "backfill_state"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(64), primary_key=True)
+    watermark: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_run_status: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_scanned: Mapped[int] = mapped_column(Integer, default=0)
+    last_emitted: Mapped[int] = mapped_column(Integer, default=0)
+    recovered_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Events polling emitted because no webhook had (the gaps it closed)."""

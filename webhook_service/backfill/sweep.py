@@ -1,0 +1,251 @@
+"""The backfill: list what changed since a watermark, emit every object version not yet emitted.
+
+FreshBooks delivers webhooks late, sometimes never, and may disable a failing callback; polling is
+what makes the service lose nothing. Each resource is listed with its own "updated since" filter
+(accounting: ``search[updated_min]``, an US/Eastern day, widened by a day; projects and time
+entries: ``updated_since`` in UTC), every page, deleted and archived objects included. Every object
+version the ledger has not seen becomes a normalized event with ``origin: "backfill"``, through the
+same ledger, events and deliveries as webhooks, committed page by page. The watermark moves only
+after the whole listing is committed, so a crash repeats work and never skips any. One request at a
+time per tenant: resources are scanned one after another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from webhook_service.freshbooks.catalogue import CATALOGUE, Page, Resource
+from webhook_service.freshbooks.errors import FreshBooksError
+from webhook_service.freshbooks.tokens import TenantUnavailable
+from webhook_service.logs import get_logger
+from webhook_service.metrics import BACKFILL_RECOVERED
+from webhook_service.normalize import emit
+from webhook_service.normalize.events import ORIGIN_BACKFILL, NormalizedEvent, build, object_version
+from webhook_service.runtime import Runtime
+from webhook_service.storage.columns import utcnow
+from webhook_service.storage.models import BackfillState, ObjectVersion, Tenant
+
+log = get_logger(__name__)
+
+Progress = Callable[[str, str, Page, int], None]
+"""Called after each page: tenant id, resource, the page, events emitted so far for the resource."""
+
+
+@dataclass
+class ResourceReport:
+    resource: str
+    since: str | None = None
+    pages: int = 0
+    scanned: int = 0
+    known: int = 0
+    emitted: int = 0
+    error: str | None = None
+
+
+@dataclass
+class TenantReport:
+    tenant_id: str
+    dry_run: bool
+    resources: list[ResourceReport] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or any(r.error for r in self.resources)
+
+    def as_dict(self) -> dict[str, Any]:
+        totals = {key: sum(getattr(r, key) for r in self.resources) for key in ("pages", "scanned", "known", "emitted")}
+        return {**asdict(self), "totals": totals, "failed": self.failed}
+
+
+async def backfill_tenant(
+    runtime: Runtime,
+    tenant: Tenant,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    resources: Sequence[str] | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> TenantReport:
+    report = TenantReport(tenant.id, dry_run)
+    for name in resources or list(CATALOGUE):
+        resource = CATALOGUE[name]
+        part = ResourceReport(name)
+        report.resources.append(part)
+        try:
+            await _scan(
+                runtime,
+                tenant,
+                resource,
+                part,
+                since=since,
+                until=until,
+                dry_run=dry_run,
+                progress=progress,
+                clock=clock,
+            )
+        except TenantUnavailable as exc:
+            part.error = report.error = str(exc)
+            break  # every other resource would fail the same way
+        except FreshBooksError as exc:
+            part.error = str(exc)
+        if part.error:
+            log.warning("backfill_failed", tenant_id=tenant.id, resource=name, error=part.error)
+            if not dry_run:
+                await _record_run(runtime, tenant.id, name, part, clock(), watermark=None)
+    return report
+
+
+async def _scan(
+    runtime: Runtime,
+    tenant: Tenant,
+    resource: Resource,
+    part: ResourceReport,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    dry_run: bool,
+    progress: Progress | None,
+    clock: Callable[[], datetime],
+) -> None:
+    started = clock()
+    state = await _state(runtime, tenant.id, resource.name)
+    watermark = state.watermark if state else None
+    start = since or watermark or started - timedelta(hours=runtime.settings.backfill_initial_lookback_hours)
+    part.since = start.isoformat()
+    async for page in runtime.freshbooks.pages(tenant, resource, updated_since=start):
+        part.pages += 1
+        candidates = [obj for obj in page.items if _within(resource, obj, until)]
+        part.scanned += len(candidates)
+        fresh = await _unseen(runtime, tenant.id, resource, candidates)
+        part.known += len(candidates) - len(fresh)
+        if fresh and not dry_run:
+            part.emitted += await _emit(runtime, tenant, resource, fresh, clock())
+        elif dry_run:
+            part.emitted += len(fresh)
+        if progress is not None:
+            progress(tenant.id, resource.name, page, part.emitted)
+    if dry_run:
+        return
+    # The listing covered [start, now]: the watermark may move there only if it continues the
+    # covered range (an explicit later --since or an --until leaves a gap or stops short).
+    covers = until is None and (watermark is None or start <= watermark)
+    new_mark = started - timedelta(seconds=runtime.settings.backfill_watermark_margin) if covers else None
+    await _record_run(runtime, tenant.id, resource.name, part, started, watermark=new_mark)
+
+
+def _within(resource: Resource, obj: dict[str, Any], until: datetime | None) -> bool:
+    if until is None:
+        return True
+    updated = resource.updated_at(obj)
+    return updated is None or updated <= until
+
+
+async def _unseen(
+    runtime: Runtime, tenant_id: str, resource: Resource, objects: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The objects whose current version the ledger does not hold (one query per page)."""
+    if not objects:
+        return []
+    versions = {str(obj.get("id")): object_version(resource, obj) for obj in objects}
+    async with runtime.db.sessions() as session:
+        rows = await session.execute(
+            select(ObjectVersion.object_id, ObjectVersion.version).where(
+                ObjectVersion.tenant_id == tenant_id,
+                ObjectVersion.resource == resource.name,
+                ObjectVersion.object_id.in_(list(versions)),
+            )
+        )
+        known = {(object_id, version) for object_id, version in rows.all()}
+    return [obj for obj in objects if (str(obj.get("id")), versions[str(obj.get("id"))]) not in known]
+
+
+async def _emit(
+    runtime: Runtime, tenant: Tenant, resource: Resource, objects: list[dict[str, Any]], now: datetime
+) -> int:
+    events = [_event(tenant, resource, obj, now) for obj in objects]
+    try:
+        async with runtime.db.sessions() as session:
+            emitted = [await emit.stage(session, e, tenant_id=tenant.id, inbox_event_id=None, now=now) for e in events]
+            await session.commit()
+    except IntegrityError:  # a webhook emitted one of these versions meanwhile: go one by one
+        emitted = []
+        for event in events:
+            try:
+                async with runtime.db.sessions() as session:
+                    emitted.append(await emit.stage(session, event, tenant_id=tenant.id, inbox_event_id=None, now=now))
+                    await session.commit()
+            except IntegrityError:
+                emitted.append(False)
+    count = sum(emitted)
+    if count:
+        runtime.signals.deliveries_ready()
+        BACKFILL_RECOVERED.labels(resource=resource.name).inc(count)
+    return count
+
+
+def _event(tenant: Tenant, resource: Resource, obj: dict[str, Any], now: datetime) -> NormalizedEvent:
+    """The event polling reports: deleted if soft-deleted, created if never changed since, else updated."""
+    stamps = resource.timestamps_utc(obj)
+    if obj.get("vis_state") == 1:
+        verb = "delete"
+    elif (
+        resource.updated_field
+        and stamps.get("created_at")
+        and stamps.get("created_at") == stamps.get(resource.updated_field)
+    ):
+        verb = "create"
+    else:
+        verb = "update"
+    freshbooks_event = {
+        "name": f"{resource.name}.{verb}",
+        "object_id": str(obj.get("id", "")),
+        "account_id": tenant.account_id,
+        "business_id": str(tenant.business_id),
+    }
+    return build(
+        tenant=tenant,
+        resource=resource,
+        freshbooks_event=freshbooks_event,
+        obj=obj,
+        origin=ORIGIN_BACKFILL,
+        fallback_time=now,
+    )
+
+
+async def _state(runtime: Runtime, tenant_id: str, resource: str) -> BackfillState | None:
+    async with runtime.db.sessions() as session:
+        return await session.get(BackfillState, (tenant_id, resource))
+
+
+async def _record_run(
+    runtime: Runtime, tenant_id: str, resource: str, part: ResourceReport, at: datetime, *, watermark: datetime | None
+) -> None:
+    async with runtime.db.sessions() as session:
+        state = await session.get(BackfillState, (tenant_id, resource))
+        if state is None:
+            state = BackfillState(tenant_id=tenant_id, resource=resource, recovered_total=0)
+            session.add(state)
+        if watermark is not None and (state.watermark is None or watermark > state.watermark):
+            state.watermark = watermark
+        state.last_run_at = at
+        state.last_run_status = "failed" if part.error else "ok"
+        state.last_error = part.error
+        state.last_scanned = part.scanned
+        state.last_emitted = part.emitted
+        state.recovered_total = (state.recovered_total or 0) + part.emitted
+        await session.commit()
+
+
+async def status(runtime: Runtime) -> list[BackfillState]:
+    async with runtime.db.sessions() as session:
+        rows = await session.execute(select(BackfillState).order_by(BackfillState.tenant_id, BackfillState.resource))
+        return list(rows.scalars())
