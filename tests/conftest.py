@@ -134,6 +134,21 @@ class RunningService:
 
 
 @pytest.fixture
+def cli_env(settings, simulator):
+    return {
+        "DATABASE_URL": settings.database_url,
+        "SECRET_KEY": settings.secret_key.get_secret_value(),
+        "FRESHBOOKS_API_BASE": simulator.base_url,
+        "FRESHBOOKS_AUTH_BASE": simulator.base_url,
+        "FRESHBOOKS_CLIENT_ID": simulator.state.client_id,
+        "FRESHBOOKS_CLIENT_SECRET": simulator.state.client_secret,
+        "PUBLIC_BASE_URL": settings.public_base_url,
+        "LOG_FORMAT": "json",
+        "AUTO_MIGRATE": "always",
+    }
+
+
+@pytest.fixture
 def sink() -> Iterator[SinkServer]:
     with SinkServer() as server:
         yield server

@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 
 def _run(args, env_extra=None, cwd=None):
     env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEV_MODE", "DATABASE_URL"}}
@@ -16,21 +14,6 @@ def _run(args, env_extra=None, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "webhook_service", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
     )
-
-
-@pytest.fixture
-def cli_env(settings, simulator):
-    return {
-        "DATABASE_URL": settings.database_url,
-        "SECRET_KEY": settings.secret_key.get_secret_value(),
-        "FRESHBOOKS_API_BASE": simulator.base_url,
-        "FRESHBOOKS_AUTH_BASE": simulator.base_url,
-        "FRESHBOOKS_CLIENT_ID": simulator.state.client_id,
-        "FRESHBOOKS_CLIENT_SECRET": simulator.state.client_secret,
-        "PUBLIC_BASE_URL": settings.public_base_url,
-        "LOG_FORMAT": "json",
-        "AUTO_MIGRATE": "always",
-    }
 
 
 def test_help_lists_the_commands():
