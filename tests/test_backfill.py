@@ -220,3 +220,26 @@ async def test_backfill_cli_summary_status_and_failures(runtime, tenant, simulat
     assert clients["recovered_by_polling"] == 3 and clients["watermark"] is not None
     assert _run(["backfill"], cli_env, cwd=tmp_path).returncode == 1
     assert _run(["backfill", "--tenant", tenant.id, "--resources", "invoices"], cli_env, cwd=tmp_path).returncode == 1
+
+
+async def test_recovered_counts_are_metrics(service, runtime, tenant, simulator):
+    import httpx
+
+    def recovered(text: str) -> float:
+        line = next(
+            (
+                ln
+                for ln in text.splitlines()
+                if ln.startswith('webhook_service_backfill_recovered_events_total{resource="tax"}')
+            ),
+            None,
+        )
+        return float(line.split()[-1]) if line else 0.0
+
+    before = recovered(httpx.get(f"{service.base_url}/metrics").text)
+    simulator.state.seed(OWNER_ACCOUNT_ID, "tax", 2)
+    # the sweep runs in this process; the service process (here: the same Python process) exports the counter
+    await sweep.backfill_tenant(runtime, tenant, since=datetime.now(UTC) - timedelta(days=61), resources=["tax"])
+    response = httpx.get(f"{service.base_url}/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    assert recovered(response.text) == before + 2

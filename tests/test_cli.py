@@ -238,3 +238,17 @@ async def test_subscriptions_and_deliveries_commands(cli_env, runtime, tenant, t
     )
     assert naive.returncode == 1 and "time zone" in naive.stderr
     assert _run(["subscriptions", "delete", subscription["id"]], cli_env, cwd=tmp_path).returncode == 0
+
+
+async def test_events_and_inbox_commands(cli_env, runtime, tenant, tmp_path):
+    from test_delivery import _emit
+
+    from webhook_service.storage.columns import utcnow
+
+    event = await _emit(runtime, tenant, utcnow(), name="client.update")
+    listed = json.loads(_run(["events", "list", "--type", "client.updated", "--json"], cli_env, cwd=tmp_path).stdout)
+    assert [e["id"] for e in listed] == [event.id] and "payload" not in listed[0]
+    shown = json.loads(_run(["events", "show", event.id], cli_env, cwd=tmp_path).stdout)
+    assert shown["payload"]["type"] == "client.updated"
+    assert json.loads(_run(["inbox", "list", "--json"], cli_env, cwd=tmp_path).stdout) == []
+    assert _run(["events", "show", "evt_nope"], cli_env, cwd=tmp_path).returncode == 1

@@ -17,7 +17,7 @@ from webhook_service.inbound import registrar
 from webhook_service.logs import get_logger
 from webhook_service.middleware import RequestContextMiddleware
 from webhook_service.normalize.processor import InboxProcessor
-from webhook_service.routes import admin, health, oauth, webhooks
+from webhook_service.routes import admin, health, metrics, oauth, webhooks
 from webhook_service.routes.errors import http_exception, unhandled_exception
 from webhook_service.runtime import Runtime
 
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                         await task
 
     return Starlette(
-        routes=[*health.routes, *oauth.routes, *webhooks.routes, *admin.routes],
+        routes=[*health.routes, *oauth.routes, *webhooks.routes, *metrics.routes, *admin.routes],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
         lifespan=lifespan,

@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     cb_list.set_defaults(handler=_run_async(_callbacks_list))
 
     _add_backfill_command(commands)
+    _add_event_commands(commands)
     _add_subscription_commands(commands)
     _add_delivery_commands(commands)
 
@@ -155,6 +156,82 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--json", action="store_true", help="print JSON")
     disc.set_defaults(handler=_run_async(_tenants_disconnect))
     return parser
+
+
+def _add_event_commands(commands: Any) -> None:
+    ev = commands.add_parser("events", help="normalized events", description="List and show normalized events.")
+    ev_commands = ev.add_subparsers(title="event commands", metavar="COMMAND")
+    ev.set_defaults(handler=lambda settings, args: _usage(ev))
+    lst = ev_commands.add_parser("list", help="events, newest first", description="List normalized events.")
+    lst.add_argument("--tenant", metavar="ID")
+    lst.add_argument("--type", metavar="TYPE", help="e.g. invoice.updated")
+    lst.add_argument("--limit", type=int, default=100)
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(handler=_run_async(_events_list))
+    show = ev_commands.add_parser("show", help="one event with its payload", description="One event and its payload.")
+    show.add_argument("event_id")
+    show.set_defaults(handler=_run_async(_events_show))
+
+    inbox = commands.add_parser(
+        "inbox",
+        help="FreshBooks deliveries as received",
+        description="The durable inbox of verified FreshBooks deliveries.",
+    )
+    inbox_commands = inbox.add_subparsers(title="inbox commands", metavar="COMMAND")
+    inbox.set_defaults(handler=lambda settings, args: _usage(inbox))
+    ilist = inbox_commands.add_parser("list", help="inbox events, newest first", description="List inbox events.")
+    ilist.add_argument("--tenant", metavar="ID")
+    ilist.add_argument("--status", choices=["pending", "duplicate", "processed", "failed"])
+    ilist.add_argument("--limit", type=int, default=100)
+    ilist.add_argument("--json", action="store_true", help="print JSON")
+    ilist.set_defaults(handler=_run_async(_inbox_list))
+
+
+async def _events_list(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.runtime import Runtime
+    from webhook_service.storage import events as event_store
+    from webhook_service.views import event_view
+
+    async with Runtime.open(settings) as runtime, runtime.db.sessions() as session:
+        rows = await event_store.list_events(
+            session, tenant_id=args.tenant, event_type=args.type, limit=max(1, min(args.limit, 10_000))
+        )
+    _print_rows(
+        [event_view(e, with_payload=False) for e in rows],
+        args.json,
+        ("id", "type", "tenant_id", "object_id", "origin", "occurred_at", "created_at"),
+    )
+    return EXIT_OK
+
+
+async def _events_show(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.runtime import Runtime
+    from webhook_service.storage.models import Event
+    from webhook_service.views import event_view
+
+    async with Runtime.open(settings) as runtime, runtime.db.sessions() as session:
+        event = await session.get(Event, args.event_id)
+    if event is None:
+        raise CommandError(f"no event {args.event_id}")
+    _print_json(event_view(event))
+    return EXIT_OK
+
+
+async def _inbox_list(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.runtime import Runtime
+    from webhook_service.storage import inbox as inbox_store
+    from webhook_service.views import inbox_view
+
+    async with Runtime.open(settings) as runtime, runtime.db.sessions() as session:
+        rows = await inbox_store.list_events(
+            session, tenant_id=args.tenant, status=args.status, limit=max(1, min(args.limit, 10_000))
+        )
+    _print_rows(
+        [inbox_view(e) for e in rows],
+        args.json,
+        ("id", "event_name", "object_id", "tenant_id", "status", "received_at", "last_error"),
+    )
+    return EXIT_OK
 
 
 def _add_backfill_command(commands: Any) -> None:

@@ -20,7 +20,6 @@ from datetime import MAXYEAR, UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -40,6 +39,7 @@ from webhook_service.routes.errors import error_response
 from webhook_service.routes.webhooks import _read_capped
 from webhook_service.runtime import Runtime
 from webhook_service.storage import callbacks as callback_store
+from webhook_service.storage import events as event_store
 from webhook_service.storage import inbox as inbox_store
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.models import DeliveryStatus, Event, InboxStatus
@@ -356,13 +356,10 @@ async def list_inbox_events(request: Request) -> Response:
 @_admin
 async def list_events(request: Request) -> Response:
     tenant_id, event_type = text_query(request, "tenant_id"), text_query(request, "type")
-    query = select(Event).order_by(Event.created_at.desc(), Event.id).limit(parse_limit(request))
-    if tenant_id is not None:
-        query = query.where(Event.tenant_id == tenant_id)
-    if event_type is not None:
-        query = query.where(Event.type == event_type)
     async with _runtime(request).db.sessions() as session:
-        events = list((await session.execute(query)).scalars())
+        events = await event_store.list_events(
+            session, tenant_id=tenant_id, event_type=event_type, limit=parse_limit(request)
+        )
     return _data([event_view(e, with_payload=False) for e in events])
 
 

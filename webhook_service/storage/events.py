@@ -1,0 +1,19 @@
+"""Queries on normalized events."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from webhook_service.storage.models import Event
+
+
+async def list_events(
+    session: AsyncSession, *, tenant_id: str | None = None, event_type: str | None = None, limit: int = 100
+) -> list[Event]:
+    query = select(Event).order_by(Event.created_at.desc(), Event.id).limit(limit)
+    if tenant_id is not None:
+        query = query.where(Event.tenant_id == tenant_id)
+    if event_type is not None:
+        query = query.where(Event.type == event_type)
+    return list((await session.execute(query)).scalars())
