@@ -74,6 +74,7 @@ from webhook_service.crypto import generate_key
 from webhook_service.delivery import subscriptions
 from webhook_service.delivery.worker import DeliveryWorker
 from webhook_service.freshbooks.catalogue import get_resource
+from webhook_service.logs import configure_logging
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, NormalizedEvent, build
 from webhook_service.runtime import Runtime
@@ -936,6 +937,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    configure_logging("warning", "console")  # the in-process Runtime's info lines would interleave
     try:
         with _runner() as runner:
             runner.run(main_async(args))
