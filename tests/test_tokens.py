@@ -68,22 +68,18 @@ async def test_refresh_margin_is_between_60_and_180_seconds(runtime, tenant):
     assert len(margins) > 50  # spread out, not one fixed value
 
 
-async def test_token_inside_margin_is_refreshed_but_outside_is_not(runtime, tenant, simulator):
+async def test_token_inside_margin_is_refreshed_but_outside_is_not(runtime, tenant, simulator, settings):
+    row = await _load(runtime, tenant.id)
     margin = runtime.tokens.refresh_margin(tenant.id, tenant.token_version)
-    async with runtime.db.sessions() as session:
-        row = await tenant_store.get(session, tenant.id)
-        row.access_expires_at = utcnow() + margin + timedelta(seconds=30)
-        await session.commit()
-    await runtime.tokens.access_token(tenant.id)
-    assert refresh_requests(simulator.state) == []
+    now = [row.access_expires_at - margin - timedelta(seconds=30)]
+    manager = TokenManager(runtime.db, runtime.oauth, runtime.box, settings, clock=lambda: now[0])
 
-    async with runtime.db.sessions() as session:
-        row = await tenant_store.get(session, tenant.id)
-        row.access_expires_at = utcnow() + margin - timedelta(seconds=5)
-        await session.commit()
-    token = await runtime.tokens.access_token(tenant.id)
+    first = await manager.access_token(tenant.id)
+    assert refresh_requests(simulator.state) == [] and first.version == tenant.token_version
+    now[0] = row.access_expires_at - margin + timedelta(seconds=5)  # time passes: now inside the margin
+    second = await manager.access_token(tenant.id)
     assert len(refresh_requests(simulator.state)) == 1
-    assert token.version == tenant.token_version + 1
+    assert second.version == tenant.token_version + 1
 
 
 async def test_failed_commit_flags_tenant_and_never_sends_the_dead_token(runtime, tenant, simulator, monkeypatch):

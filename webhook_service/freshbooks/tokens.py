@@ -78,10 +78,17 @@ class TokenManager:
         self._locks: dict[str, asyncio.Lock] = {}
         #: (tenant_id, token_version) whose refresh token was spent but whose successor was lost.
         self._spent: set[tuple[str, int]] = set()
+        #: The last token read or stored per tenant, so a hot path does not read the row every call.
+        #: It is only a hint: a 401 (e.g. another process rotated it) sends the caller to ``refresh``,
+        #: which reads the database, and every failure path evicts it.
+        self._cached: dict[str, AccessToken] = {}
 
     # -- public ---------------------------------------------------------------------------------
     async def access_token(self, tenant_id: str) -> AccessToken:
         """A usable access token, refreshed first when it expires within the tenant's margin."""
+        cached = self._cached.get(tenant_id)
+        if cached is not None and cached.expires_at - self._clock() > self.refresh_margin(tenant_id, cached.version):
+            return cached
         tenant = await self._load_usable(tenant_id)
         if tenant.access_expires_at - self._clock() > self.refresh_margin(tenant.id, tenant.token_version):
             return self._token_of(tenant)
@@ -89,6 +96,7 @@ class TokenManager:
 
     async def refresh(self, tenant_id: str, *, stale_version: int) -> AccessToken:
         """Replace the pair of ``stale_version``; if someone already did, return theirs."""
+        self._cached.pop(tenant_id, None)
         async with self._lock(tenant_id):
             delay = _LEASE_POLL_START
             while True:
@@ -125,6 +133,7 @@ class TokenManager:
         return refreshed
 
     async def mark_reauth_required(self, tenant_id: str, reason: str) -> None:
+        self._cached.pop(tenant_id, None)
         async with self._db.sessions() as session:
             await tenant_store.set_status(session, tenant_id, TenantStatus.REAUTH_REQUIRED, reason, now=self._clock())
             await session.commit()
@@ -140,6 +149,8 @@ class TokenManager:
     async def _load_usable(self, tenant_id: str) -> Tenant:
         async with self._db.sessions() as session:
             tenant = await tenant_store.get(session, tenant_id)
+        if tenant is None or tenant.status != TenantStatus.ACTIVE.value:
+            self._cached.pop(tenant_id, None)
         if tenant is None:
             raise TenantUnavailable(tenant_id, "unknown")
         if tenant.status != TenantStatus.ACTIVE.value:
@@ -149,12 +160,14 @@ class TokenManager:
         return tenant
 
     def _token_of(self, tenant: Tenant) -> AccessToken:
-        return AccessToken(
+        token = AccessToken(
             tenant_id=tenant.id,
             token=self._box.decrypt(tenant.access_token_enc),
             version=tenant.token_version,
             expires_at=tenant.access_expires_at,
         )
+        self._cached[tenant.id] = token
+        return token
 
     async def _acquire_lease(self, tenant_id: str, version: int) -> bool:
         now = self._clock()
@@ -200,6 +213,7 @@ class TokenManager:
             raise TokenPersistError(
                 f"tenant {tenant.id}: the rotated token pair could not be stored; re-authorize"
             ) from exc
+        self._cached[tenant.id] = AccessToken(tenant.id, pair.access_token, stale_version + 1, pair.expires_at)
         log.info(
             "token_refreshed",
             tenant_id=tenant.id,
@@ -228,6 +242,7 @@ class TokenManager:
     async def _rotation_lost(self, tenant_id: str, stale_version: int, exc: Exception) -> None:
         """The old refresh token is spent and the new one is gone: make sure nobody sends either."""
         self._spent.add((tenant_id, stale_version))
+        self._cached.pop(tenant_id, None)
         log.critical(
             "token_commit_failed",
             tenant_id=tenant_id,

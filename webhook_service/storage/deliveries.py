@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import Select, and_, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
@@ -43,8 +44,10 @@ async def claim_deliveries(
         .where(Delivery.status.in_(DUE), Delivery.next_attempt_at <= now, _unleased(Delivery.lease_until, now))
         .order_by(Delivery.next_attempt_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     )
+    if not await _any(session, due):
+        return []
+    due = due.with_for_update(skip_locked=True)
     result = await session.execute(
         update(Delivery)
         .where(Delivery.id.in_(due.scalar_subquery()))
@@ -88,8 +91,10 @@ async def claim_inbox(session: AsyncSession, *, now: datetime, limit: int, lease
         )
         .order_by(InboxEvent.id)
         .limit(limit)
-        .with_for_update(skip_locked=True, of=InboxEvent)
     )
+    if not await _any(session, due):
+        return []
+    due = due.with_for_update(skip_locked=True, of=InboxEvent)
     result = await session.execute(
         update(InboxEvent)
         .where(InboxEvent.id.in_(due.scalar_subquery()))
@@ -103,6 +108,13 @@ async def claim_inbox(session: AsyncSession, *, now: datetime, limit: int, lease
     claimed = list(rows.scalars())
     await session.commit()
     return claimed
+
+
+async def _any(session: AsyncSession, query: Select[Any]) -> bool:
+    """A read-only look first: idle workers and woken-but-late workers take no write lock."""
+    found = (await session.execute(query.limit(1))).first() is not None
+    await session.rollback()  # end the read transaction before a writer needs the database
+    return found
 
 
 async def take_rate_slot(session: AsyncSession, subscription_id: str, limit: int, now: datetime) -> bool:

@@ -6,10 +6,13 @@ import hashlib
 import json
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage.models import Callback, InboxEvent, InboxStatus
+
+LAST_EVENT_RESOLUTION = timedelta(minutes=1)
+"""``callbacks.last_event_at`` is exact to this; it says whether a callback is alive, not a count."""
 
 
 def body_hash(body: bytes) -> str:
@@ -65,9 +68,13 @@ async def record(
         received_at=now,
     )
     session.add(event)
+    # At most one write a minute per callback: concurrent deliveries would otherwise queue on its row.
     await session.execute(
         update(Callback)
-        .where(Callback.id == callback.id)
+        .where(
+            Callback.id == callback.id,
+            or_(Callback.last_event_at.is_(None), Callback.last_event_at < now - LAST_EVENT_RESOLUTION),
+        )
         .values(last_event_at=now)
         .execution_options(synchronize_session=False)
     )
