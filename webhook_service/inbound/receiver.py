@@ -7,7 +7,7 @@ written for a refused request. An accepted event is in the inbox (committed) bef
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from webhook_service.inbound.signature import MalformedBody, parse_form, verify_signature
 from webhook_service.inbound.verification import complete_handshake
@@ -117,7 +117,7 @@ async def _record_event(
 
 
 def _signed_by_a_current_verifier(
-    runtime: Runtime, callback: Callback, fields: dict[str, str], signature: str, now: object
+    runtime: Runtime, callback: Callback, fields: dict[str, str], signature: str, now: datetime
 ) -> bool:
     assert callback.verifier_enc is not None
     if verify_signature(runtime.box.decrypt(callback.verifier_enc), fields, signature):
@@ -125,7 +125,7 @@ def _signed_by_a_current_verifier(
     previous_valid = (
         callback.previous_verifier_enc is not None
         and callback.previous_verifier_until is not None
-        and callback.previous_verifier_until > now  # type: ignore[operator]
+        and callback.previous_verifier_until > now
     )
     return previous_valid and verify_signature(
         runtime.box.decrypt(callback.previous_verifier_enc or ""), fields, signature

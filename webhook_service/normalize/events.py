@@ -78,9 +78,10 @@ def build(
     updated = resource.updated_at(obj) if obj is not None else None
     occurred_at = updated or fallback_time
     event_id = new_event_id()
+    kind = event_type(name)
     document = {
         "id": event_id,
-        "type": event_type(name),
+        "type": kind,
         "timestamp": isoformat_utc(occurred_at),
         "data": {
             "tenant_id": tenant.id,
@@ -95,7 +96,7 @@ def build(
     }
     return NormalizedEvent(
         id=event_id,
-        type=document["type"],  # type: ignore[arg-type]
+        type=kind,
         resource=resource.name,
         object_id=object_id,
         origin=origin,

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import Update, update
 from sqlalchemy.exc import IntegrityError
 
 from webhook_service.freshbooks.catalogue import CATALOGUE
@@ -151,7 +151,7 @@ class InboxProcessor:
             await session.commit()
 
 
-def _finished(inbox_id: int, status: InboxStatus, note: str | None, now: datetime):  # type: ignore[no-untyped-def]
+def _finished(inbox_id: int, status: InboxStatus, note: str | None, now: datetime) -> Update:
     return (
         update(InboxEvent)
         .where(InboxEvent.id == inbox_id)
