@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     processor_concurrency: int = Field(default=8, ge=1, le=256)
     delivery_workers: int = Field(default=4, ge=0, le=64)
-    delivery_batch_size: int = Field(default=50, ge=1, le=1000)
+    delivery_batch_size: int = Field(default=200, ge=1, le=1000)
     delivery_concurrency: int = Field(default=16, ge=1, le=1024)
     delivery_timeout: float = Field(default=15.0, gt=0, le=120)
     delivery_retry_schedule: str = "0,5,300,1800,7200,18000,36000,36000"

@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 
 from webhook_service import __version__
 from webhook_service.config import Settings
 from webhook_service.crypto import SecretBox, secret_box_from_settings
-from webhook_service.delivery.egress import EgressPolicy, guarded_transport
+from webhook_service.delivery.egress import EgressPolicy, guarded_session
 from webhook_service.freshbooks.client import FreshBooksClient
 from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.freshbooks.tokens import TokenManager
@@ -36,8 +37,12 @@ class Runtime:
     tokens: TokenManager
     freshbooks: FreshBooksClient
     tasks: TaskTracker
-    outbound: httpx.AsyncClient
-    """Subscriber deliveries only: egress-guarded, never follows redirects, never reads proxies."""
+    outbound: aiohttp.ClientSession
+    """Subscriber deliveries only (:func:`~webhook_service.delivery.egress.guarded_session`): every
+    connection obeys ``egress``; no proxies, no cookies, raw bodies. Send with ``allow_redirects=False``
+    after ``egress.check_request_target(url)`` (IP literals never reach the guarded resolver)."""
+    egress: EgressPolicy
+    """The policy ``outbound`` enforces (``OUTBOUND_ALLOWED_CIDRS``, ``OUTBOUND_HTTPS_ONLY``)."""
     signals: Signals = field(default_factory=Signals)
     delivery_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
 
@@ -46,6 +51,7 @@ class Runtime:
     async def open(cls, settings: Settings, *, migrate_schema: bool | None = None) -> AsyncIterator[Runtime]:
         """Build everything; the secret key is checked first so a keyless start fails before I/O."""
         box = secret_box_from_settings(settings)
+        egress = EgressPolicy(settings.allowed_cidrs, https_only=settings.outbound_https_only)  # bad CIDR: fail here
         db = Database(settings.database_url)
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.freshbooks_timeout, connect=10.0),
@@ -54,15 +60,7 @@ class Runtime:
             follow_redirects=False,
         )
         tasks = TaskTracker()
-        outbound = httpx.AsyncClient(
-            transport=guarded_transport(
-                EgressPolicy(settings.allowed_cidrs, https_only=settings.outbound_https_only),
-                limits=httpx.Limits(max_connections=settings.delivery_concurrency, max_keepalive_connections=100),
-            ),
-            timeout=httpx.Timeout(settings.delivery_timeout),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        outbound = guarded_session(egress, limit=settings.delivery_concurrency, timeout=settings.delivery_timeout)
         try:
             if migrate_schema if migrate_schema is not None else settings.should_migrate_on_start:
                 await migrate.upgrade(db)
@@ -78,10 +76,11 @@ class Runtime:
                 freshbooks=FreshBooksClient(settings, http, tokens),
                 tasks=tasks,
                 outbound=outbound,
+                egress=egress,
                 delivery_slots=asyncio.Semaphore(settings.delivery_concurrency),
             )
         finally:
             await tasks.cancel_all()
-            await outbound.aclose()
+            await outbound.close()
             await http.aclose()
             await db.dispose()

@@ -2,22 +2,33 @@
 
 The check that matters happens at connect time, after DNS resolution: a name that resolved to a
 public address when the subscription was saved can resolve to ``10.0.0.1`` or to the cloud metadata
-service a minute later (DNS rebinding). So :class:`GuardedNetworkBackend` resolves the host itself,
-checks every address, and connects to an address it checked, never to the name. Saving a
-subscription only gets the cheap checks (:meth:`EgressPolicy.validate_subscriber_url`).
+service a minute later (DNS rebinding). So :class:`GuardedResolver` resolves the host itself,
+checks every address, and hands aiohttp only the addresses it checked: aiohttp connects to those,
+never re-resolving the name. Saving a subscription only gets the cheap checks
+(:meth:`EgressPolicy.validate_subscriber_url`).
 
-Layers, from the outside in::
+Layers, from the outside in (see :func:`guarded_session`)::
 
-    httpx.AsyncClient
-      -> GuardedTransport.handle_async_request   URL checks (scheme, https-only, userinfo, host)
-        -> httpcore.AsyncConnectionPool
-          -> GuardedNetworkBackend.connect_tcp    resolve, check every address, connect to a checked one
-            -> httpcore.AnyIOBackend              the socket
+    policy.check_request_target(url)         the caller, before every request: URL checks (scheme,
+                                             https-only, userinfo, host) and an IP-literal host
+    aiohttp.ClientSession                    no proxies (trust_env=False), no cookies
+      -> GuardedConnector.connect            the same checks again on the URL aiohttp connects to,
+                                             for every request, whoever sends it
+        -> aiohttp.TCPConnector pool         kept-alive connections were checked when opened
+          -> GuardedResolver.resolve         DNS names: resolve, check every address, return those
+            -> the socket                    to one of the checked addresses
 
-Refusals are :class:`EgressBlocked`, a ``httpcore.ConnectError``: callers see ``httpx.ConnectError``
-either way and tell a refusal from a network failure with :func:`egress_refusal`.
+aiohttp never calls the resolver for an IP-literal host (``http://10.0.0.1/``), which is why the
+URL-level check exists and runs on every request.
 
-Written against httpx 0.28 and httpcore 1.0 (see :func:`guarded_transport` for the internals used).
+Refusals are :class:`EgressBlocked`, a ``ConnectionError`` (so an ``OSError``). Raised by the
+resolver, aiohttp wraps it in ``aiohttp.ClientConnectorDNSError`` (``ClientConnectorError`` before
+3.11); raised by the connector, in ``aiohttp.ClientOSError``; either way with the refusal as
+``__cause__``. Callers treat all of them like an unreachable host and tell a refusal from a network
+failure with :func:`egress_refusal`.
+
+Written against aiohttp 3.14 (see :class:`GuardedConnector` and :func:`guarded_session` for the
+internals used); the public pieces it needs (``AbstractResolver``, ``ResolveResult``) exist since 3.9.
 """
 
 from __future__ import annotations
@@ -26,18 +37,27 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TypeAlias
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import httpcore
+import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
+
+if TYPE_CHECKING:
+    from aiohttp.client_reqrep import ClientRequest
+    from aiohttp.connector import Connection
+    from aiohttp.tracing import Trace
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver: TypeAlias = Callable[[str, int], Awaitable[list[str]]]
-"""``(host, port) -> [address, ...]``: what :class:`GuardedNetworkBackend` connects to, in order."""
+"""``(host, port) -> [address, ...]``: what :class:`GuardedResolver` checks and hands aiohttp, in order."""
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
+VERDICTS_KEPT = 1024
+"""How many URLs' :meth:`EgressPolicy.check_request_target` verdicts a policy remembers."""
 
 _net = ipaddress.ip_network
 
@@ -128,13 +148,15 @@ def blocked_reason(address: IPAddress) -> str | None:
     return None
 
 
-class EgressBlocked(httpcore.ConnectError):
+class EgressBlocked(ConnectionError):
     """A delivery was refused by the egress policy, before any connection was opened.
 
-    A ``httpcore.ConnectError`` on purpose: raised inside the connection pool, httpx turns it into
-    ``httpx.ConnectError`` with this exception as ``__cause__``, so retry logic treats it like an
-    unreachable host while :func:`egress_refusal` can still tell the two apart (a refusal will not
-    go away on retry; it needs the subscriber to change its URL or an operator to allow the range).
+    A ``ConnectionError`` (an ``OSError``) on purpose: raised by :class:`GuardedResolver`, aiohttp
+    turns it into ``aiohttp.ClientConnectorDNSError``, and raised by :class:`GuardedConnector` into
+    ``aiohttp.ClientOSError``, in both cases with this exception as ``__cause__``. So retry logic
+    treats it like an unreachable host while :func:`egress_refusal` can still tell the two apart
+    (a refusal will not go away on retry; it needs the subscriber to change its URL or an operator
+    to allow the range).
     """
 
     def __init__(self, reason: str, *, address: str | None = None, host: str | None = None) -> None:
@@ -148,6 +170,8 @@ class EgressBlocked(httpcore.ConnectError):
         else:
             message = f"egress refused: {address} (resolved from {host}) is {reason}"
         super().__init__(message)
+        # aiohttp's ClientConnectorError shows its cause's strerror: "Cannot connect to host ... [<this>]"
+        self.strerror = message
 
 
 def egress_refusal(exc: BaseException) -> EgressBlocked | None:
@@ -205,6 +229,9 @@ class EgressPolicy:
             allowed_cidrs = (allowed_cidrs,)
         self.allowed_networks: tuple[IPNetwork, ...] = tuple(_parse_network(cidr) for cidr in allowed_cidrs)
         self.https_only = https_only
+        # check_request_target's verdicts: None, or a refusal's (reason, address, host). Nothing in a
+        # verdict depends on DNS or time, only on the URL and on this (unchanging) policy.
+        self._verdicts: dict[str | URL, tuple[str, str | None, str | None] | None] = {}
 
     def __repr__(self) -> str:
         allowed = [str(network) for network in self.allowed_networks]
@@ -238,12 +265,47 @@ class EgressPolicy:
 
         Refused: schemes other than http(s); plain http when ``https_only``; credentials in the URL
         (they end up in logs, and ``https://trusted.example@evil.example`` is a classic way to fool
-        a reader); no host. Addresses are not checked here but at connect time, after resolution.
+        a reader); no host. Addresses are not checked here: see :meth:`check_request_target`.
         An unparseable ``url`` string raises ``ValueError`` instead: that is bad input, not a refusal.
         """
         problem = self._url_problem(_parse_url(url))
         if problem is not None:
             raise EgressBlocked(problem)
+
+    def check_request_target(self, url: str | URL) -> None:
+        """Every check that can be made before connecting; raise :class:`EgressBlocked`. Before every request.
+
+        :meth:`check_url`, then, when the host is an IP literal, the address check: aiohttp connects
+        to a literal without asking the resolver, so :class:`GuardedResolver` never sees it. The
+        host is the one aiohttp will use (``yarl.URL(url).raw_host``: aiohttp parses with yarl), read
+        with :func:`parse_address`, so legacy forms such as ``2130706433`` (127.0.0.1) count as
+        addresses. DNS names pass here and are checked by the resolver, after resolution. An
+        unparseable ``url`` raises ``ValueError`` (bad input, not a refusal).
+
+        Verdicts are remembered per URL (at most ``VERDICTS_KEPT``): parsing costs ~20 µs, and a
+        delivery runs this twice (the caller, then :class:`GuardedConnector`), to the same few URLs.
+        """
+        try:
+            verdict = self._verdicts[url]
+        except KeyError:
+            verdict = self._request_target_verdict(url)
+            if len(self._verdicts) >= VERDICTS_KEPT:
+                self._verdicts.clear()
+            self._verdicts[url] = verdict
+        if verdict is not None:
+            reason, address, host = verdict
+            raise EgressBlocked(reason, address=address, host=host)
+
+    def _request_target_verdict(self, url: str | URL) -> tuple[str, str | None, str | None] | None:
+        try:
+            self.check_url(str(url))
+            host = (url if isinstance(url, URL) else URL(url)).raw_host
+            address = parse_address(host) if host else None
+            if address is not None:
+                self.check_address(address, host=None if _parse_ip(host or "") is not None else host)
+        except EgressBlocked as exc:
+            return exc.reason, exc.address, exc.host
+        return None
 
     def validate_subscriber_url(self, url: str) -> str | None:
         """A human-readable problem with ``url`` as a subscriber URL, or None; for when it is saved.
@@ -299,101 +361,6 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that connects only to addresses the policy allows.
-
-    ``connect_tcp`` resolves the host itself, checks every address, and hands the wrapped backend
-    an address, never the name, so nothing can re-resolve it to something else between the check
-    and the connection (DNS rebinding). If any address is blocked the whole host is refused: a name
-    that resolves to both a public and a private address is hostile, not unlucky.
-
-    TLS is unaffected by connecting to an address: httpcore (1.0, ``_async/connection.py``,
-    ``AsyncHTTPConnection._connect``) calls ``stream.start_tls(server_hostname=...)`` with the
-    request's ``sni_hostname`` extension or else the URL's host (``self._origin.host``), not with
-    what ``connect_tcp`` received, so SNI and certificate verification still use the hostname.
-    The ``Host`` header likewise comes from the URL.
-    """
-
-    def __init__(
-        self,
-        policy: EgressPolicy,
-        resolver: Resolver | None = None,
-        *,
-        backend: httpcore.AsyncNetworkBackend | None = None,
-    ) -> None:
-        """``resolver``: defaults to :func:`system_resolver`; ``backend``: to ``httpcore.AnyIOBackend()``."""
-        self.policy = policy
-        self._resolver = resolver or system_resolver
-        self._backend = backend or httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Resolve, check every address, then connect to the checked addresses in order.
-
-        Trying the next checked address when one fails at once (e.g. an IPv6 address on a host
-        without IPv6 routes) keeps what ``anyio.connect_tcp`` would have done with the name; a
-        timeout is not retried on another address, so ``timeout`` bounds the whole call.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        addresses = await self._resolve(host, port, timeout)
-        for text, address in addresses:
-            self.policy.check_address(address, host=None if text == host else host)
-        last_error: httpcore.ConnectError | None = None
-        for text, _ in addresses:
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise httpcore.ConnectTimeout(f"timed out connecting to {host}")
-            try:
-                return await self._backend.connect_tcp(
-                    text, port, timeout=remaining, local_address=local_address, socket_options=socket_options
-                )
-            except httpcore.ConnectError as exc:
-                last_error = exc
-        assert last_error is not None  # _resolve never returns an empty list
-        raise last_error
-
-    async def _resolve(self, host: str, port: int, timeout: float | None) -> list[tuple[str, IPAddress]]:
-        """``(text to connect to, parsed address)`` pairs; an IP literal is taken as it is."""
-        literal = _parse_ip(host)
-        if literal is not None:
-            return [(host, literal)]
-        try:
-            async with asyncio.timeout(timeout):
-                texts = await self._resolver(host, port)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"timed out resolving {host}") from None
-        except OSError as exc:  # socket.gaierror included
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        resolved: list[tuple[str, IPAddress]] = []
-        for text in texts:
-            address = _parse_ip(text)
-            if address is None:
-                raise httpcore.ConnectError(f"resolver returned {text!r} for {host}, which is not an IP address")
-            resolved.append((text, address))
-        if not resolved:
-            raise httpcore.ConnectError(f"{host} resolved to no addresses")
-        return resolved
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Always refused: a unix socket is local by definition."""
-        raise EgressBlocked(f"unix socket {path} is not allowed")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
-
-
 def _parse_ip(text: str) -> IPAddress | None:
     """A strict IP literal (``ipaddress`` syntax, IPv6 ``%scope`` allowed), else None."""
     try:
@@ -402,59 +369,119 @@ def _parse_ip(text: str) -> IPAddress | None:
         return None
 
 
-DEFAULT_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+class GuardedResolver(AbstractResolver):
+    """An aiohttp resolver that returns only addresses the policy allows.
 
+    It resolves with ``resolver`` (default :func:`system_resolver`), checks EVERY address, and
+    returns exactly the checked addresses, which aiohttp connects to without resolving again, so
+    nothing can swap the answer between the check and the connection (DNS rebinding). If any
+    address is blocked the whole host is refused: a name that resolves to both a public and a
+    private address is hostile, not unlucky.
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """``httpx.AsyncHTTPTransport`` whose pool connects through :class:`GuardedNetworkBackend`.
+    TLS is unaffected by connecting to an address: aiohttp (``TCPConnector._create_direct_connection``)
+    passes ``server_hostname=req.server_hostname or host`` with ``host`` the URL's host, not the
+    resolved address, so SNI and certificate verification still use the hostname; the ``Host``
+    header likewise comes from the URL.
 
-    URL checks run on every request, before the pool; the address checks run when the pool opens a
-    connection (a kept-alive connection was checked when it was opened). No proxy and no
-    ``trust_env``: a proxy would resolve names itself and defeat the address check. httpcore's
-    ``retries`` stays 0: it retries any ``ConnectError``, which would only repeat a refusal.
+    Failures that are not refusals (the name does not resolve, the resolver answers garbage) are
+    plain ``OSError`` s, which aiohttp reports as ``ClientConnectorDNSError``.
     """
 
-    def __init__(
-        self, policy: EgressPolicy, *, limits: httpx.Limits = DEFAULT_LIMITS, resolver: Resolver | None = None
-    ) -> None:
-        ssl_context = httpx.create_ssl_context(trust_env=False)
-        # Passing the context as ``verify`` makes the stock pool reuse it instead of building another.
-        super().__init__(verify=ssl_context, trust_env=False, limits=limits)
+    def __init__(self, policy: EgressPolicy, resolver: Resolver | None = None) -> None:
         self.policy = policy
-        # Same arguments as httpx 0.28's AsyncHTTPTransport.__init__ (no-proxy branch), plus the backend.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=GuardedNetworkBackend(policy, resolver),
-        )
+        self._resolver = resolver or system_resolver
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Check the URL first; refusals surface exactly like connect-time ones.
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """``host``'s checked addresses, in the resolver's order (only ``family``'s, when one is given)."""
+        texts = await self._resolver(host, port)
+        resolved: list[tuple[str, IPAddress]] = []
+        for text in texts:
+            address = _parse_ip(text)
+            if address is None:
+                raise OSError(f"resolver returned {text!r} for {host}, which is not an IP address")
+            resolved.append((text, address))
+        for text, address in resolved:
+            self.policy.check_address(address, host=None if text == host else host)
+        results: list[ResolveResult] = []
+        for text, address in resolved:
+            address_family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            if family and family != address_family:
+                continue
+            results.append(
+                {
+                    "hostname": host,
+                    "host": text,
+                    "port": port,
+                    "family": address_family,
+                    "proto": 0,
+                    "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                }
+            )
+        if not results:
+            raise OSError(f"{host} resolved to no addresses")
+        return results
 
-        httpx maps httpcore exceptions only around the pool call, so an ``EgressBlocked`` raised
-        here would escape raw: raise ``httpx.ConnectError`` from it instead, the same shape as the
-        refusals raised inside the pool.
-        """
-        try:
-            self.policy.check_url(request.url)
-        except EgressBlocked as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        return await super().handle_async_request(request)
+    async def close(self) -> None:
+        return None
 
 
-def guarded_transport(
-    policy: EgressPolicy, *, limits: httpx.Limits = DEFAULT_LIMITS, resolver: Resolver | None = None
-) -> httpx.AsyncHTTPTransport:
-    """An httpx transport for deliveries: every connection obeys ``policy``.
+class GuardedConnector(aiohttp.TCPConnector):
+    """``aiohttp.TCPConnector`` that runs :meth:`EgressPolicy.check_request_target` on every request.
 
-    Use it with ``follow_redirects=False`` (a redirect is a failed delivery anyway, and following it
-    would only be safe because every hop goes through the same checks). It relies on two httpx 0.28
-    / httpcore 1.0 internals: the transport's ``_pool`` attribute, which
-    ``AsyncHTTPTransport.handle_async_request`` sends through, and httpcore's
-    ``AsyncConnectionPool(network_backend=...)`` argument.
+    The caller is expected to check first (it alone sees credentials in the URL: aiohttp moves them
+    into an ``Authorization`` header before the connector), but the session must not depend on it:
+    with this, any request through a :func:`guarded_session`, and every hop of a followed redirect,
+    has its IP-literal host checked, and names are checked by :class:`GuardedResolver`. Relies on
+    ``BaseConnector.connect(req, traces, timeout)``, which ``ClientSession._request`` awaits once per
+    request (pooled connection or new), and on ``req.url``, the URL it connects to.
     """
-    return GuardedTransport(policy, limits=limits, resolver=resolver)
+
+    def __init__(self, policy: EgressPolicy, **kwargs: Any) -> None:
+        """``kwargs``: ``aiohttp.TCPConnector``'s."""
+        super().__init__(**kwargs)
+        self.policy = policy
+
+    async def connect(self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout) -> Connection:
+        self.policy.check_request_target(req.url)
+        return await super().connect(req, traces, timeout)
+
+
+# Passing enable_cleanup_closed where Python no longer needs it only earns a DeprecationWarning.
+_NEEDS_CLEANUP_CLOSED: bool = getattr(aiohttp.connector, "NEEDS_CLEANUP_CLOSED", True)
+
+
+def guarded_session(
+    policy: EgressPolicy, *, limit: int, timeout: float, resolver: Resolver | None = None
+) -> aiohttp.ClientSession:
+    """An aiohttp session for deliveries: every connection obeys ``policy``. Create it in a running loop.
+
+    * at most ``limit`` connections (in use or kept alive), reused (``force_close=False``);
+    * ``timeout``: a total for each request, from connecting to releasing the response;
+    * names resolved by :class:`GuardedResolver` on every new connection (``use_dns_cache=False``:
+      a cached answer would only be one checked earlier, but each connection gets a fresh check);
+    * no proxies or ``.netrc`` (``trust_env=False``): a proxy would resolve names itself;
+    * no cookies (``DummyCookieJar``): one subscriber's ``Set-Cookie`` must not reach another;
+    * raw bodies (``auto_decompress=False``) and no ``Accept-Encoding`` offered, so what a caller
+      reads is what the subscriber sent, and a compressed body cannot expand past a read limit.
+
+    Callers send with ``allow_redirects=False`` (a redirect is a failed delivery anyway; a followed
+    one would still be checked hop by hop) and call :meth:`EgressPolicy.check_request_target` first.
+    """
+    connector = GuardedConnector(
+        policy,
+        resolver=GuardedResolver(policy, resolver),
+        limit=limit,
+        use_dns_cache=False,
+        force_close=False,
+        enable_cleanup_closed=_NEEDS_CLEANUP_CLOSED,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        trust_env=False,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("Accept-Encoding",),
+    )

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import httpx
+import aiohttp
 from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -112,17 +112,18 @@ class DeliveryWorker:
         started = time.perf_counter()
         async with self._runtime.delivery_slots:
             try:
-                async with self._runtime.outbound.stream(
-                    "POST", subscription.url, content=event.payload.encode("utf-8"), headers=headers
+                self._runtime.egress.check_request_target(subscription.url)  # IP literals skip the resolver
+                async with self._runtime.outbound.post(
+                    subscription.url, data=event.payload.encode("utf-8"), headers=headers, allow_redirects=False
                 ) as response:
                     body = await _read_limited(response, RESPONSE_BODY_LIMIT)
-                outcome.status_code = response.status_code
+                outcome.status_code = response.status
                 outcome.response_body = body.decode("utf-8", "replace")
-                if response.status_code in SLOW_DOWN:
+                if response.status in SLOW_DOWN:
                     outcome.retry_after = parse_retry_after(response.headers.get("retry-after"))
-            except httpx.TimeoutException:
+            except TimeoutError:  # asyncio.TimeoutError; aiohttp's ServerTimeoutError is one too
                 outcome.error = f"timeout after {self._settings.delivery_timeout:g} s"
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a malformed stored URL
                 refusal = egress_refusal(exc)
                 outcome.error = str(refusal) if refusal else f"{type(exc).__name__}: {exc}"
         outcome.latency_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -220,13 +221,17 @@ class DeliveryWorker:
         return failing
 
 
-async def _read_limited(response: httpx.Response, limit: int) -> bytes:
-    """Up to ``limit`` bytes of the body; the rest is not read (a huge body cannot hurt us)."""
+async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body; the rest is not read (a huge body cannot hurt us).
+
+    Leaving the rest unread makes aiohttp close the connection on release instead of reusing it.
+    """
     chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_raw():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
+    remaining = limit
+    while remaining > 0:
+        chunk = await response.content.read(remaining)
+        if not chunk:
             break
-    return b"".join(chunks)[:limit]
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
