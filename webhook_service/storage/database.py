@@ -41,6 +41,11 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        # One connection per process: SQLite allows one writer at a time anyway, and two connections
+        # of the same process would wait for each other in SQLite's busy handler, which sleeps in
+        # steps of up to 100 ms. Through one connection, coroutines queue in asyncio instead.
+        # (Code must therefore never open a session while holding another.)
+        kwargs.update(pool_size=1, max_overflow=0, pool_timeout=60)
     else:
         kwargs.update(pool_size=10, max_overflow=10, pool_recycle=1800)
     engine = create_async_engine(url, **kwargs)
