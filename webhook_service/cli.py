@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8100)
     sim.add_argument("--seed-invoices", type=int, default=25, help="invoices to seed in account ABC123")
     sim.add_argument("--seed-clients", type=int, default=10, help="clients to seed in account ABC123")
+    sim.add_argument(
+        "--delivery-senders",
+        type=int,
+        default=1,
+        help="webhook deliveries posted at once (1 keeps FIFO order; more for load tests)",
+    )
     sim.set_defaults(handler=_simulator)
 
     keygen = commands.add_parser(
@@ -410,7 +416,13 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 def _simulator(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.simulator.server import run
 
-    run(args.host, args.port, seed_invoices=args.seed_invoices, seed_clients=args.seed_clients)
+    run(
+        args.host,
+        args.port,
+        seed_invoices=args.seed_invoices,
+        seed_clients=args.seed_clients,
+        delivery_senders=args.delivery_senders,
+    )
     return EXIT_OK
 
 

@@ -645,7 +645,10 @@ async def latency_stack(databases: Databases, procs: Processes) -> AsyncIterator
     database_url = await databases.create("latency")
     env = service_env(database_url, simulator_url, service_port)
     await run_cli(["migrate"], env, procs.log_dir)
-    procs.start("simulator", [*service_command(), "simulator", "--port", str(sim_port), "--seed-invoices", "0"])
+    procs.start(
+        "simulator",
+        [*service_command(), "simulator", "--port", str(sim_port), "--seed-invoices", "0", "--delivery-senders", "8"],
+    )
     _, sink_url = start_sink(procs, "sink-latency")
     procs.start("service", [*service_command(), "serve", "--port", str(service_port)], env=env)
     await wait_for_port(sim_port, procs, "simulator")

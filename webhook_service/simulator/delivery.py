@@ -97,24 +97,36 @@ Finish = Callable[[Delivery, Outcome], None]
 
 
 class Dispatcher:
-    """The queue and its sender thread (started lazily, daemon, restartable after ``close``)."""
+    """The queue and its sender threads (started lazily, daemon, restartable after ``close``).
 
-    def __init__(self, lock: threading.Lock, prepare: Prepare, finish: Finish) -> None:
+    One sender (the default) keeps strict FIFO order. FreshBooks' own concurrency is undocumented;
+    ``senders > 1`` plays a FreshBooks that posts several deliveries at once (order then only holds
+    per sender), which load tests need to offer more than one request's worth of traffic at a time.
+    """
+
+    def __init__(self, lock: threading.Lock, prepare: Prepare, finish: Finish, *, senders: int = 1) -> None:
         self._cond = threading.Condition(lock)
         self._prepare = prepare
         self._finish = finish
         self._queue: deque[Delivery] = deque()
         self._in_flight = 0
-        self._thread: threading.Thread | None = None
+        self._senders = max(1, senders)
+        self._threads: list[threading.Thread] = []
+        self._generation: object | None = None
         self.paused = False
 
     # -- with the lock held ------------------------------------------------------------
 
     def submit_locked(self, delivery: Delivery) -> None:
         self._queue.append(delivery)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="sim-deliveries", daemon=True)
-            self._thread.start()
+        if self._generation is None:
+            generation = self._generation = object()
+            self._threads = [
+                threading.Thread(target=self._run, args=(generation,), name=f"sim-deliveries-{n}", daemon=True)
+                for n in range(self._senders)
+            ]
+            for thread in self._threads:
+                thread.start()
         self._cond.notify_all()
 
     def release_locked(self, hold: DeliveryHold) -> None:
@@ -139,29 +151,29 @@ class Dispatcher:
     def close(self, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
         """Stop the sender thread; queued deliveries are discarded (an in-flight one finishes)."""
         with self._cond:
-            thread, self._thread = self._thread, None
+            threads, self._threads, self._generation = self._threads, [], None
             self._queue.clear()
             self._cond.notify_all()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
 
     # -- the sender thread -----------------------------------------------------------------
 
-    def _ready(self, me: threading.Thread) -> bool:
-        if self._thread is not me:
+    def _ready(self, generation: object) -> bool:
+        if self._generation is not generation:
             return True  # closed (or replaced): wake up to exit
         if self.paused or not self._queue:
             return False
         hold = self._queue[0].hold
         return hold is None or hold.released
 
-    def _run(self) -> None:
-        me = threading.current_thread()
+    def _run(self, generation: object) -> None:
         with httpx.Client(timeout=DELIVERY_TIMEOUT_SECONDS, follow_redirects=False) as client:
             while True:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._ready(me))
-                    if self._thread is not me:
+                    self._cond.wait_for(lambda: self._ready(generation))
+                    if self._generation is not generation:
                         return
                     delivery = self._queue.popleft()
                     self._in_flight += 1

@@ -48,9 +48,9 @@ class SimulatorServer(BackgroundServer):
             self.state.close()
 
 
-def run(host: str, port: int, seed_invoices: int = 0, seed_clients: int = 0) -> None:
+def run(host: str, port: int, seed_invoices: int = 0, seed_clients: int = 0, delivery_senders: int = 1) -> None:
     """Serve in the foreground until interrupted, after printing what an operator needs."""
-    state = SimulatorState()
+    state = SimulatorState(delivery_senders=delivery_senders)
     if seed_clients:
         state.seed("ABC123", "client", seed_clients)
     if seed_invoices:

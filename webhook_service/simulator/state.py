@@ -52,7 +52,7 @@ class SimulatorState:
     them and ``close()`` stops the delivery thread.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, *, delivery_senders: int = 1) -> None:
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self.client_id = "sim-client-id"
@@ -66,7 +66,9 @@ class SimulatorState:
         self._failures = FailurePlan()
         # Its own RNG, so webhook traffic never shifts the seeded objects (and vice versa).
         self._webhooks = Webhooks(random.Random(f"deliveries:{seed}"))
-        self._dispatcher = Dispatcher(self._lock, self._webhooks.prepare, self._finish_delivery)
+        self._dispatcher = Dispatcher(
+            self._lock, self._webhooks.prepare, self._finish_delivery, senders=delivery_senders
+        )
         self._identities: dict[int, Identity] = {}
         self._businesses: dict[int, Business] = {}
         self._next_identity_id = DEFAULT_IDENTITY_ID
