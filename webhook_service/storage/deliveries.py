@@ -38,24 +38,14 @@ def _unleased(lease_until: InstrumentedAttribute[datetime | None], now: datetime
 async def claim_deliveries(
     session: AsyncSession, *, now: datetime, limit: int, lease: timedelta
 ) -> list[tuple[Delivery, Event, Subscription]]:
-    token = f"d{secrets.token_hex(8)}"
     due = (
         select(Delivery.id)
         .where(Delivery.status.in_(DUE), Delivery.next_attempt_at <= now, _unleased(Delivery.lease_until, now))
         .order_by(Delivery.next_attempt_at)
         .limit(limit)
     )
-    if not await _any(session, due):
-        return []
-    due = due.with_for_update(skip_locked=True)
-    result = await session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(due.scalar_subquery()))
-        .values(lease_owner=token, lease_until=now + lease)
-        .execution_options(synchronize_session=False)
-    )
-    if not result.rowcount:  # type: ignore[attr-defined]
-        await session.commit()
+    token = await _lease(session, Delivery, due, due.with_for_update(skip_locked=True), now + lease)
+    if token is None:
         return []
     rows = await session.execute(
         select(Delivery, Event, Subscription)
@@ -70,7 +60,6 @@ async def claim_deliveries(
 
 async def claim_inbox(session: AsyncSession, *, now: datetime, limit: int, lease: timedelta) -> list[InboxEvent]:
     """Pending inbox events of active tenants; a tenant waiting for re-authorization keeps its own."""
-    token = f"i{secrets.token_hex(8)}"
     due = (
         select(InboxEvent.id)
         .join(Tenant, Tenant.id == InboxEvent.tenant_id)
@@ -92,22 +81,36 @@ async def claim_inbox(session: AsyncSession, *, now: datetime, limit: int, lease
         .order_by(InboxEvent.id)
         .limit(limit)
     )
-    if not await _any(session, due):
-        return []
-    due = due.with_for_update(skip_locked=True, of=InboxEvent)
-    result = await session.execute(
-        update(InboxEvent)
-        .where(InboxEvent.id.in_(due.scalar_subquery()))
-        .values(lease_owner=token, lease_until=now + lease)
-        .execution_options(synchronize_session=False)
-    )
-    if not result.rowcount:  # type: ignore[attr-defined]
-        await session.commit()
+    token = await _lease(session, InboxEvent, due, due.with_for_update(skip_locked=True, of=InboxEvent), now + lease)
+    if token is None:
         return []
     rows = await session.execute(select(InboxEvent).where(InboxEvent.lease_owner == token).order_by(InboxEvent.id))
     claimed = list(rows.scalars())
     await session.commit()
     return claimed
+
+
+async def _lease(
+    session: AsyncSession,
+    model: type[Delivery] | type[InboxEvent],
+    due: Select[Any],
+    locked: Select[Any],
+    until: datetime,
+) -> str | None:
+    """Stamp a fresh owner token on the due rows; None (and nothing written) when none are due."""
+    if not await _any(session, due):
+        return None
+    token = secrets.token_hex(8)
+    result = await session.execute(
+        update(model)
+        .where(model.id.in_(locked.scalar_subquery()))
+        .values(lease_owner=token, lease_until=until)
+        .execution_options(synchronize_session=False)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        await session.commit()
+        return None
+    return token
 
 
 async def _any(session: AsyncSession, query: Select[Any]) -> bool:
