@@ -99,24 +99,25 @@ async def test_a_backfill_killed_midway_and_run_again_loses_and_duplicates_nothi
     simulator.state.seed(OWNER_ACCOUNT_ID, "invoice", 350)  # 4 pages
     await subscriptions.create(runtime, {"url": "https://hooks.example.com/x"})
     since = datetime.now(UTC) - timedelta(days=61)
-    real_stage = emit.stage
-    calls = 0
+    real_stage_many = emit.stage_many
+    pages = 0
 
-    async def dying_stage(*args, **kwargs):
-        nonlocal calls
-        calls += 1
-        if calls == 230:  # in the middle of the third page
+    async def dying_stage_many(*args, **kwargs):
+        nonlocal pages
+        pages += 1
+        staged = await real_stage_many(*args, **kwargs)
+        if pages == 3:  # the third page is staged but the process dies before its commit
             raise Killed
-        return await real_stage(*args, **kwargs)
+        return staged
 
-    monkeypatch.setattr(emit, "stage", dying_stage)
+    monkeypatch.setattr(emit, "stage_many", dying_stage_many)
     with pytest.raises(Killed):
         await sweep.backfill_tenant(runtime, tenant, since=since, resources=["invoice"])
     assert await _count(runtime, Event) == 200  # two pages committed, the third lost with the process
     async with runtime.db.sessions() as session:
         assert await session.get(BackfillState, (tenant.id, "invoice")) is None  # the watermark did not move
 
-    monkeypatch.setattr(emit, "stage", real_stage)
+    monkeypatch.setattr(emit, "stage_many", real_stage_many)
     report = await sweep.backfill_tenant(runtime, tenant, since=since, resources=["invoice"])
     [part] = report.resources
     assert (part.scanned, part.known, part.emitted) == (350, 200, 150)

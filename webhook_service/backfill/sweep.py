@@ -174,7 +174,7 @@ async def _emit(
     events = [_event(tenant, resource, obj, now) for obj in objects]
     try:
         async with runtime.db.sessions() as session:
-            emitted = [await emit.stage(session, e, tenant_id=tenant.id, inbox_event_id=None, now=now) for e in events]
+            emitted = await emit.stage_many(session, [(e, tenant.id, None) for e in events], now=now)
             await session.commit()
     except IntegrityError:  # a webhook emitted one of these versions meanwhile: go one by one
         emitted = []
