@@ -94,11 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rekey.set_defaults(handler=_run_async(_rotate_secret_key))
 
-    callbacks = commands.add_parser(
-        "callbacks", help="FreshBooks webhook callbacks per tenant", description="Reconcile and list callbacks."
+    callback_commands = _command_group(
+        commands,
+        "callbacks",
+        help="FreshBooks webhook callbacks per tenant",
+        description="Reconcile and list callbacks.",
+        title="callback commands",
     )
-    callback_commands = callbacks.add_subparsers(title="callback commands", metavar="COMMAND")
-    callbacks.set_defaults(handler=lambda settings, args: _usage(callbacks))
     sync = callback_commands.add_parser(
         "sync",
         help="reconcile callbacks with FreshBooks",
@@ -123,11 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_subscription_commands(commands)
     _add_delivery_commands(commands)
 
-    tenants = commands.add_parser(
-        "tenants", help="connected FreshBooks businesses", description="Connect, list, inspect and disconnect tenants."
+    tenant_commands = _command_group(
+        commands,
+        "tenants",
+        help="connected FreshBooks businesses",
+        description="Connect, list, inspect and disconnect tenants.",
+        title="tenant commands",
     )
-    tenant_commands = tenants.add_subparsers(title="tenant commands", metavar="COMMAND")
-    tenants.set_defaults(handler=lambda settings, args: _usage(tenants))
 
     imp = tenant_commands.add_parser(
         "import",
@@ -164,10 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_group(commands: Any, name: str, *, help: str, description: str, title: str) -> Any:
+    """A command with subcommands; alone, it prints its help and exits 2."""
+    group = commands.add_parser(name, help=help, description=description)
+    group.set_defaults(handler=lambda settings, args: _usage(group))
+    return group.add_subparsers(title=title, metavar="COMMAND")
+
+
 def _add_event_commands(commands: Any) -> None:
-    ev = commands.add_parser("events", help="normalized events", description="List and show normalized events.")
-    ev_commands = ev.add_subparsers(title="event commands", metavar="COMMAND")
-    ev.set_defaults(handler=lambda settings, args: _usage(ev))
+    ev_commands = _command_group(
+        commands,
+        "events",
+        help="normalized events",
+        description="List and show normalized events.",
+        title="event commands",
+    )
     lst = ev_commands.add_parser("list", help="events, newest first", description="List normalized events.")
     lst.add_argument("--tenant", metavar="ID")
     lst.add_argument("--type", metavar="TYPE", help="e.g. invoice.updated")
@@ -178,13 +193,13 @@ def _add_event_commands(commands: Any) -> None:
     show.add_argument("event_id")
     show.set_defaults(handler=_run_async(_events_show))
 
-    inbox = commands.add_parser(
+    inbox_commands = _command_group(
+        commands,
         "inbox",
         help="FreshBooks deliveries as received",
         description="The durable inbox of verified FreshBooks deliveries.",
+        title="inbox commands",
     )
-    inbox_commands = inbox.add_subparsers(title="inbox commands", metavar="COMMAND")
-    inbox.set_defaults(handler=lambda settings, args: _usage(inbox))
     ilist = inbox_commands.add_parser("list", help="inbox events, newest first", description="List inbox events.")
     ilist.add_argument("--tenant", metavar="ID")
     ilist.add_argument("--status", choices=["pending", "duplicate", "processed", "failed"])
@@ -261,11 +276,13 @@ def _add_backfill_command(commands: Any) -> None:
 
 
 def _add_subscription_commands(commands: Any) -> None:
-    subs = commands.add_parser(
-        "subscriptions", help="downstream subscriber endpoints", description="Create and manage subscriptions."
+    sub_commands = _command_group(
+        commands,
+        "subscriptions",
+        help="downstream subscriber endpoints",
+        description="Create and manage subscriptions.",
+        title="subscription commands",
     )
-    sub_commands = subs.add_subparsers(title="subscription commands", metavar="COMMAND")
-    subs.set_defaults(handler=lambda settings, args: _usage(subs))
 
     def fields(parser: argparse.ArgumentParser, *, creating: bool) -> None:
         parser.add_argument("--url", required=creating, help="where events are POSTed")
@@ -328,13 +345,13 @@ def _add_subscription_commands(commands: Any) -> None:
 
 
 def _add_delivery_commands(commands: Any) -> None:
-    dl = commands.add_parser(
+    dl_commands = _command_group(
+        commands,
         "deliveries",
         help="deliveries to subscribers: list, replay, recover",
         description="Watch and replay deliveries.",
+        title="delivery commands",
     )
-    dl_commands = dl.add_subparsers(title="delivery commands", metavar="COMMAND")
-    dl.set_defaults(handler=lambda settings, args: _usage(dl))
 
     lst = dl_commands.add_parser("list", help="list deliveries, newest first", description="List deliveries.")
     lst.add_argument("--status", choices=["pending", "failed", "succeeded", "dead"])
