@@ -31,7 +31,6 @@ from webhook_service.storage.models import InboxEvent, InboxStatus, Tenant
 
 log = get_logger(__name__)
 
-LEASE = timedelta(minutes=2)
 MAX_ATTEMPTS = 12
 
 
@@ -49,7 +48,9 @@ class InboxProcessor:
         """
         now = self._clock()
         async with self._runtime.db.sessions() as session:
-            batch = await claims.claim_inbox(session, now=now, limit=limit, lease=LEASE)
+            batch = await claims.claim_inbox(
+                session, now=now, limit=limit, lease=timedelta(seconds=self._runtime.settings.processor_lease_seconds)
+            )
             if not batch:
                 return 0
             found = await session.execute(select(Tenant).where(Tenant.id.in_({row.tenant_id for row in batch})))
