@@ -29,6 +29,8 @@ from webhook_service.runtime import Runtime
 from webhook_service.serving import BackgroundServer, bind_socket
 from webhook_service.simulator import SimulatorServer, SimulatorState
 from webhook_service.sink import SinkServer
+from webhook_service.storage.columns import utcnow
+from webhook_service.storage.deliveries import backlog
 from webhook_service.storage.models import Tenant
 
 OWNER_BUSINESS_ID = 439000
@@ -119,18 +121,30 @@ class RunningService:
     def settle(self) -> None:
         """Wait until the simulator has sent everything and the service has done all that is due.
 
-        The service's own loops run too; driving one more round here (claims keep the two apart)
-        makes "everything due is done" something a test can wait for instead of sleeping.
+        The service's own loops run too; driving rounds here as well (claims keep the two apart)
+        and then waiting until nothing due is left makes "everything due is done" something a test
+        can wait for instead of sleeping.
         """
         for _ in range(3):  # a reaction (a PUT) may itself make the simulator send something
             self.simulator.state.flush_deliveries()
             self.server.run_coroutine(self._drain())
 
-    async def _drain(self) -> None:
+    async def _drain(self, deadline_s: float = 30.0) -> None:
         runtime = self.runtime
-        await runtime.tasks.idle()
-        while await InboxProcessor(runtime).run_once() + await DeliveryWorker(runtime).run_once():
+        deadline = asyncio.get_running_loop().time() + deadline_s
+        while True:
             await runtime.tasks.idle()
+            while await InboxProcessor(runtime).run_once() + await DeliveryWorker(runtime).run_once():
+                await runtime.tasks.idle()
+            async with runtime.db.sessions() as session:
+                inbox_due, deliveries_due = await backlog(session, utcnow())
+            if not inbox_due and not deliveries_due:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(
+                    f"still due after {deadline_s:g} s: {inbox_due} inbox, {deliveries_due} deliveries"
+                )
+            await asyncio.sleep(0.01)  # the service's own loops hold the rest: poll until they finish
 
 
 @pytest.fixture

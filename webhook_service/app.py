@@ -36,7 +36,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             workers = [
                 asyncio.create_task(InboxProcessor(runtime).run_forever(), name="inbox-processor"),
                 *(
-                    asyncio.create_task(DeliveryWorker(runtime).run_forever(), name=f"delivery-worker-{n}")
+                    asyncio.create_task(
+                        DeliveryWorker(runtime).run_forever(take_handovers=n == 0), name=f"delivery-worker-{n}"
+                    )
                     for n in range(settings.delivery_workers)
                 ),
             ]

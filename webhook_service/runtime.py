@@ -10,11 +10,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import aiohttp
 import httpx
 
 from webhook_service import __version__
+from webhook_service.batching import Batcher
 from webhook_service.config import Settings
 from webhook_service.crypto import SecretBox, secret_box_from_settings
 from webhook_service.delivery.egress import EgressPolicy, guarded_session
@@ -22,8 +24,11 @@ from webhook_service.freshbooks.client import FreshBooksClient
 from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.freshbooks.tokens import TokenManager
 from webhook_service.signals import Signals
-from webhook_service.storage import migrate
+from webhook_service.storage import inbox, migrate
+from webhook_service.storage.callbacks import CallbackCache
 from webhook_service.storage.database import Database
+from webhook_service.storage.inbox import Arrival
+from webhook_service.storage.models import InboxEvent
 from webhook_service.tasks import TaskTracker
 
 
@@ -43,6 +48,10 @@ class Runtime:
     after ``egress.check_request_target(url)`` (IP literals never reach the guarded resolver)."""
     egress: EgressPolicy
     """The policy ``outbound`` enforces (``OUTBOUND_ALLOWED_CIDRS``, ``OUTBOUND_HTTPS_ONLY``)."""
+    callbacks: CallbackCache
+    """Where the webhook endpoint finds its callback (cached briefly; see the class)."""
+    inbox_writer: Batcher[Arrival, InboxEvent]
+    """The one way into the inbox: group commit of concurrent deliveries."""
     signals: Signals = field(default_factory=Signals)
     delivery_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
 
@@ -60,6 +69,7 @@ class Runtime:
             follow_redirects=False,
         )
         tasks = TaskTracker()
+        signals = Signals()
         outbound = guarded_session(egress, limit=settings.delivery_concurrency, timeout=settings.delivery_timeout)
         try:
             if migrate_schema if migrate_schema is not None else settings.should_migrate_on_start:
@@ -78,6 +88,9 @@ class Runtime:
                 outbound=outbound,
                 egress=egress,
                 delivery_slots=asyncio.Semaphore(settings.delivery_concurrency),
+                callbacks=CallbackCache(db),
+                inbox_writer=inbox.writer(db, timedelta(seconds=settings.inbox_dedupe_window), signals.inbox_lane),
+                signals=signals,
             )
         finally:
             await tasks.cancel_all()

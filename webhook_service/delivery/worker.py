@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -22,12 +22,14 @@ import aiohttp
 from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from webhook_service.batching import Batcher
 from webhook_service.delivery import signing
 from webhook_service.delivery.egress import egress_refusal
 from webhook_service.delivery.subscriptions import disable, secrets_for_signing
 from webhook_service.logs import get_logger
 from webhook_service.retry_after import parse_retry_after
 from webhook_service.runtime import Runtime
+from webhook_service.signals import HandedDelivery
 from webhook_service.storage import deliveries as claims
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Subscription
@@ -60,36 +62,80 @@ class Outcome:
 
 
 class DeliveryWorker:
+    """Sends due deliveries; ``DELIVERY_WORKERS`` of these run in each service process.
+
+    ``run_forever`` keeps up to ``DELIVERY_BATCH_SIZE`` attempts in flight and claims more as soon
+    as any finishes, so one slow subscriber does not hold up a batch; outcomes are recorded
+    together (group commit) as they come in.
+    """
+
     def __init__(self, runtime: Runtime, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._runtime = runtime
         self._clock = clock
         self._settings = runtime.settings
+        self._recorder: Batcher[tuple[Outcome, Delivery], None] = Batcher(self._record_batch, name="delivery-record")
+        self._capacity = self._settings.delivery_batch_size
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def run_once(self) -> int:
         """Claim and send one batch of due deliveries; returns how many were claimed."""
         now = self._clock()
-        async with self._runtime.db.sessions() as session:
-            batch = await claims.claim_deliveries(
-                session,
-                now=now,
-                limit=self._settings.delivery_batch_size,
-                lease=timedelta(seconds=self._settings.delivery_lease_seconds + self._settings.delivery_timeout),
-            )
+        batch = await self._claim(self._settings.delivery_batch_size, now)
         if not batch:
             return 0
         outcomes = await asyncio.gather(*(self._attempt(d, e, s, now) for d, e, s in batch))
         await self._record(outcomes, {d.id: d for d, _, _ in batch})
         return len(batch)
 
-    async def run_forever(self) -> None:
-        while True:
-            try:
-                claimed = await self.run_once()
-            except Exception:
-                log.exception("delivery_worker_failed")
-                claimed = 0
-            if not claimed:
-                await self._runtime.signals.wait_deliveries(self._settings.delivery_poll_interval)
+    async def run_forever(self, *, take_handovers: bool = False) -> None:
+        """Send until cancelled; with ``take_handovers`` (one worker per process) this worker also
+        receives the deliveries this process's inbox processor commits, without a claim."""
+        signals = self._runtime.signals
+        lane = signals.delivery_lane
+        if take_handovers:
+            lease = timedelta(seconds=self._settings.delivery_lease_seconds + self._settings.delivery_timeout)
+            lane.attach(self._start, lease=lease, ready=lambda: len(self._in_flight) < self._capacity)
+        try:
+            while True:
+                claimed: list[HandedDelivery] = []
+                if len(self._in_flight) < self._capacity:
+                    try:
+                        claimed = await self._claim(self._capacity - len(self._in_flight), self._clock())
+                    except Exception:
+                        log.exception("delivery_worker_failed")
+                self._start(claimed)
+                if not claimed:
+                    await signals.wait_deliveries(self._settings.delivery_poll_interval)
+        finally:
+            if take_handovers:
+                lane.detach()
+
+    def _start(self, items: Sequence[HandedDelivery]) -> None:
+        now = self._clock()
+        for delivery, event, subscription in items:
+            task = self._runtime.tasks.spawn(self._deliver(delivery, event, subscription, now), name="delivery")
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._runtime.signals.deliveries_ready()  # room for more
+
+    async def _claim(self, limit: int, now: datetime) -> list[HandedDelivery]:
+        lease = timedelta(seconds=self._settings.delivery_lease_seconds + self._settings.delivery_timeout)
+        async with self._runtime.db.sessions() as session:
+            return await claims.claim_deliveries(session, now=now, limit=limit, lease=lease)
+
+    async def _deliver(self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime) -> None:
+        outcome = await self._attempt(delivery, event, subscription, now)
+        try:
+            await self._recorder.submit((outcome, delivery))
+        except Exception:  # the lease runs out and the delivery is attempted again: at least once
+            log.exception("delivery_record_failed", delivery_id=delivery.id)
+
+    async def _record_batch(self, items: Sequence[tuple[Outcome, Delivery]]) -> list[None]:
+        await self._record([outcome for outcome, _ in items], {d.id: d for _, d in items})
+        return [None] * len(items)
 
     # -- one attempt --------------------------------------------------------------------------
     async def _attempt(self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime) -> Outcome:

@@ -7,13 +7,12 @@ written for a refused request. An accepted event is in the inbox (committed) bef
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from webhook_service.inbound.signature import MalformedBody, parse_form, verify_signature
 from webhook_service.inbound.verification import complete_handshake
 from webhook_service.logs import get_logger
 from webhook_service.runtime import Runtime
-from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import inbox
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import Callback, CallbackStatus
@@ -41,9 +40,12 @@ class Accepted:
     duplicate: bool = False
 
 
-async def find_callback(runtime: Runtime, endpoint_key: str) -> Callback:
-    async with runtime.db.sessions() as session:
-        callback = await callback_store.by_endpoint_key(session, endpoint_key)
+#: Refusals that a cached copy of the callback may have caused: asked again with the stored row.
+_STALE_REASONS = frozenset({"callback_not_verified", "bad_signature", "event_not_subscribed", "callback_id_mismatch"})
+
+
+async def find_callback(runtime: Runtime, endpoint_key: str, *, fresh: bool = False) -> Callback:
+    callback = await runtime.callbacks.get(endpoint_key, fresh=fresh)
     if callback is None:
         raise Refusal(404, "unknown_endpoint", "No callback is registered at this URI.")
     return callback
@@ -57,7 +59,19 @@ async def accept(runtime: Runtime, callback: Callback, body: bytes, headers: dic
     name = fields.get("name")
     if not name:
         raise Refusal(400, "malformed_body", "The form has no 'name' field.")
-    if name == VERIFY_EVENT:
+    try:
+        return await _accept_fields(runtime, callback, fields, body, headers)
+    except Refusal as refusal:
+        if refusal.reason not in _STALE_REASONS:
+            raise
+        latest = await find_callback(runtime, callback.endpoint_key, fresh=True)
+        return await _accept_fields(runtime, latest, fields, body, headers)
+
+
+async def _accept_fields(
+    runtime: Runtime, callback: Callback, fields: dict[str, str], body: bytes, headers: dict[str, str]
+) -> Accepted:
+    if fields["name"] == VERIFY_EVENT:
         return _start_handshake(runtime, callback, fields)
     return await _record_event(runtime, callback, fields, body, headers)
 
@@ -90,19 +104,9 @@ async def _record_event(
     if name.split(".", 1)[0] != callback.event:
         raise Refusal(422, "event_not_subscribed", f"This callback receives {callback.event} events only.")
     kept = {key: headers[key] for key in KEPT_HEADERS if key in headers}
-    async with runtime.db.sessions() as session:
-        event = await inbox.record(
-            session,
-            callback,
-            fields=fields,
-            raw_body=body,
-            headers=kept,
-            now=now,
-            dedupe_window=timedelta(seconds=runtime.settings.inbox_dedupe_window),
-        )
-        await session.commit()
+    event = await runtime.inbox_writer.submit(inbox.Arrival(callback.id, callback.tenant_id, fields, body, kept, now))
     duplicate = event.duplicate_of is not None
-    if not duplicate:
+    if not duplicate and event.lease_owner is None:  # not handed over: wake the processor to claim it
         runtime.signals.inbox_ready()
     log.info(
         "inbound_accepted",

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.delivery.fanout import delivery_rows, enabled_subscriptions
 from webhook_service.normalize.events import NormalizedEvent
+from webhook_service.signals import HandedDelivery
 from webhook_service.storage.models import Delivery, Event, ObjectVersion
 
 Staged = tuple[NormalizedEvent, str, int | None]
@@ -35,8 +36,22 @@ async def stage_many(session: AsyncSession, items: Sequence[Staged], *, now: dat
     Returns, per item, whether it was added; the caller commits. A concurrent writer of the same
     version makes the commit fail with ``IntegrityError`` on the ledger, which means the same.
     """
+    added, _ = await stage_leased(session, items, now=now, lease=None)
+    return added
+
+
+async def stage_leased(
+    session: AsyncSession, items: Sequence[Staged], *, now: datetime, lease: tuple[str, datetime] | None
+) -> tuple[list[bool], list[HandedDelivery]]:
+    """:func:`stage_many`, with the new deliveries leased to ``lease`` (owner, until) when given.
+
+    Also returns those deliveries with their event and subscription, for the caller to hand to its
+    delivery worker once committed (see :class:`~webhook_service.signals.Lane`).
+    """
     known = await _known_versions(session, items)
     subscriptions = await enabled_subscriptions(session)
+    by_id = {subscription.id: subscription for subscription in subscriptions}
+    handed: list[HandedDelivery] = []
     ledger: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     deliveries: list[dict[str, Any]] = []
@@ -73,14 +88,17 @@ async def stage_many(session: AsyncSession, items: Sequence[Staged], *, now: dat
                 "created_at": now,
             }
         )
-        deliveries.extend(
-            delivery_rows(subscriptions, event_id=event.id, event_type=event.type, tenant_id=tenant_id, now=now)
-        )
+        new = delivery_rows(subscriptions, event_id=event.id, event_type=event.type, tenant_id=tenant_id, now=now)
+        if lease is not None:
+            for row in new:
+                row["lease_owner"], row["lease_until"] = lease
+            handed.extend((Delivery(**row), Event(**events[-1]), by_id[row["subscription_id"]]) for row in new)
+        deliveries.extend(new)
         added.append(True)
     for model, rows in ((ObjectVersion, ledger), (Event, events), (Delivery, deliveries)):
         if rows:
             await session.execute(insert(model), rows)
-    return added
+    return added, handed
 
 
 async def _known_versions(session: AsyncSession, items: Sequence[Staged]) -> set[tuple[str, str, str, str | None]]:

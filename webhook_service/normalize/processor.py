@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from webhook_service.batching import Batcher
 from webhook_service.freshbooks.catalogue import CATALOGUE
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.tokens import TenantUnavailable
@@ -27,50 +28,104 @@ from webhook_service.normalize.types import split_name
 from webhook_service.runtime import Runtime
 from webhook_service.storage import deliveries as claims
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.models import InboxEvent, InboxStatus, Tenant
+from webhook_service.storage.models import InboxEvent, InboxStatus, Tenant, TenantStatus
 
 log = get_logger(__name__)
+
 
 MAX_ATTEMPTS = 12
 
 
 class InboxProcessor:
+    """Turns inbox events into normalized events.
+
+    ``run_forever`` takes the events this process's webhook endpoint commits as they are handed
+    over (see :class:`~webhook_service.signals.Lane`), and claims the rest (retries, other
+    replicas' expired leases) from the database. It keeps up to ``4 × PROCESSOR_CONCURRENCY``
+    events in flight, so an event never waits for a whole batch; fetches are limited to
+    ``PROCESSOR_CONCURRENCY`` at a time, and finished events are committed together (group commit:
+    one ledger lookup, bulk inserts, one commit for all that are ready).
+    """
+
     def __init__(self, runtime: Runtime, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._runtime = runtime
         self._clock = clock
         self._slots = asyncio.Semaphore(runtime.settings.processor_concurrency)
+        self._committer: Batcher[Ready, bool] = Batcher(self._commit, name="inbox-commit")
+        self._capacity = 4 * runtime.settings.processor_concurrency
+        self._busy = 0  # events in flight
+        self._hand_deliveries = False
 
     async def run_once(self, limit: int = 100) -> int:
-        """Process what is due now; returns how many inbox events were claimed.
-
-        Objects are fetched concurrently; the events they make are then committed together (one
-        ledger lookup, bulk inserts, one commit), which keeps a busy inbox cheap per event.
-        """
-        now = self._clock()
-        async with self._runtime.db.sessions() as session:
-            batch = await claims.claim_inbox(
-                session, now=now, limit=limit, lease=timedelta(seconds=self._runtime.settings.processor_lease_seconds)
-            )
-            if not batch:
-                return 0
-            found = await session.execute(select(Tenant).where(Tenant.id.in_({row.tenant_id for row in batch})))
-            tenants = {tenant.id: tenant for tenant in found.scalars()}
-        prepared = await asyncio.gather(*(self._guarded(row, tenants.get(row.tenant_id)) for row in batch))
-        ready = [item for item in prepared if item is not None]
-        if ready:
-            await self._commit(ready)
-        return len(batch)
+        """Process what is due now and wait for it; returns how many inbox events were claimed."""
+        claimed = await self._claim(limit)
+        await self._process(claimed)
+        return len(claimed)
 
     async def run_forever(self) -> None:
-        signals = self._runtime.signals
-        while True:
-            try:
-                claimed = await self.run_once()
-            except Exception:
-                log.exception("inbox_processor_failed")
-                claimed = 0
-            if not claimed:
-                await signals.wait_inbox(self._runtime.settings.delivery_poll_interval)
+        runtime = self._runtime
+        lane = runtime.signals.inbox_lane
+        lease = timedelta(seconds=runtime.settings.processor_lease_seconds)
+        lane.attach(self._start, lease=lease, ready=lambda: self._busy < self._capacity)
+        self._hand_deliveries = True
+        try:
+            while True:
+                claimed: list[InboxEvent] = []
+                if self._busy < self._capacity:
+                    try:
+                        claimed = await self._claim(self._capacity - self._busy)
+                    except Exception:
+                        log.exception("inbox_processor_failed")
+                self._start(claimed)
+                if not claimed:
+                    await runtime.signals.wait_inbox(runtime.settings.delivery_poll_interval)
+        finally:
+            lane.detach()
+
+    def _start(self, rows: Sequence[InboxEvent]) -> None:
+        if rows:
+            self._busy += len(rows)
+            self._runtime.tasks.spawn(self._process(rows, done=len(rows)), name=f"inbox:{rows[0].id}")
+
+    async def _process(self, rows: Sequence[InboxEvent], *, done: int = 0) -> None:
+        """The tenants are read fresh, once for the whole batch: a tenant that must re-authorize
+        keeps its events waiting, whatever an access token cached in this process would allow."""
+        try:
+            if rows:
+                async with self._runtime.db.sessions() as session:
+                    found = await session.execute(select(Tenant).where(Tenant.id.in_({r.tenant_id for r in rows})))
+                    tenants = {tenant.id: tenant for tenant in found.scalars()}
+                await asyncio.gather(*(self._handle(row, tenants.get(row.tenant_id)) for row in rows))
+        finally:
+            self._busy -= done
+            if done:
+                self._runtime.signals.inbox_ready()  # room for more
+
+    async def _claim(self, limit: int) -> list[InboxEvent]:
+        lease = timedelta(seconds=self._runtime.settings.processor_lease_seconds)
+        async with self._runtime.db.sessions() as session:
+            return await claims.claim_inbox(session, now=self._clock(), limit=limit, lease=lease)
+
+    async def _handle(self, row: InboxEvent, tenant: Tenant | None) -> None:
+        ready = await self._guarded(row, tenant)
+        if ready is None:
+            return
+        try:
+            added = await self._committer.submit(ready)
+        except IntegrityError:  # another process emitted this version meanwhile
+            await self._finish(row, ready.outcome, "version already emitted")
+            added = False
+        except Exception as exc:
+            log.exception("inbox_event_failed", inbox_id=row.id)
+            await self._retry_later(row, f"{type(exc).__name__}: {exc}")
+            return
+        log.info(
+            "event_emitted" if added else "event_version_known",
+            event_id=ready.event.id,
+            type=ready.event.type,
+            inbox_id=row.id,
+            tenant_id=row.tenant_id,
+        )
 
     async def _guarded(self, row: InboxEvent, tenant: Tenant | None) -> Ready | None:
         async with self._slots:
@@ -93,6 +148,9 @@ class InboxProcessor:
             return None
         if tenant is None:
             await self._finish(row, InboxStatus.FAILED, "tenant no longer exists")
+            return None
+        if tenant.status != TenantStatus.ACTIVE.value:
+            await self._release(row)  # it waits for the tenant to reconnect
             return None
         try:
             obj = await runtime.freshbooks.get(tenant, resource, row.object_id)
@@ -118,40 +176,22 @@ class InboxProcessor:
             return None
         return Ready(row, event, outcome)
 
-    async def _commit(self, ready: list[Ready]) -> None:
+    async def _commit(self, ready: Sequence[Ready]) -> list[bool]:
+        """One transaction for every ready event; a version another process emitted first raises
+        ``IntegrityError`` (and the batcher then commits each alone)."""
         now = self._clock()
-        try:
-            async with self._runtime.db.sessions() as session:
-                added = await emit.stage_many(session, [(r.event, r.row.tenant_id, r.row.id) for r in ready], now=now)
-                await session.execute(
-                    update(InboxEvent), [_finished_row(r.row.id, r.outcome, None, now) for r in ready]
-                )
-                await session.commit()
-        except IntegrityError:  # another process emitted one of these versions meanwhile: one by one
-            added = [await self._commit_one(r) for r in ready]
-        if any(added):
-            self._runtime.signals.deliveries_ready()
-        for item, was_added in zip(ready, added, strict=True):
-            log.info(
-                "event_emitted" if was_added else "event_version_known",
-                event_id=item.event.id,
-                type=item.event.type,
-                inbox_id=item.row.id,
-                tenant_id=item.row.tenant_id,
+        lane = self._runtime.signals.delivery_lane
+        lease = lane.lease(now) if self._hand_deliveries else None
+        async with self._runtime.db.sessions() as session:
+            added, handed = await emit.stage_leased(
+                session, [(r.event, r.row.tenant_id, r.row.id) for r in ready], now=now, lease=lease
             )
-
-    async def _commit_one(self, item: Ready) -> bool:
-        now = self._clock()
-        try:
-            async with self._runtime.db.sessions() as session:
-                added = await emit.stage(
-                    session, item.event, tenant_id=item.row.tenant_id, inbox_event_id=item.row.id, now=now
-                )
-                await session.execute(update(InboxEvent), [_finished_row(item.row.id, item.outcome, None, now)])
-                await session.commit()
-        except IntegrityError:
-            await self._finish(item.row, item.outcome, "version already emitted")
-            return False
+            await session.execute(update(InboxEvent), [_finished_row(r.row.id, r.outcome, None, now) for r in ready])
+            await session.commit()
+        if lease is not None:
+            lane.hand_over(handed)
+        elif any(added):
+            self._runtime.signals.deliveries_ready()
         return added
 
     async def _finish(self, row: InboxEvent, status: InboxStatus, note: str | None) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from webhook_service.storage.database import Database
 from webhook_service.storage.models import Callback
 
 
@@ -33,3 +37,34 @@ async def list_all(
     if not include_retired:
         query = query.where(Callback.active.is_(True))
     return list((await session.execute(query)).scalars())
+
+
+class CallbackCache:
+    """Active callbacks by endpoint key, kept for ``ttl`` seconds.
+
+    A busy callback would otherwise read its row once per delivery. A cached copy can be stale (a
+    verifier rotated or a verification completed in another replica), so a caller that refuses a
+    delivery because of what the copy says asks again with ``fresh=True`` before answering. Unknown
+    keys are never cached: random keys cannot grow the cache.
+    """
+
+    def __init__(self, db: Database, *, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[float, Callback]] = {}
+
+    async def get(self, endpoint_key: str, *, fresh: bool = False) -> Callback | None:
+        now = self._clock()
+        entry = self._entries.get(endpoint_key)
+        if entry is not None and not fresh and now - entry[0] < self._ttl:
+            return entry[1]
+        async with self._db.sessions() as session:
+            callback = await by_endpoint_key(session, endpoint_key)
+        if callback is None:
+            self._entries.pop(endpoint_key, None)
+            return None
+        if len(self._entries) >= 10_000:
+            self._entries.clear()
+        self._entries[endpoint_key] = (now, callback)
+        return callback

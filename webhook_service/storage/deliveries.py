@@ -12,7 +12,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, or_, select, update
+from sqlalchemy import Select, and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
@@ -40,7 +40,7 @@ async def claim_deliveries(
 ) -> list[tuple[Delivery, Event, Subscription]]:
     due = (
         select(Delivery.id)
-        .where(Delivery.status.in_(DUE), Delivery.next_attempt_at <= now, _unleased(Delivery.lease_until, now))
+        .where(_delivery_due(now), _unleased(Delivery.lease_until, now))
         .order_by(Delivery.next_attempt_at)
         .limit(limit)
     )
@@ -63,21 +63,7 @@ async def claim_inbox(session: AsyncSession, *, now: datetime, limit: int, lease
     due = (
         select(InboxEvent.id)
         .join(Tenant, Tenant.id == InboxEvent.tenant_id)
-        .where(
-            or_(
-                and_(
-                    InboxEvent.status == InboxStatus.PENDING.value,
-                    or_(InboxEvent.next_attempt_at.is_(None), InboxEvent.next_attempt_at <= now),
-                ),
-                and_(  # a redelivery of something already processed: look for a newer version
-                    InboxEvent.status == InboxStatus.DUPLICATE.value,
-                    InboxEvent.processed_at.is_(None),
-                    InboxEvent.next_attempt_at <= now,
-                ),
-            ),
-            Tenant.status == TenantStatus.ACTIVE.value,
-            _unleased(InboxEvent.lease_until, now),
-        )
+        .where(_inbox_due(now), _unleased(InboxEvent.lease_until, now))
         .order_by(InboxEvent.id)
         .limit(limit)
     )
@@ -88,6 +74,39 @@ async def claim_inbox(session: AsyncSession, *, now: datetime, limit: int, lease
     claimed = list(rows.scalars())
     await session.commit()
     return claimed
+
+
+async def backlog(session: AsyncSession, now: datetime) -> tuple[int, int]:
+    """Inbox events and deliveries due now, claimed or not: the work still to do (queue depth)."""
+    inbox_due = select(func.count()).select_from(InboxEvent).join(Tenant, Tenant.id == InboxEvent.tenant_id)
+    inbox_count = (await session.execute(inbox_due.where(_inbox_due(now)))).scalar_one()
+    delivery_count = (
+        await session.execute(select(func.count()).select_from(Delivery).where(_delivery_due(now)))
+    ).scalar_one()
+    return int(inbox_count), int(delivery_count)
+
+
+def _delivery_due(now: datetime) -> ColumnElement[bool]:
+    return and_(Delivery.status.in_(DUE), Delivery.next_attempt_at <= now)
+
+
+def _inbox_due(now: datetime) -> ColumnElement[bool]:
+    """Pending, or a redelivery of something processed (a recheck); only of active tenants. Needs
+    ``Tenant`` joined."""
+    return and_(
+        or_(
+            and_(
+                InboxEvent.status == InboxStatus.PENDING.value,
+                or_(InboxEvent.next_attempt_at.is_(None), InboxEvent.next_attempt_at <= now),
+            ),
+            and_(
+                InboxEvent.status == InboxStatus.DUPLICATE.value,
+                InboxEvent.processed_at.is_(None),
+                InboxEvent.next_attempt_at <= now,
+            ),
+        ),
+        Tenant.status == TenantStatus.ACTIVE.value,
+    )
 
 
 async def _lease(

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from webhook_service.batching import Batcher
+from webhook_service.signals import Lane
+from webhook_service.storage.columns import utcnow
+from webhook_service.storage.database import Database
 from webhook_service.storage.models import Callback, InboxEvent, InboxStatus
 
 LAST_EVENT_RESOLUTION = timedelta(minutes=1)
@@ -19,67 +25,149 @@ def body_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-async def record(
+@dataclass(frozen=True)
+class Arrival:
+    """A verified delivery on its way into the inbox."""
+
+    callback_id: str
+    tenant_id: str
+    fields: dict[str, str]
+    raw_body: bytes
+    headers: dict[str, str]
+    received_at: datetime
+
+
+def writer(db: Database, dedupe_window: timedelta, lane: Lane[InboxEvent]) -> Batcher[Arrival, InboxEvent]:
+    """The process's one way into the inbox: concurrent deliveries share a transaction (group commit).
+
+    Each caller's ``submit`` returns once its row is committed, so a 2xx sent after it is durable.
+    New events are leased to this process's processor in the same transaction and handed to it.
+    """
+
+    async def flush(arrivals: Sequence[Arrival]) -> list[InboxEvent]:
+        lease = lane.lease(utcnow())
+        async with db.sessions() as session:
+            events = await record_many(session, arrivals, dedupe_window=dedupe_window, lease=lease)
+            await session.commit()
+        if lease is not None:
+            lane.hand_over([event for event in events if event.lease_owner == lease[0]])
+        return events
+
+    return Batcher(flush, name="inbox-writer")
+
+
+async def record_many(
     session: AsyncSession,
-    callback: Callback,
+    arrivals: Sequence[Arrival],
     *,
-    fields: dict[str, str],
-    raw_body: bytes,
-    headers: dict[str, str],
-    now: datetime,
     dedupe_window: timedelta,
-) -> InboxEvent:
-    """Add the delivery (not committed); an exact redelivery within the window is a duplicate.
+    lease: tuple[str, datetime] | None = None,
+) -> list[InboxEvent]:
+    """Add the deliveries (not committed); an exact redelivery within the window is a duplicate.
 
     A duplicate is never processed as an event of its own. But FreshBooks bodies carry only ids, so
     a second genuine change of the same object looks exactly like a redelivery: when the first copy
     has already been processed, the duplicate is marked for a recheck (``next_attempt_at``), which
-    fetches the object again and emits only a version the ledger has not seen.
+    fetches the object again and emits only a version the ledger has not seen. A copy of a delivery
+    in the same batch is a duplicate of a pending original, so it needs no recheck.
     """
-    digest = body_hash(raw_body)
-    original = (
-        await session.execute(
-            select(InboxEvent.id, InboxEvent.status)
-            .where(
-                InboxEvent.callback_id == callback.id,
-                InboxEvent.body_hash == digest,
-                InboxEvent.received_at >= now - dedupe_window,
-                InboxEvent.status != InboxStatus.DUPLICATE.value,
-            )
-            .order_by(InboxEvent.id)
-            .limit(1)
+    digests = [body_hash(arrival.raw_body) for arrival in arrivals]
+    originals = await _originals(session, arrivals, digests, dedupe_window)
+    events: list[InboxEvent] = []
+    primaries: list[InboxEvent] = []
+    firsts: dict[tuple[str, str], InboxEvent] = {}
+    repeats: list[tuple[InboxEvent, InboxEvent]] = []  # (copy, its original in this batch)
+    for arrival, digest in zip(arrivals, digests, strict=True):
+        key = (arrival.callback_id, digest)
+        earlier = originals.get(key)
+        if earlier is not None and earlier[2] < arrival.received_at - dedupe_window:
+            earlier = None
+        event = _inbox_event(arrival, digest)
+        if earlier is not None:
+            event.status = InboxStatus.DUPLICATE.value
+            event.duplicate_of = earlier[0]
+            if earlier[1] != InboxStatus.PENDING.value:
+                event.next_attempt_at = arrival.received_at
+        elif key in firsts:
+            event.status = InboxStatus.DUPLICATE.value
+            repeats.append((event, firsts[key]))
+        else:
+            firsts[key] = event
+            if lease is not None:
+                event.lease_owner, event.lease_until = lease
+        if event.status != InboxStatus.DUPLICATE.value or event.duplicate_of is not None:
+            primaries.append(event)
+        events.append(event)
+    session.add_all(primaries)
+    await session.flush()
+    if repeats:
+        for copy, original in repeats:
+            copy.duplicate_of = original.id
+        session.add_all([copy for copy, _ in repeats])
+        await session.flush()
+    await _touch_callbacks(session, arrivals)
+    return events
+
+
+async def _originals(
+    session: AsyncSession, arrivals: Sequence[Arrival], digests: list[str], dedupe_window: timedelta
+) -> dict[tuple[str, str], tuple[int, str, datetime]]:
+    """The earliest non-duplicate inbox row per (callback, body hash) in the window: id, status, time."""
+    rows = await session.execute(
+        select(InboxEvent.callback_id, InboxEvent.body_hash, InboxEvent.id, InboxEvent.status, InboxEvent.received_at)
+        .where(
+            InboxEvent.callback_id.in_({arrival.callback_id for arrival in arrivals}),
+            InboxEvent.body_hash.in_(set(digests)),
+            InboxEvent.received_at >= min(arrival.received_at for arrival in arrivals) - dedupe_window,
+            InboxEvent.status != InboxStatus.DUPLICATE.value,
         )
-    ).first()
-    earlier = original[0] if original else None
-    recheck = now if original is not None and original[1] != InboxStatus.PENDING.value else None
-    event = InboxEvent(
-        tenant_id=callback.tenant_id,
-        callback_id=callback.id,
+        .order_by(InboxEvent.id)
+    )
+    found: dict[tuple[str, str], tuple[int, str, datetime]] = {}
+    for callback_id, digest, inbox_id, status, received_at in rows.all():
+        found.setdefault((callback_id, digest), (inbox_id, status, received_at))
+    return found
+
+
+def _inbox_event(arrival: Arrival, digest: str) -> InboxEvent:
+    fields = arrival.fields
+    return InboxEvent(
+        tenant_id=arrival.tenant_id,
+        callback_id=arrival.callback_id,
         event_name=fields.get("name", ""),
         object_id=fields.get("object_id"),
         account_id=fields.get("account_id"),
         business_id=fields.get("business_id"),
-        raw_body=raw_body.decode("utf-8"),
-        headers=json.dumps(headers, sort_keys=True),
+        raw_body=arrival.raw_body.decode("utf-8"),
+        headers=json.dumps(arrival.headers, sort_keys=True),
         body_hash=digest,
-        status=InboxStatus.DUPLICATE.value if earlier is not None else InboxStatus.PENDING.value,
-        duplicate_of=earlier,
-        next_attempt_at=recheck,
-        received_at=now,
+        status=InboxStatus.PENDING.value,
+        duplicate_of=None,
+        next_attempt_at=None,
+        received_at=arrival.received_at,
+        attempts=0,
+        processed_at=None,
+        lease_owner=None,
+        lease_until=None,
+        last_error=None,
     )
-    session.add(event)
-    # At most one write a minute per callback: concurrent deliveries would otherwise queue on its row.
-    await session.execute(
-        update(Callback)
-        .where(
-            Callback.id == callback.id,
-            or_(Callback.last_event_at.is_(None), Callback.last_event_at < now - LAST_EVENT_RESOLUTION),
+
+
+async def _touch_callbacks(session: AsyncSession, arrivals: Sequence[Arrival]) -> None:
+    """At most one write a minute per callback: concurrent deliveries would otherwise queue on its row."""
+    latest: dict[str, datetime] = {}
+    for arrival in arrivals:
+        latest[arrival.callback_id] = max(arrival.received_at, latest.get(arrival.callback_id, arrival.received_at))
+    for callback_id, now in latest.items():
+        await session.execute(
+            update(Callback)
+            .where(
+                Callback.id == callback_id,
+                or_(Callback.last_event_at.is_(None), Callback.last_event_at < now - LAST_EVENT_RESOLUTION),
+            )
+            .values(last_event_at=now)
+            .execution_options(synchronize_session=False)
         )
-        .values(last_event_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    await session.flush()
-    return event
 
 
 async def list_events(
