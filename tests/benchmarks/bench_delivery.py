@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from procstats import RssSampler, hwm_mb, rss_verdict  # a sibling: the script's directory is on sys.path
 from pydantic import SecretStr
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
@@ -230,6 +231,11 @@ async def wait_for_ok(url: str, procs: Processes, what: str, deadline_s: float =
                 last = f"{type(exc).__name__}"
             await asyncio.sleep(0.1)
     raise TimeoutError(f"{what} not ready at {url} within {deadline_s:g} s (last: {last})")
+
+
+def pid_of(procs: Processes, name: str) -> int:
+    """The process id of the child started as ``name``."""
+    return next(proc.popen.pid for proc in procs.procs if proc.name == name)
 
 
 def start_sink(procs: Processes, name: str) -> tuple[Proc, str]:
@@ -884,9 +890,16 @@ async def run_latency(args: argparse.Namespace, databases: Databases, procs: Pro
         print(f"   tenant {tenant_id} connected, invoice callback verified, {len(ids)} invoices seeded")
         baseline = await sink_baseline(stack.sink_url, args.rate, min(args.seconds, 5.0), payload_size=2000)
         await sink_reset(client, stack.sink_url)
-        sent = await drive_updates(stack.simulator_url, ids, args.rate)
-        data = await collect(stack, client, sent, warmup_count)
+        service_pid = pid_of(procs, "service")
+        with RssSampler(service_pid) as sampler, sampler.phase("run"):
+            sent = await drive_updates(stack.simulator_url, ids, args.rate)
+            data = await collect(stack, client, sent, warmup_count)
+        lifetime_peak = hwm_mb(service_pid)
     print_latency(data, args.rate, baseline)
+    print(
+        f"   service process RSS: peak while driven {sampler.peaks.get('run', math.nan):.0f} MB (sampled every "
+        f"{sampler.interval * 1000:.0f} ms); over its life (VmHWM) {rss_verdict(lifetime_peak)}"
+    )
 
 
 # == main =====================================================================================
