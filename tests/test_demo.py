@@ -27,6 +27,14 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
+# ``python -m webhook_service ARGS`` with Ctrl-C handled as on a terminal: a test runner started in the
+# background inherits an ignored SIGINT, which Python would otherwise keep ignoring in the child.
+_AS_FROM_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'webhook-service'; runpy.run_module('webhook_service', run_name='__main__')"
+)
+
+
 def _demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "webhook_service", "demo", *args],
@@ -67,14 +75,12 @@ def test_demo_narrates_the_whole_pipeline_and_cleans_up(tmp_path):
 
 def test_json_lines_then_ctrl_c_while_kept_running_shuts_everything_down(tmp_path):
     process = subprocess.Popen(
-        [sys.executable, "-m", "webhook_service", "demo", "--keep-running", "--json"],
+        [sys.executable, "-c", _AS_FROM_A_TERMINAL, "demo", "--keep-running", "--json"],
         env=_env(),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # A test runner started in the background may ignore SIGINT; a terminal's Ctrl-C is not ignored.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdout is not None and process.stderr is not None
     lines: queue.Queue[str] = queue.Queue()

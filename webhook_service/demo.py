@@ -35,12 +35,13 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from webhook_service.config import Settings
 from webhook_service.crypto import generate_key
-from webhook_service.logs import configure_logging
+from webhook_service.logs import configure_logging, get_logger
 from webhook_service.serving import BackgroundServer, bind_socket
 from webhook_service.simulator import SimulatorServer, SimulatorState
 from webhook_service.sink import Received, SinkServer
 
 T = TypeVar("T")
+log = get_logger(__name__)
 
 DEADLINE_SECONDS = 15.0
 """How long any one step may wait. Loopback work takes milliseconds; this only bounds a failure."""
@@ -79,8 +80,10 @@ def run(options: Options, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         narrator.say("interrupted: shut down cleanly", kind="interrupted")
         code = 0 if options.keep_running else 130
-    except DemoError as exc:
-        narrator.say(f"FAILED: {exc}", kind="failed")
+    except Exception as exc:  # a failed step (or a bug): one readable line, the details in the log
+        if not isinstance(exc, DemoError):
+            log.exception("demo_failed")
+        narrator.say(f"FAILED: {exc if isinstance(exc, DemoError) else f'{type(exc).__name__}: {exc}'}", kind="failed")
         _print_log_tail(log_file, narrator)
         code = 1
     finally:
