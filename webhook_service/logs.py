@@ -40,9 +40,13 @@ def redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any
     return _redact(event_dict)  # type: ignore[no-any-return]
 
 
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Set up structlog and route the standard library's loggers through it."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+def configure_logging(level: str = "info", fmt: str = "auto", *, log_file: str | None = None) -> None:
+    """Set up structlog and route the standard library's loggers through it.
+
+    ``log_file``: append JSON lines to this file instead of writing to stderr (the demo keeps the
+    service's log out of its narration this way).
+    """
+    use_json = fmt == "json" or log_file is not None or (fmt == "auto" and not sys.stderr.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -72,9 +76,11 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
     )
-    handler = _StderrHandler()
+    handler: logging.Handler = _StderrHandler() if log_file is None else logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(formatter)
     root = logging.getLogger()
+    for previous in root.handlers:
+        previous.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # httpx logs every request URL at INFO; uvicorn's access log would print OAuth codes in query
