@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from webhook_service.storage.models import Delivery, Event, InboxEvent, Subscription
+from webhook_service.storage.models import Delivery, Event, InboxEvent, Subscription, Tenant
 
 T = TypeVar("T")
 
+HandedInboxEvent = tuple[InboxEvent, Tenant]
 HandedDelivery = tuple[Delivery, Event, Subscription]
 
 
@@ -58,7 +59,7 @@ class Signals:
     def __init__(self) -> None:
         self._inbox = asyncio.Event()
         self._deliveries = asyncio.Event()
-        self.inbox_lane: Lane[InboxEvent] = Lane()
+        self.inbox_lane: Lane[HandedInboxEvent] = Lane()
         self.delivery_lane: Lane[HandedDelivery] = Lane()
 
     def inbox_ready(self) -> None:

@@ -118,8 +118,10 @@ class DeliveryWorker:
             task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
+        was_full = len(self._in_flight) >= self._capacity
         self._in_flight.discard(task)
-        self._runtime.signals.deliveries_ready()  # room for more
+        if was_full:  # room again: claim what waited
+            self._runtime.signals.deliveries_ready()
 
     async def _claim(self, limit: int, now: datetime) -> list[HandedDelivery]:
         lease = timedelta(seconds=self._settings.delivery_lease_seconds + self._settings.delivery_timeout)

@@ -70,7 +70,7 @@ class InboxProcessor:
         self._hand_deliveries = True
         try:
             while True:
-                claimed: list[InboxEvent] = []
+                claimed: list[tuple[InboxEvent, Tenant | None]] = []
                 if self._busy < self._capacity:
                     try:
                         claimed = await self._claim(self._capacity - self._busy)
@@ -82,29 +82,31 @@ class InboxProcessor:
         finally:
             lane.detach()
 
-    def _start(self, rows: Sequence[InboxEvent]) -> None:
-        if rows:
-            self._busy += len(rows)
-            self._runtime.tasks.spawn(self._process(rows, done=len(rows)), name=f"inbox:{rows[0].id}")
+    def _start(self, items: Sequence[tuple[InboxEvent, Tenant | None]]) -> None:
+        """Take events that arrive with their tenant rows (handed over, or claimed and looked up)."""
+        if items:
+            self._busy += len(items)
+            self._runtime.tasks.spawn(self._process(items), name=f"inbox:{items[0][0].id}")
 
-    async def _process(self, rows: Sequence[InboxEvent], *, done: int = 0) -> None:
-        """The tenants are read fresh, once for the whole batch: a tenant that must re-authorize
-        keeps its events waiting, whatever an access token cached in this process would allow."""
+    async def _process(self, items: Sequence[tuple[InboxEvent, Tenant | None]]) -> None:
         try:
-            if rows:
-                async with self._runtime.db.sessions() as session:
-                    found = await session.execute(select(Tenant).where(Tenant.id.in_({r.tenant_id for r in rows})))
-                    tenants = {tenant.id: tenant for tenant in found.scalars()}
-                await asyncio.gather(*(self._handle(row, tenants.get(row.tenant_id)) for row in rows))
+            await asyncio.gather(*(self._handle(row, tenant) for row, tenant in items))
         finally:
-            self._busy -= done
-            if done:
-                self._runtime.signals.inbox_ready()  # room for more
+            was_full = self._busy >= self._capacity
+            self._busy -= len(items)
+            if was_full:  # room again: claim what waited
+                self._runtime.signals.inbox_ready()
 
-    async def _claim(self, limit: int) -> list[InboxEvent]:
+    async def _claim(self, limit: int) -> list[tuple[InboxEvent, Tenant | None]]:
+        """Claimed events with their tenants, read in the same session."""
         lease = timedelta(seconds=self._runtime.settings.processor_lease_seconds)
         async with self._runtime.db.sessions() as session:
-            return await claims.claim_inbox(session, now=self._clock(), limit=limit, lease=lease)
+            rows = await claims.claim_inbox(session, now=self._clock(), limit=limit, lease=lease)
+            if not rows:
+                return []
+            found = await session.execute(select(Tenant).where(Tenant.id.in_({row.tenant_id for row in rows})))
+            tenants = {tenant.id: tenant for tenant in found.scalars()}
+        return [(row, tenants.get(row.tenant_id)) for row in rows]
 
     async def _handle(self, row: InboxEvent, tenant: Tenant | None) -> None:
         ready = await self._guarded(row, tenant)

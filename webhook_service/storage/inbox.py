@@ -12,10 +12,10 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.batching import Batcher
-from webhook_service.signals import Lane
+from webhook_service.signals import HandedInboxEvent, Lane
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
-from webhook_service.storage.models import Callback, InboxEvent, InboxStatus
+from webhook_service.storage.models import Callback, InboxEvent, InboxStatus, Tenant, TenantStatus
 
 LAST_EVENT_RESOLUTION = timedelta(minutes=1)
 """``callbacks.last_event_at`` is exact to this; it says whether a callback is alive, not a count."""
@@ -37,20 +37,32 @@ class Arrival:
     received_at: datetime
 
 
-def writer(db: Database, dedupe_window: timedelta, lane: Lane[InboxEvent]) -> Batcher[Arrival, InboxEvent]:
+def writer(db: Database, dedupe_window: timedelta, lane: Lane[HandedInboxEvent]) -> Batcher[Arrival, InboxEvent]:
     """The process's one way into the inbox: concurrent deliveries share a transaction (group commit).
 
     Each caller's ``submit`` returns once its row is committed, so a 2xx sent after it is durable.
-    New events are leased to this process's processor in the same transaction and handed to it.
+    New events of active tenants are leased to this process's processor in the same transaction
+    and handed to it with their tenant rows, read in that transaction too.
     """
 
     async def flush(arrivals: Sequence[Arrival]) -> list[InboxEvent]:
         lease = lane.lease(utcnow())
         async with db.sessions() as session:
-            events = await record_many(session, arrivals, dedupe_window=dedupe_window, lease=lease)
+            tenants: dict[str, Tenant] = {}
+            if lease is not None:
+                found = await session.execute(
+                    select(Tenant).where(
+                        Tenant.id.in_({arrival.tenant_id for arrival in arrivals}),
+                        Tenant.status == TenantStatus.ACTIVE.value,
+                    )
+                )
+                tenants = {tenant.id: tenant for tenant in found.scalars()}
+            events = await record_many(
+                session, arrivals, dedupe_window=dedupe_window, lease=lease, leasable=set(tenants)
+            )
             await session.commit()
         if lease is not None:
-            lane.hand_over([event for event in events if event.lease_owner == lease[0]])
+            lane.hand_over([(event, tenants[event.tenant_id]) for event in events if event.lease_owner == lease[0]])
         return events
 
     return Batcher(flush, name="inbox-writer")
@@ -62,6 +74,7 @@ async def record_many(
     *,
     dedupe_window: timedelta,
     lease: tuple[str, datetime] | None = None,
+    leasable: set[str] | frozenset[str] = frozenset(),
 ) -> list[InboxEvent]:
     """Add the deliveries (not committed); an exact redelivery within the window is a duplicate.
 
@@ -93,7 +106,7 @@ async def record_many(
             repeats.append((event, firsts[key]))
         else:
             firsts[key] = event
-            if lease is not None:
+            if lease is not None and arrival.tenant_id in leasable:
                 event.lease_owner, event.lease_until = lease
         if event.status != InboxStatus.DUPLICATE.value or event.duplicate_of is not None:
             primaries.append(event)
