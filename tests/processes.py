@@ -8,6 +8,7 @@ service works inside, so these tests keep their meaning whatever the pipeline lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -79,7 +80,7 @@ def service_env(database_url: str, simulator: SimulatorServer, public_port: int,
         "public_base_url": f"http://127.0.0.1:{public_port}",
         "outbound_allowed_cidrs": "127.0.0.0/8",
         "backfill_enabled": "false",
-        "auto_migrate": "never",
+        "auto_migrate": "always",  # only the first process finds work: the others start once it is ready
         "log_format": "json",
         "log_level": "warning",
         **settings,
@@ -99,21 +100,18 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
     return done.stdout
 
 
-class ServiceProcess:
-    """One ``webhook-service serve`` process; output goes to files so a death can be explained."""
+class ProcessDied(RuntimeError):
+    pass
 
-    def __init__(self, name: str, port: int, env: dict[str, str], log_dir: Path) -> None:
-        self.name, self.port, self.env = name, port, env
-        self.base_url = f"http://127.0.0.1:{port}"
+
+class Child:
+    """A child process whose output (stdout and stderr) goes to a file, so a death can be explained."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
         self.log_path = log_dir / f"{name}.log"
         with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen(
-                [*service_command(), "serve", "--port", str(port)],
-                env=env,
-                cwd=log_dir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            self.popen = subprocess.Popen(argv, env=env, cwd=log_dir, stdout=log, stderr=subprocess.STDOUT)
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]) or "(no output)"
@@ -121,19 +119,7 @@ class ServiceProcess:
     def ensure_alive(self) -> None:
         code = self.popen.poll()
         if code is not None:
-            raise AssertionError(f"{self.name} exited with code {code}; last output:\n{self.tail()}")
-
-    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
-        """Until ``/readyz`` answers 200 (the database answers, the schema is current)."""
-
-        def ready() -> bool:
-            self.ensure_alive()
-            try:
-                return httpx.get(f"{self.base_url}/readyz", timeout=2.0).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, timeout, f"{self.name} to be ready on port {self.port}", interval=0.1)
+            raise ProcessDied(f"{self.name} exited with code {code}; last output:\n{self.tail()}")
 
     def kill9(self) -> None:
         """SIGKILL: no shutdown hook runs, leases stay taken, connections drop mid-request."""
@@ -150,27 +136,60 @@ class ServiceProcess:
                 self.popen.wait(timeout=5)
 
 
-class ServiceProcesses:
-    """Every service process a test starts, all stopped at the end however the test ends."""
+class ServiceProcess(Child):
+    """``webhook-service serve --port PORT`` configured by ``env``."""
+
+    def __init__(self, name: str, port: int, env: dict[str, str], log_dir: Path) -> None:
+        super().__init__(name, [*service_command(), "serve", "--port", str(port)], log_dir, env)
+        self.port, self.env = port, env
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Until ``/readyz`` answers 200 (the database answers, the schema is current)."""
+
+        def ready() -> bool:
+            self.ensure_alive()
+            try:
+                return httpx.get(f"{self.base_url}/readyz", timeout=2.0).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, timeout, f"{self.name} to be ready on port {self.port}", interval=0.1)
+
+
+class Children:
+    """Every child a test or benchmark starts; ``stop_all`` (in a ``finally``) stops them all."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.started: list[ServiceProcess] = []
+        self.started: list[Child] = []
 
-    def start(self, name: str, port: int, env: dict[str, str]) -> ServiceProcess:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        child = Child(name, argv, self.log_dir, env)
+        self.started.append(child)
+        return child
+
+    def start_service(self, name: str, port: int, env: dict[str, str]) -> ServiceProcess:
+        """A service process, once it is ready."""
         process = ServiceProcess(name, port, env, self.log_dir)
         self.started.append(process)
         process.wait_ready()
         return process
 
+    def ensure_alive(self) -> None:
+        for child in self.started:
+            child.ensure_alive()
+
     def stop_all(self) -> None:
-        for process in reversed(self.started):
-            process.stop()
+        for child in reversed(self.started):
+            with contextlib.suppress(Exception):
+                child.stop()
+        self.started.clear()
 
 
 @contextmanager
-def service_processes(log_dir: Path) -> Iterator[ServiceProcesses]:
-    group = ServiceProcesses(log_dir)
+def children(log_dir: Path) -> Iterator[Children]:
+    group = Children(log_dir)
     try:
         yield group
     finally:
@@ -305,11 +324,12 @@ def changing_ids(by_object: dict[str, list[str]]) -> dict[str, list[str]]:
 
 @dataclass
 class Deployment:
-    """A migrated database, one running service with a connected tenant, the sink subscribed."""
+    """A database, one running service with a connected tenant, the sink subscribed."""
 
     env: dict[str, str]
     port: int
-    processes: ServiceProcesses
+    processes: Children
+    first: ServiceProcess
     admin: Admin
     sender: FreshBooksSender
     tenant_id: str
@@ -320,7 +340,7 @@ class Deployment:
 
     def restart(self, name: str) -> ServiceProcess:
         """A new process on the same database and port (after the previous one died)."""
-        return self.processes.start(name, self.port, self.env)
+        return self.processes.start_service(name, self.port, self.env)
 
 
 @contextmanager
@@ -329,13 +349,12 @@ def deployment(
 ) -> Iterator[Deployment]:
     port = free_port()
     env = service_env(database_url, simulator, port, **settings)
-    run_cli(["migrate"], env, log_dir)
-    with service_processes(log_dir) as processes:
-        first = processes.start("service-1", port, env)
+    with children(log_dir) as processes:
+        first = processes.start_service("service-1", port, env)
         admin = Admin(first.base_url, env["ADMIN_TOKEN"])
         try:
             tenant_id = connect_tenant(simulator, env, log_dir, admin)
             admin.subscribe(f"{sink.base_url}/hook")
-            yield Deployment(env, port, processes, admin, FreshBooksSender(simulator), tenant_id)
+            yield Deployment(env, port, processes, first, admin, FreshBooksSender(simulator), tenant_id)
         finally:
             admin.close()

@@ -35,7 +35,7 @@ def fault_deployment(database_url, simulator, sink, tmp_path):
 
 def test_kill9_during_inbound_stream_loses_no_acknowledged_event(fault_deployment, simulator, sink):
     ids = [obj["id"] for obj in simulator.state.seed(OWNER_ACCOUNT_ID, "invoice", 120)]
-    [victim] = fault_deployment.processes.started
+    victim = fault_deployment.first
     kill_after = 40
 
     def kill_mid_stream(count: int) -> None:
@@ -63,7 +63,7 @@ def test_kill9_during_inbound_stream_loses_no_acknowledged_event(fault_deploymen
 
 def test_kill9_with_deliveries_in_flight_redelivers_with_the_same_webhook_id(fault_deployment, simulator, sink):
     ids = [obj["id"] for obj in simulator.state.seed(OWNER_ACCOUNT_ID, "invoice", 60)]
-    [victim] = fault_deployment.processes.started
+    victim = fault_deployment.first
     sink.sink.hold()  # the subscriber takes requests and never answers: attempts stay in flight
 
     statuses = fault_deployment.sender.stream((fault_deployment.base_url, object_id) for object_id in ids)

@@ -22,7 +22,7 @@ ARRIVAL_TIMEOUT = 30.0
 def test_two_replicas_deliver_each_event_once_and_refresh_once_per_expiry(database_url, simulator, sink, tmp_path):
     ids = [obj["id"] for obj in simulator.state.seed(OWNER_ACCOUNT_ID, "invoice", EVENTS)]
     with deployment(database_url, simulator, sink, tmp_path, delivery_poll_interval=0.2) as running:
-        second = running.processes.start("service-2", free_port(), running.env)
+        second = running.processes.start_service("service-2", free_port(), running.env)
         simulator.state.reset_logs()
 
         sent = 0
