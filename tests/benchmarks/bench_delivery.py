@@ -51,7 +51,6 @@ import math
 import os
 import platform
 import secrets
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -92,6 +91,9 @@ from webhook_service.storage.models import (
 )
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/: process helpers shared with the multi-process tests
+from processes import Child, Children, ProcessDied, free_port, service_command  # noqa: E402
+
 SINK_SCRIPT = HERE / "sink_app.py"
 ACCOUNT_ID = "ABC123"
 BUSINESS_ID = 439000
@@ -126,83 +128,12 @@ def verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def service_command() -> list[str]:
-    script = Path(sys.executable).with_name("webhook-service")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "webhook_service"]
-
-
 def event_loop_name() -> str:
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
-# -- subprocesses -----------------------------------------------------------------------------
-class SubprocessDied(RuntimeError):
-    pass
-
-
-@dataclass
-class Proc:
-    """A child process whose output goes to files, so a death can be explained."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-
-    def tail(self, lines: int = 25) -> str:
-        text_ = self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-        if not text_.strip() and self.stdout_path.exists():
-            text_ = self.stdout_path.read_text(errors="replace")
-        return "\n".join(text_.splitlines()[-lines:]) or "(no output)"
-
-    def ensure_alive(self) -> None:
-        code = self.popen.poll()
-        if code is not None:
-            raise SubprocessDied(f"{self.name} exited with code {code}; last output:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
-
-
-class Processes:
-    """Every child started by the benchmark; ``stop_all`` runs in ``finally``."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.procs: list[Proc] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-        stdout_path, stderr_path = self.log_dir / f"{name}.out", self.log_dir / f"{name}.err"
-        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-            popen = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=self.log_dir)
-        proc = Proc(name, popen, stdout_path, stderr_path)
-        self.procs.append(proc)
-        return proc
-
-    def ensure_alive(self) -> None:
-        for proc in self.procs:
-            proc.ensure_alive()
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            with contextlib.suppress(Exception):
-                proc.stop()
-        self.procs.clear()
-
-
-async def wait_for_port(port: int, procs: Processes, what: str, deadline_s: float = STARTUP_DEADLINE_S) -> None:
+# -- subprocesses ---------------------------------------------------------------------------
+async def wait_for_port(port: int, procs: Children, what: str, deadline_s: float = STARTUP_DEADLINE_S) -> None:
     deadline = time.monotonic() + deadline_s
     while True:
         procs.ensure_alive()
@@ -216,7 +147,7 @@ async def wait_for_port(port: int, procs: Processes, what: str, deadline_s: floa
             await asyncio.sleep(0.1)
 
 
-async def wait_for_ok(url: str, procs: Processes, what: str, deadline_s: float = STARTUP_DEADLINE_S) -> None:
+async def wait_for_ok(url: str, procs: Children, what: str, deadline_s: float = STARTUP_DEADLINE_S) -> None:
     deadline = time.monotonic() + deadline_s
     last = "no answer"
     async with httpx.AsyncClient(timeout=2.0) as client:
@@ -233,12 +164,12 @@ async def wait_for_ok(url: str, procs: Processes, what: str, deadline_s: float =
     raise TimeoutError(f"{what} not ready at {url} within {deadline_s:g} s (last: {last})")
 
 
-def pid_of(procs: Processes, name: str) -> int:
+def pid_of(procs: Children, name: str) -> int:
     """The process id of the child started as ``name``."""
-    return next(proc.popen.pid for proc in procs.procs if proc.name == name)
+    return next(child.popen.pid for child in procs.started if child.name == name)
 
 
-def start_sink(procs: Processes, name: str) -> tuple[Proc, str]:
+def start_sink(procs: Children, name: str) -> tuple[Child, str]:
     port = free_port()
     proc = procs.start(name, [sys.executable, str(SINK_SCRIPT), "--port", str(port)])
     return proc, f"http://127.0.0.1:{port}"
@@ -470,7 +401,7 @@ async def throughput_trial(
     objects: list[dict[str, Any]],
     config: DrainConfig,
     index: int,
-    procs: Processes,
+    procs: Children,
 ) -> ThroughputResult:
     settings = Settings(  # type: ignore[call-arg]
         database_url=await databases.create(f"throughput{index}"),
@@ -537,7 +468,7 @@ def print_throughput(result: ThroughputResult, default: DrainConfig) -> None:
         print(f"      ! {problem}")
 
 
-async def run_throughput(args: argparse.Namespace, databases: Databases, procs: Processes) -> None:
+async def run_throughput(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     default = DrainConfig(defaults.delivery_workers, defaults.delivery_batch_size, defaults.delivery_concurrency)
     configs = parse_configs(args.worker_configs, default)
@@ -578,7 +509,7 @@ class Stack:
     service_url: str
     database_url: str
     env: dict[str, str]
-    procs: Processes
+    procs: Children
 
 
 @dataclass
@@ -645,7 +576,7 @@ async def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: floa
 
 
 @contextlib.asynccontextmanager
-async def latency_stack(databases: Databases, procs: Processes) -> AsyncIterator[Stack]:
+async def latency_stack(databases: Databases, procs: Children) -> AsyncIterator[Stack]:
     sim_port, service_port = free_port(), free_port()
     simulator_url, service_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{service_port}"
     database_url = await databases.create("latency")
@@ -876,7 +807,7 @@ def print_latency(data: LatencyData, rate: float, baseline: list[float]) -> None
     print(f"   service inbox statuses at the end: {data.inbox_statuses}")
 
 
-async def run_latency(args: argparse.Namespace, databases: Databases, procs: Processes) -> None:
+async def run_latency(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
     warmup_count = int(args.rate * args.warmup)
     measured_count = int(args.rate * args.seconds)
     print(
@@ -938,7 +869,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
         databases = Databases(args.database_url, Path(tmp))
-        procs = Processes(Path(tmp))
+        procs = Children(Path(tmp))
         try:
             print_machine(await databases.describe())
             if args.only in (None, "throughput"):
@@ -957,7 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _runner() as runner:
             runner.run(main_async(args))
-    except (SubprocessDied, TimeoutError, RuntimeError) as exc:
+    except (ProcessDied, TimeoutError, RuntimeError) as exc:
         print(f"\nbenchmark aborted: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

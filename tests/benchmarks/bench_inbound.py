@@ -8,7 +8,7 @@ Run from the repository root::
 
 It prints figures and never asserts: a missed target is printed as MISSED.
 
-Processes: the FreshBooks simulator, a sink (``sink_app.py``), the service (``webhook-service
+Children: the FreshBooks simulator, a sink (``sink_app.py``), the service (``webhook-service
 serve``, default settings: its inbox processor and delivery workers run), the bare endpoint
 (``bare_app.py``, served with the same uvicorn settings) and this driver, which is the one load
 generator for both servers (``aiohttp``, pre-built bodies). The tenant is connected as in
@@ -61,8 +61,8 @@ import httpx
 from bench_delivery import (
     ACCOUNT_ID,
     BUSINESS_ID,
+    Children,
     Databases,
-    Processes,
     Stack,
     SubprocessDied,
     _runner,
@@ -280,7 +280,7 @@ async def invoice_callback(client_: httpx.AsyncClient, simulator_url: str) -> tu
 
 
 @contextlib.asynccontextmanager
-async def servers(args: argparse.Namespace, databases: Databases, procs: Processes) -> AsyncIterator[Servers]:
+async def servers(args: argparse.Namespace, databases: Databases, procs: Children) -> AsyncIterator[Servers]:
     async with latency_stack(databases, procs) as stack, httpx.AsyncClient(timeout=60.0) as control:
         tenant_id = await connect_tenant(stack, control)
         await subscribe_sink(stack)
@@ -369,7 +369,7 @@ async def service_phase(
     return outcome
 
 
-async def run_all(args: argparse.Namespace, databases: Databases, procs: Processes) -> None:
+async def run_all(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
     async with servers(args, databases, procs) as servers_:
         service_pool = BodyPool(servers_.bodies, cycle=False)
         bare_pool = BodyPool(servers_.bodies, cycle=True)
@@ -436,7 +436,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-inbound-") as tmp:
         databases = Databases(args.database_url, Path(tmp))
-        procs = Processes(Path(tmp))
+        procs = Children(Path(tmp))
         try:
             print_machine(await databases.describe())
             await run_all(args, databases, procs)
