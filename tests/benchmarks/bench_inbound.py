@@ -63,8 +63,8 @@ from bench_delivery import (
     BUSINESS_ID,
     Children,
     Databases,
+    ProcessDied,
     Stack,
-    SubprocessDied,
     _runner,
     connect_tenant,
     describe_ms,
@@ -451,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _runner() as runner:
             runner.run(main_async(args))
-    except (SubprocessDied, TimeoutError, RuntimeError) as exc:
+    except (ProcessDied, TimeoutError, RuntimeError) as exc:
         print(f"\nbenchmark aborted: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
