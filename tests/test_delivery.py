@@ -266,6 +266,25 @@ async def test_sustained_failure_disables_the_subscription(runtime, tenant, sink
     assert {d.status for d in await _deliveries(runtime)} == {"dead"}
 
 
+async def test_a_success_ends_the_failing_streak(runtime, tenant, sink, clock):
+    """Failures separated by a success never add up to the disabling streak."""
+    subscription, _ = await _subscribe(runtime, f"{sink.base_url}/flaky")
+    sink.sink.script(500, 200, 500)
+    worker = DeliveryWorker(runtime, clock=clock)
+    await _emit(runtime, tenant, clock.now, object_id="1")
+    await worker.run_once()  # 500
+    assert (await subscriptions.get(runtime, subscription.id)).failing_since == clock.now
+    [delivery] = await _deliveries(runtime)
+    clock.advance_to(delivery.next_attempt_at)
+    await worker.run_once()  # the retry: 200
+    assert (await subscriptions.get(runtime, subscription.id)).failing_since is None
+    clock.advance_to(clock.now + timedelta(hours=runtime.settings.subscription_disable_after_hours, minutes=1))
+    await _emit(runtime, tenant, clock.now, object_id="2")
+    await worker.run_once()  # 500: a new streak starts now, nothing to disable
+    after = await subscriptions.get(runtime, subscription.id)
+    assert after.enabled and after.failing_since == clock.now
+
+
 async def test_a_crashed_workers_claim_is_retried_after_its_lease(runtime, tenant, sink, clock):
     from webhook_service.storage import deliveries as claims
 

@@ -13,6 +13,7 @@ the others' results.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -34,7 +35,10 @@ class Batcher(Generic[T, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._drain is None or self._drain.done():
-            self._drain = asyncio.get_running_loop().create_task(self._run(), name=self._name)
+            # A fresh context: the drain serves every caller, so it must not log as the first one's request.
+            self._drain = asyncio.get_running_loop().create_task(
+                self._run(), name=self._name, context=contextvars.Context()
+            )
         return await asyncio.shield(future)
 
     async def idle(self) -> None:

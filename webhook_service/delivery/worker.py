@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+import structlog
 from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,6 +28,12 @@ from webhook_service.delivery import signing
 from webhook_service.delivery.egress import egress_refusal
 from webhook_service.delivery.subscriptions import disable, secrets_for_signing
 from webhook_service.logs import get_logger
+from webhook_service.metrics import (
+    DELIVERIES_FINISHED,
+    DELIVERY_ATTEMPT_SECONDS,
+    DELIVERY_ATTEMPTS,
+    INBOUND_TO_DELIVERED_SECONDS,
+)
 from webhook_service.retry_after import parse_retry_after
 from webhook_service.runtime import Runtime
 from webhook_service.signals import HandedDelivery
@@ -55,6 +62,10 @@ class Outcome:
     retry_after: float | None = None
     deferred_until: datetime | None = None  # rate limited: not an attempt
     skip_reason: str | None = None  # subscription disabled: no attempt
+    refused: bool = False  # the egress guard stopped it
+    subscription_failing: bool = False  # as last read: a success must clear ``failing_since``
+    origin: str | None = None
+    received_at: datetime | None = None  # when the change reached the service (for the metric)
 
     @property
     def succeeded(self) -> bool:
@@ -129,6 +140,7 @@ class DeliveryWorker:
             return await claims.claim_deliveries(session, now=now, limit=limit, lease=lease)
 
     async def _deliver(self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime) -> None:
+        structlog.contextvars.bind_contextvars(delivery_id=delivery.id, event_id=event.id)  # this task's own context
         outcome = await self._attempt(delivery, event, subscription, now)
         try:
             await self._recorder.submit((outcome, delivery))
@@ -142,6 +154,9 @@ class DeliveryWorker:
     # -- one attempt --------------------------------------------------------------------------
     async def _attempt(self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime) -> Outcome:
         outcome = Outcome(delivery.id, subscription.id, delivery.attempts + 1, now)
+        outcome.subscription_failing = subscription.failing_since is not None
+        if delivery.schedule_base == 0:  # a replay's latency says nothing about the pipeline
+            outcome.origin, outcome.received_at = event.origin, event.received_at
         if not subscription.enabled:
             outcome.skip_reason = f"subscription disabled: {subscription.disabled_reason or 'by an operator'}"
             return outcome
@@ -173,8 +188,12 @@ class DeliveryWorker:
                 outcome.error = f"timeout after {self._settings.delivery_timeout:g} s"
             except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a malformed stored URL
                 refusal = egress_refusal(exc)
+                outcome.refused = refusal is not None
                 outcome.error = str(refusal) if refusal else f"{type(exc).__name__}: {exc}"
-        outcome.latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        elapsed = time.perf_counter() - started
+        outcome.latency_ms = round(elapsed * 1000, 2)
+        DELIVERY_ATTEMPT_SECONDS.observe(elapsed)
+        DELIVERY_ATTEMPTS.labels(outcome=_outcome_class(outcome)).inc()
         return outcome
 
     # -- bookkeeping --------------------------------------------------------------------------
@@ -208,6 +227,7 @@ class DeliveryWorker:
                 await session.execute(insert(DeliveryAttempt), attempts)
             failing = await self._track_health(session, outcomes, now)
             await session.commit()
+        _count_finished(updates, outcomes)
         for subscription_id, since in failing.items():
             hours = self._settings.subscription_disable_after_hours
             if since <= now - timedelta(hours=hours):
@@ -251,7 +271,9 @@ class DeliveryWorker:
         attempted = [o for o in outcomes if o.deferred_until is None and o.skip_reason is None]
         ok = {o.subscription_id for o in attempted if o.succeeded}
         bad = {o.subscription_id for o in attempted if not o.succeeded} - ok
-        if ok:
+        # A healthy subscription costs no statement. Its row was read when the delivery was claimed
+        # or staged; one failing since then is cleared by the next success read after it.
+        if any(o.succeeded and o.subscription_failing for o in attempted):
             await session.execute(
                 update(Subscription)
                 .where(Subscription.id.in_(ok), Subscription.failing_since.is_not(None))
@@ -267,6 +289,27 @@ class DeliveryWorker:
                 subscription.failing_since = now
             failing[subscription_id] = subscription.failing_since
         return failing
+
+
+def _outcome_class(outcome: Outcome) -> str:
+    if outcome.status_code is not None:
+        return f"{outcome.status_code // 100}xx"
+    if outcome.refused:
+        return "refused"
+    return "timeout" if outcome.error and outcome.error.startswith("timeout") else "error"
+
+
+def _count_finished(updates: list[dict[str, object]], outcomes: list[Outcome]) -> None:
+    """Metrics for what was just committed: final states, and the pipeline latency of successes."""
+    now = datetime.now(UTC)
+    for values, outcome in zip(updates, outcomes, strict=True):
+        status = values.get("status")
+        if status in (DeliveryStatus.SUCCEEDED.value, DeliveryStatus.DEAD.value):
+            DELIVERIES_FINISHED.labels(status=status).inc()
+        if status == DeliveryStatus.SUCCEEDED.value and outcome.received_at is not None:
+            INBOUND_TO_DELIVERED_SECONDS.labels(origin=outcome.origin or "unknown").observe(
+                max(0.0, (now - outcome.received_at).total_seconds())
+            )
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -26,6 +26,7 @@ from webhook_service.crypto import SecretBox
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.logs import get_logger
+from webhook_service.metrics import TOKEN_REFRESHES
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
@@ -192,8 +193,10 @@ class TokenManager:
         try:
             pair = await self._oauth.refresh(self._box.decrypt(tenant.refresh_token_enc))
         except FreshBooksError as exc:
+            TOKEN_REFRESHES.labels(outcome="refused" if exc.is_invalid_grant else "error").inc()
             return await self._refresh_refused(tenant.id, stale_version, exc)
         except BaseException:
+            TOKEN_REFRESHES.labels(outcome="error").inc()
             await self._release_lease(tenant.id)
             raise
         now = self._clock()
@@ -209,11 +212,13 @@ class TokenManager:
                 )
                 await session.commit()
         except Exception as exc:
+            TOKEN_REFRESHES.labels(outcome="error").inc()
             await self._rotation_lost(tenant.id, stale_version, exc)
             raise TokenPersistError(
                 f"tenant {tenant.id}: the rotated token pair could not be stored; re-authorize"
             ) from exc
         self._cached[tenant.id] = AccessToken(tenant.id, pair.access_token, stale_version + 1, pair.expires_at)
+        TOKEN_REFRESHES.labels(outcome="ok").inc()
         log.info(
             "token_refreshed",
             tenant_id=tenant.id,

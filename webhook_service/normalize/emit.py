@@ -86,6 +86,7 @@ async def stage_leased(
                 "payload": event.payload,
                 "inbox_event_id": inbox_event_id,
                 "created_at": now,
+                "received_at": event.received_at or now,
             }
         )
         new = delivery_rows(subscriptions, event_id=event.id, event_type=event.type, tenant_id=tenant_id, now=now)

@@ -40,6 +40,8 @@ class NormalizedEvent:
     payload: str
     version: str | None
     """The object version this event carries, for the ledger; None for action verbs."""
+    received_at: datetime | None = None
+    """When the webhook reached the service (None: when it is staged, as for the backfill)."""
 
 
 def new_event_id() -> str:
@@ -70,6 +72,7 @@ def build(
     obj: dict[str, Any] | None,
     origin: str,
     fallback_time: datetime,
+    received_at: datetime | None = None,
 ) -> NormalizedEvent:
     """The event for ``freshbooks_event`` (its name and ids) about ``obj`` (None when vanished)."""
     name = freshbooks_event["name"]
@@ -103,4 +106,5 @@ def build(
         occurred_at=occurred_at,
         payload=json.dumps(document, separators=(",", ":"), ensure_ascii=False),
         version=object_version(resource, obj) if verb in VERSION_VERBS else None,
+        received_at=received_at,
     )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -109,6 +110,8 @@ class InboxProcessor:
         return [(row, tenants.get(row.tenant_id)) for row in rows]
 
     async def _handle(self, row: InboxEvent, tenant: Tenant | None) -> None:
+        # every log line about this event (the FreshBooks client's too) carries its inbox id
+        structlog.contextvars.bind_contextvars(inbox_id=row.id, tenant_id=row.tenant_id)
         ready = await self._guarded(row, tenant)
         if ready is None:
             return
@@ -171,6 +174,7 @@ class InboxProcessor:
             obj=obj,
             origin=ORIGIN_WEBHOOK,
             fallback_time=row.received_at,
+            received_at=row.received_at,
         )
         outcome = InboxStatus.DUPLICATE if row.status == InboxStatus.DUPLICATE.value else InboxStatus.PROCESSED
         if outcome is InboxStatus.DUPLICATE and event.version is None:

@@ -6,12 +6,15 @@ so a chunked upload cannot grow past it; FreshBooks' own messages are well under
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from webhook_service.inbound.receiver import Refusal, accept, find_callback
 from webhook_service.logs import get_logger
+from webhook_service.metrics import INBOUND_ACCEPTED, INBOUND_REFUSED, INGEST_SECONDS
 from webhook_service.routes.errors import error_response
 from webhook_service.runtime import Runtime
 
@@ -22,6 +25,7 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 
 async def receive(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
+    started = time.perf_counter()
     try:
         callback = await find_callback(runtime, request.path_params["endpoint_key"])
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -31,9 +35,13 @@ async def receive(request: Request) -> Response:
         outcome = await accept(runtime, callback, body, {k.lower(): v for k, v in request.headers.items()})
     except Refusal as refusal:
         log.warning("inbound_refused", reason=refusal.reason, status=refusal.status, path=request.url.path[:40])
+        INBOUND_REFUSED.labels(reason=refusal.reason).inc()
         return error_response(request, refusal.status, refusal.reason, refusal.message)
     if outcome.kind == "verification":
+        INBOUND_ACCEPTED.labels(kind="verification").inc()
         return JSONResponse({"status": "verification_started"})
+    INBOUND_ACCEPTED.labels(kind="duplicate" if outcome.duplicate else "event").inc()
+    INGEST_SECONDS.observe(time.perf_counter() - started)
     return JSONResponse(
         {"status": "duplicate" if outcome.duplicate else "accepted", "id": outcome.inbox_id}, status_code=200
     )

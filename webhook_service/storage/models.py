@@ -196,6 +196,8 @@ class Event(Base):
     payload: Mapped[str] = mapped_column(Text)
     inbox_event_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When the change reached the service: the webhook's arrival, or when the backfill found it."""
 
 
 class ObjectVersion(Base):
