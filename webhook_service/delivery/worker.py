@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import structlog
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.batching import Batcher
@@ -38,6 +38,7 @@ from webhook_service.retry_after import parse_retry_after
 from webhook_service.runtime import Runtime
 from webhook_service.signals import HandedDelivery
 from webhook_service.storage import deliveries as claims
+from webhook_service.storage.bulk import insert_rows, update_by_id
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Subscription
 
@@ -222,9 +223,8 @@ class DeliveryWorker:
                 to_disable[outcome.subscription_id] = "the endpoint answered 410 Gone"
         async with self._runtime.db.sessions() as session:
             # one executemany each: a batch costs three statements, not two per delivery
-            await session.execute(update(Delivery), updates)
-            if attempts:
-                await session.execute(insert(DeliveryAttempt), attempts)
+            await update_by_id(session, Delivery, updates)
+            await insert_rows(session, DeliveryAttempt, attempts)
             failing = await self._track_health(session, outcomes, now)
             await session.commit()
         _count_finished(updates, outcomes)

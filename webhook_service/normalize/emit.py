@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.delivery.fanout import delivery_rows, enabled_subscriptions
 from webhook_service.normalize.events import NormalizedEvent
 from webhook_service.signals import HandedDelivery
+from webhook_service.storage.bulk import insert_rows
 from webhook_service.storage.models import Delivery, Event, ObjectVersion
 
 Staged = tuple[NormalizedEvent, str, int | None]
@@ -97,8 +98,7 @@ async def stage_leased(
         deliveries.extend(new)
         added.append(True)
     for model, rows in ((ObjectVersion, ledger), (Event, events), (Delivery, deliveries)):
-        if rows:
-            await session.execute(insert(model), rows)
+        await insert_rows(session, model, rows)
     return added, handed
 
 

@@ -28,6 +28,7 @@ from webhook_service.normalize.events import ORIGIN_WEBHOOK, NormalizedEvent, bu
 from webhook_service.normalize.types import split_name
 from webhook_service.runtime import Runtime
 from webhook_service.storage import deliveries as claims
+from webhook_service.storage.bulk import update_by_id
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import InboxEvent, InboxStatus, Tenant, TenantStatus
 
@@ -192,7 +193,7 @@ class InboxProcessor:
             added, handed = await emit.stage_leased(
                 session, [(r.event, r.row.tenant_id, r.row.id) for r in ready], now=now, lease=lease
             )
-            await session.execute(update(InboxEvent), [_finished_row(r.row.id, r.outcome, None, now) for r in ready])
+            await update_by_id(session, InboxEvent, [_finished_row(r.row.id, r.outcome, None, now) for r in ready])
             await session.commit()
         if lease is not None:
             lane.hand_over(handed)
@@ -202,7 +203,7 @@ class InboxProcessor:
 
     async def _finish(self, row: InboxEvent, status: InboxStatus, note: str | None) -> None:
         async with self._runtime.db.sessions() as session:
-            await session.execute(update(InboxEvent), [_finished_row(row.id, status, note, self._clock())])
+            await update_by_id(session, InboxEvent, [_finished_row(row.id, status, note, self._clock())])
             await session.commit()
 
     async def _release(self, row: InboxEvent) -> None:

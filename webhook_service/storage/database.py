@@ -14,6 +14,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from webhook_service.storage import sqlite_inline
+
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
@@ -40,7 +42,9 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        kwargs["async_creator"] = sqlite_inline.creator(
+            database or ":memory:", timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, uri=bool(parsed.query.get("uri"))
+        )
         # One connection per process: SQLite allows one writer at a time anyway, and two connections
         # of the same process would wait for each other in SQLite's busy handler, which sleeps in
         # steps of up to 100 ms. Through one connection, coroutines queue in asyncio instead.

@@ -7,8 +7,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.batching import Batcher
@@ -89,40 +90,44 @@ async def record_many(
     """
     digests = [body_hash(arrival.raw_body) for arrival in arrivals]
     originals = await _originals(session, arrivals, digests, dedupe_window)
-    events: list[InboxEvent] = []
-    primaries: list[InboxEvent] = []
-    firsts: dict[tuple[str, str], InboxEvent] = {}
-    repeats: list[tuple[InboxEvent, InboxEvent]] = []  # (copy, its original in this batch)
+    rows: list[dict[str, Any]] = []
+    firsts: dict[tuple[str, str], int] = {}  # -> index in rows
+    repeats: list[tuple[int, int]] = []  # (a copy, its original in this batch), indexes in rows
     for arrival, digest in zip(arrivals, digests, strict=True):
         key = (arrival.callback_id, digest)
         earlier = originals.get(key)
         if earlier is not None and earlier[2] < arrival.received_at - dedupe_window:
             earlier = None
-        event = _inbox_event(arrival, digest)
+        row = _inbox_row(arrival, digest)
         if earlier is not None:
-            event.status = InboxStatus.DUPLICATE.value
-            event.duplicate_of = earlier[0]
+            row.update(status=InboxStatus.DUPLICATE.value, duplicate_of=earlier[0])
             if earlier[1] != InboxStatus.PENDING.value:
-                event.next_attempt_at = arrival.received_at
+                row["next_attempt_at"] = arrival.received_at
         elif key in firsts:
-            event.status = InboxStatus.DUPLICATE.value
-            repeats.append((event, firsts[key]))
+            row["status"] = InboxStatus.DUPLICATE.value
+            repeats.append((len(rows), firsts[key]))
         else:
-            firsts[key] = event
+            firsts[key] = len(rows)
             if lease is not None and arrival.tenant_id in leasable:
-                event.lease_owner, event.lease_until = lease
-        if event.status != InboxStatus.DUPLICATE.value or event.duplicate_of is not None:
-            primaries.append(event)
-        events.append(event)
-    session.add_all(primaries)
-    await session.flush()
+                row["lease_owner"], row["lease_until"] = lease
+        rows.append(row)
+    copies = {copy for copy, _ in repeats}
+    await _insert_with_ids(session, [row for n, row in enumerate(rows) if n not in copies])
     if repeats:
         for copy, original in repeats:
-            copy.duplicate_of = original.id
-        session.add_all([copy for copy, _ in repeats])
-        await session.flush()
+            rows[copy]["duplicate_of"] = rows[original]["id"]
+        await _insert_with_ids(session, [rows[copy] for copy, _ in repeats])
     await _touch_callbacks(session, arrivals, {} if touched is None else touched)
-    return events
+    return [InboxEvent(**row) for row in rows]
+
+
+async def _insert_with_ids(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """One multi-row INSERT (Core, not the ORM's unit of work); each row gets its new ``id``."""
+    table = InboxEvent.__table__
+    assert isinstance(table, Table)
+    result = await session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
+    for row, (inbox_id,) in zip(rows, result.all(), strict=True):
+        row["id"] = inbox_id
 
 
 async def _originals(
@@ -145,28 +150,28 @@ async def _originals(
     return found
 
 
-def _inbox_event(arrival: Arrival, digest: str) -> InboxEvent:
+def _inbox_row(arrival: Arrival, digest: str) -> dict[str, Any]:
     fields = arrival.fields
-    return InboxEvent(
-        tenant_id=arrival.tenant_id,
-        callback_id=arrival.callback_id,
-        event_name=fields.get("name", ""),
-        object_id=fields.get("object_id"),
-        account_id=fields.get("account_id"),
-        business_id=fields.get("business_id"),
-        raw_body=arrival.raw_body.decode("utf-8"),
-        headers=json.dumps(arrival.headers, sort_keys=True),
-        body_hash=digest,
-        status=InboxStatus.PENDING.value,
-        duplicate_of=None,
-        next_attempt_at=None,
-        received_at=arrival.received_at,
-        attempts=0,
-        processed_at=None,
-        lease_owner=None,
-        lease_until=None,
-        last_error=None,
-    )
+    return {
+        "tenant_id": arrival.tenant_id,
+        "callback_id": arrival.callback_id,
+        "event_name": fields.get("name", ""),
+        "object_id": fields.get("object_id"),
+        "account_id": fields.get("account_id"),
+        "business_id": fields.get("business_id"),
+        "raw_body": arrival.raw_body.decode("utf-8"),
+        "headers": json.dumps(arrival.headers, sort_keys=True),
+        "body_hash": digest,
+        "status": InboxStatus.PENDING.value,
+        "duplicate_of": None,
+        "received_at": arrival.received_at,
+        "processed_at": None,
+        "attempts": 0,
+        "next_attempt_at": None,
+        "lease_owner": None,
+        "lease_until": None,
+        "last_error": None,
+    }
 
 
 async def _touch_callbacks(session: AsyncSession, arrivals: Sequence[Arrival], touched: dict[str, datetime]) -> None:
