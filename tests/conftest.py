@@ -24,6 +24,7 @@ from webhook_service.app import create_app
 from webhook_service.config import Settings
 from webhook_service.crypto import generate_key
 from webhook_service.delivery.worker import DeliveryWorker
+from webhook_service.inbound import registrar
 from webhook_service.normalize.processor import InboxProcessor
 from webhook_service.runtime import Runtime
 from webhook_service.serving import BackgroundServer, bind_socket
@@ -187,6 +188,15 @@ async def tenant(runtime: Runtime, simulator: SimulatorServer) -> Tenant:
     assert isinstance(outcome, Tenant)
     simulator.state.reset_logs()
     return outcome
+
+
+@pytest.fixture
+async def connected(service: RunningService, runtime: Runtime, tenant: Tenant) -> Tenant:
+    """A tenant whose callbacks are created and verified through the real handshake."""
+    report = await registrar.sync_tenant(runtime, tenant)
+    assert report.error is None
+    await asyncio.to_thread(service.settle)
+    return tenant
 
 
 def refresh_requests(state: SimulatorState) -> list[dict]:

@@ -10,7 +10,6 @@ import json
 from datetime import timedelta
 
 import httpx
-import pytest
 from conftest import OWNER_ACCOUNT_ID
 from sqlalchemy import func, select
 
@@ -30,15 +29,6 @@ async def _callbacks(runtime, tenant_id) -> dict[str, Callback]:
 async def _inbox(runtime) -> list[InboxEvent]:
     async with runtime.db.sessions() as session:
         return list((await session.execute(select(InboxEvent).order_by(InboxEvent.id))).scalars())
-
-
-@pytest.fixture
-async def connected(service, runtime, tenant, simulator):
-    """A tenant whose callbacks are created and verified through the real handshake."""
-    report = await registrar.sync_tenant(runtime, tenant)
-    assert report.error is None
-    await asyncio.to_thread(service.settle)
-    return tenant
 
 
 def _post(service, callback, body: bytes, signature: str | None, content_type="application/x-www-form-urlencoded"):

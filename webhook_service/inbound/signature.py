@@ -29,13 +29,16 @@ def parse_form(body: bytes) -> dict[str, str]:
     """Form fields in received order, values as strings, ``+`` and ``%XX`` decoded as UTF-8.
 
     A repeated key keeps its first position and its last value, exactly as ``dict(...)`` over the
-    sender's pairs would.
+    sender's pairs would. A NUL character, raw or ``%00``, makes the body malformed: FreshBooks
+    never sends one, and the inbox cannot keep one (PostgreSQL text refuses it).
     """
     try:
         text = body.decode("utf-8")
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, encoding="utf-8", errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedBody(str(exc)) from exc
+    if "\x00" in text or any("\x00" in key or "\x00" in value for key, value in pairs):
+        raise MalformedBody("the form contains a NUL character")
     return dict(pairs)
 
 

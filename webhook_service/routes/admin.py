@@ -230,14 +230,22 @@ def _refusal(request: Request) -> Response | None:
     return response
 
 
-def _admin(handler: Handler) -> Handler:
-    """Authenticate, then run ``handler``, turning the package's refusals into error responses."""
+def _admin(handler: Handler, query: frozenset[str] = frozenset()) -> Handler:
+    """Authenticate, then run ``handler``, turning the package's refusals into error responses.
+
+    ``query``: the query parameters the operation documents. Any other one is refused (422) rather
+    than ignored, so a misspelt filter (``?staus=dead``) cannot silently list every row.
+    """
 
     @functools.wraps(handler)
     async def guarded(request: Request) -> Response:
         refused = _refusal(request)
         if refused is not None:
             return refused
+        unknown = sorted(set(request.query_params) - query)
+        if unknown:
+            names = ", ".join(repr(name[:40]) for name in unknown[:5])
+            return error_response(request, 422, "unknown_query_parameter", f"Unknown query parameters: {names}.")
         try:
             return await handler(request)
         except AdminError as exc:
@@ -274,12 +282,10 @@ async def openapi_document(request: Request) -> Response:
     return JSONResponse(DOCUMENT)
 
 
-@_admin
 async def list_subscriptions(request: Request) -> Response:
     return _data([subscription_view(s) for s in await subscriptions.list_all(_runtime(request))])
 
 
-@_admin
 async def create_subscription(request: Request) -> Response:
     body = _subscription_fields(await read_json_object(request))
     created = await subscriptions.create(_runtime(request), body)
@@ -287,13 +293,11 @@ async def create_subscription(request: Request) -> Response:
     return JSONResponse({**subscription_view(created.subscription), "secret": created.secret}, status_code=201)
 
 
-@_admin
 async def get_subscription(request: Request) -> Response:
     subscription = await subscriptions.get(_runtime(request), path_id(request, "subscription_id"))
     return JSONResponse(subscription_view(subscription))
 
 
-@_admin
 async def update_subscription(request: Request) -> Response:
     subscription_id = path_id(request, "subscription_id")
     body = _subscription_fields(await read_json_object(request))
@@ -302,7 +306,6 @@ async def update_subscription(request: Request) -> Response:
     return JSONResponse(subscription_view(subscription))
 
 
-@_admin
 async def delete_subscription(request: Request) -> Response:
     subscription_id = path_id(request, "subscription_id")
     await subscriptions.remove(_runtime(request), subscription_id)
@@ -310,7 +313,6 @@ async def delete_subscription(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@_admin
 async def rotate_secret(request: Request) -> Response:
     subscription_id = path_id(request, "subscription_id")
     grace = _grace(await read_json_object(request, optional=True))
@@ -319,14 +321,12 @@ async def rotate_secret(request: Request) -> Response:
     return JSONResponse({**subscription_view(rotated.subscription), "secret": rotated.secret})
 
 
-@_admin
 async def list_tenants(request: Request) -> Response:
     async with _runtime(request).db.sessions() as session:
         tenants = await tenant_store.list_all(session)
     return _data([tenant_view(t) for t in tenants])
 
 
-@_admin
 async def get_tenant(request: Request) -> Response:
     tenant_id = path_id(request, "tenant_id")
     async with _runtime(request).db.sessions() as session:
@@ -336,7 +336,6 @@ async def get_tenant(request: Request) -> Response:
     return JSONResponse(tenant_view(tenant))
 
 
-@_admin
 async def list_callbacks(request: Request) -> Response:
     tenant_id = text_query(request, "tenant_id")
     async with _runtime(request).db.sessions() as session:
@@ -344,7 +343,6 @@ async def list_callbacks(request: Request) -> Response:
     return _data([callback_view(c) for c in callbacks])
 
 
-@_admin
 async def list_inbox_events(request: Request) -> Response:
     tenant_id, status = text_query(request, "tenant_id"), parse_choice(request, "status", InboxStatus)
     limit = parse_limit(request)
@@ -353,7 +351,6 @@ async def list_inbox_events(request: Request) -> Response:
     return _data([inbox_view(e) for e in events])
 
 
-@_admin
 async def list_events(request: Request) -> Response:
     tenant_id, event_type = text_query(request, "tenant_id"), text_query(request, "type")
     async with _runtime(request).db.sessions() as session:
@@ -363,7 +360,6 @@ async def list_events(request: Request) -> Response:
     return _data([event_view(e, with_payload=False) for e in events])
 
 
-@_admin
 async def get_event(request: Request) -> Response:
     event_id = path_id(request, "event_id")
     async with _runtime(request).db.sessions() as session:
@@ -373,7 +369,6 @@ async def get_event(request: Request) -> Response:
     return JSONResponse(event_view(event))
 
 
-@_admin
 async def list_deliveries(request: Request) -> Response:
     deliveries = await replay.list_deliveries(
         _runtime(request),
@@ -385,7 +380,6 @@ async def list_deliveries(request: Request) -> Response:
     return _data([delivery_view(d) for d in deliveries])
 
 
-@_admin
 async def get_delivery(request: Request) -> Response:
     delivery_id = path_id(request, "delivery_id")
     try:
@@ -395,7 +389,6 @@ async def get_delivery(request: Request) -> Response:
     return JSONResponse(delivery_view(delivery, attempts))
 
 
-@_admin
 async def replay_delivery(request: Request) -> Response:
     delivery_id = path_id(request, "delivery_id")
     delivery = await replay.replay(_runtime(request), delivery_id)
@@ -403,7 +396,6 @@ async def replay_delivery(request: Request) -> Response:
     return JSONResponse(delivery_view(delivery), status_code=202)
 
 
-@_admin
 async def recover_deliveries(request: Request) -> Response:
     subscription_id, since = _recover_request(await read_json_object(request))
     recovered = await replay.recover(_runtime(request), subscription_id, since)
@@ -411,8 +403,13 @@ async def recover_deliveries(request: Request) -> Response:
     return JSONResponse({"recovered": recovered, "count": len(recovered)}, status_code=202)
 
 
-def _one_route(path: str, handlers: dict[str, Callable[[Request], Awaitable[Response]]]) -> Route:
-    """One route per path, so a wrong method gets a 405 whose ``Allow`` lists every method there."""
+def _one_route(path: str, handlers: dict[str, Handler], *, guarded: bool = True) -> Route:
+    """One route per path, so a wrong method gets a 405 whose ``Allow`` lists every method there.
+
+    ``guarded`` handlers run behind :func:`_admin`, with the query parameters the document lists.
+    """
+    if guarded:
+        handlers = {method: _admin(handler, _documented_query(path, method)) for method, handler in handlers.items()}
 
     async def dispatch(request: Request) -> Response:
         return await handlers["GET" if request.method == "HEAD" else request.method](request)
@@ -421,8 +418,13 @@ def _one_route(path: str, handlers: dict[str, Callable[[Request], Awaitable[Resp
     return Route(path, dispatch, methods=list(handlers))
 
 
+def _documented_query(path: str, method: str) -> frozenset[str]:
+    operation = DOCUMENT["paths"][path][method.lower()]
+    return frozenset(p["name"] for p in operation.get("parameters", []) if p["in"] == "query")
+
+
 routes = [
-    _one_route(f"{PREFIX}/openapi.json", {"GET": openapi_document}),
+    _one_route(f"{PREFIX}/openapi.json", {"GET": openapi_document}, guarded=False),
     _one_route(f"{PREFIX}/subscriptions", {"GET": list_subscriptions, "POST": create_subscription}),
     _one_route(
         f"{PREFIX}/subscriptions/{{subscription_id}}",

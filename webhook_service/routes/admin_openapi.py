@@ -87,7 +87,7 @@ SUBSCRIPTION: dict[str, Schema] = {
 SUBSCRIPTION_FIELDS: dict[str, Schema] = {
     "url": {
         "type": "string",
-        "minLength": 1,
+        "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
         "description": "http(s) URL deliveries are POSTed to. No credentials in it; an IP literal in a private, "
         "loopback, link-local or other reserved range is refused unless OUTBOUND_ALLOWED_CIDRS allows it; "
         "plain http is refused when OUTBOUND_HTTPS_ONLY is set (422).",
@@ -248,7 +248,8 @@ ERRORS: dict[str, str] = {
     "404": "No such record.",
     "409": "The subscription is disabled, or the delivery is already queued.",
     "413": f"The body is over {MAX_BODY_BYTES} bytes.",
-    "422": "The request is well-formed but its values are not acceptable; the message says why.",
+    "422": "The request is well-formed but its values are not acceptable, or it has a query parameter the "
+    "operation does not take; the message says why.",
     "503": "ADMIN_TOKEN is not set: the admin API is disabled.",
 }
 
@@ -301,13 +302,14 @@ def _operation(
 ) -> dict[str, Any]:
     """``success``: (status, description, schema name or None); ``body``: (schema name, required).
 
-    401 and 503 apply to every operation; a body brings 400 and 413.
+    401, 503 and 422 (a query parameter the operation does not take) apply to every operation; a
+    body brings 400 and 413.
     """
     status, description, schema = success
     ok: dict[str, Any] = {"description": description}
     if schema is not None:
         ok["content"] = {JSON: {"schema": _ref(schema)}}
-    codes = {"401", "503", *errors, *(("400", "413") if body else ())}
+    codes = {"401", "422", "503", *errors, *(("400", "413") if body else ())}
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": summary,

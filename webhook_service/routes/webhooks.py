@@ -6,6 +6,7 @@ so a chunked upload cannot grow past it; FreshBooks' own messages are well under
 
 from __future__ import annotations
 
+import re
 import time
 
 from starlette.requests import ClientDisconnect, Request
@@ -21,13 +22,21 @@ from webhook_service.runtime import Runtime
 log = get_logger("webhook_service.inbound")
 
 FORM_TYPE = "application/x-www-form-urlencoded"
+_ENDPOINT_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What the registrar's keys look like (``secrets.token_urlsafe``); anything else is no key, asked of
+no database (PostgreSQL cannot even compare a string holding NUL)."""
+_DIGITS = re.compile(r"[0-9]+")
+"""A Content-Length: ASCII digits only (``str.isdigit`` also takes ``²``, which ``int`` refuses)."""
 
 
 async def receive(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     started = time.perf_counter()
     try:
-        callback = await find_callback(runtime, request.path_params["endpoint_key"])
+        endpoint_key = request.path_params["endpoint_key"]
+        if not _ENDPOINT_KEY.fullmatch(endpoint_key):
+            raise Refusal(404, "unknown_endpoint", "No callback is registered at this URI.")
+        callback = await find_callback(runtime, endpoint_key)
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type != FORM_TYPE:
             raise Refusal(415, "unsupported_media_type", f"Content-Type must be {FORM_TYPE}.")
@@ -50,9 +59,10 @@ async def receive(request: Request) -> Response:
 async def _read_capped(request: Request, cap: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not _DIGITS.fullmatch(declared):
             raise Refusal(400, "bad_content_length", "Content-Length is not a number.")
-        if int(declared) > cap:
+        digits = declared.lstrip("0")
+        if len(digits) > len(str(cap)) or int(digits or "0") > cap:
             raise Refusal(413, "body_too_large", f"The body exceeds {cap} bytes.")
     chunks: list[bytes] = []
     size = 0
