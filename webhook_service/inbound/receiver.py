@@ -6,6 +6,7 @@ written for a refused request. An accepted event is in the inbox (committed) bef
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,6 +22,9 @@ log = get_logger(__name__)
 
 SIGNATURE_HEADER = "x-freshbooks-hmac-sha256"
 VERIFY_EVENT = "callback.verify"
+#: ``noun.verb`` as FreshBooks names events (``invoice.sendByEmail``), within the stored column.
+EVENT_NAME = re.compile(r"[a-z][a-z_]{0,62}\.[A-Za-z][A-Za-z0-9_]{0,62}")
+MAX_ID_LENGTH = 64
 #: Headers kept with an inbox event: enough to re-check the signature and trace the sender.
 KEPT_HEADERS = ("content-type", "user-agent", SIGNATURE_HEADER, "x-request-id", "x-forwarded-for")
 
@@ -101,6 +105,10 @@ async def _record_event(
     if not _signed_by_a_current_verifier(runtime, callback, fields, signature, now):
         raise Refusal(401, "bad_signature", "The signature does not match.")
     name = fields["name"]
+    if not EVENT_NAME.fullmatch(name):
+        raise Refusal(400, "malformed_body", "The form's name is not a FreshBooks event name (noun.verb).")
+    if any(len(fields.get(key) or "") > MAX_ID_LENGTH for key in ("object_id", "account_id", "business_id")):
+        raise Refusal(400, "malformed_body", f"An id in the form is longer than {MAX_ID_LENGTH} characters.")
     if name.split(".", 1)[0] != callback.event:
         raise Refusal(422, "event_not_subscribed", f"This callback receives {callback.event} events only.")
     kept = {key: headers[key] for key in KEPT_HEADERS if key in headers}

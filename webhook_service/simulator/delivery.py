@@ -105,7 +105,10 @@ class Dispatcher:
     """
 
     def __init__(self, lock: threading.Lock, prepare: Prepare, finish: Finish, *, senders: int = 1) -> None:
-        self._cond = threading.Condition(lock)
+        # Two conditions on the one lock: a new delivery wakes one sender, not every sender and every
+        # flush() waiter (with several senders that stampede starved the simulator's own event loop).
+        self._work = threading.Condition(lock)
+        self._settled = threading.Condition(lock)
         self._prepare = prepare
         self._finish = finish
         self._queue: deque[Delivery] = deque()
@@ -127,22 +130,23 @@ class Dispatcher:
             ]
             for thread in self._threads:
                 thread.start()
-        self._cond.notify_all()
+        self._work.notify()
 
     def release_locked(self, hold: DeliveryHold) -> None:
         hold.released = True
-        self._cond.notify_all()
+        self._work.notify_all()
 
     def set_paused_locked(self, paused: bool) -> None:
         self.paused = paused
-        self._cond.notify_all()
+        self._work.notify_all()
+        self._settled.notify_all()
 
     # -- without the lock ----------------------------------------------------------------
 
     def flush(self, timeout: float) -> None:
         """Wait until nothing is queued (paused deliveries excepted) or in flight."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._in_flight == 0 and (self.paused or not self._queue), timeout):
+        with self._settled:
+            if not self._settled.wait_for(lambda: self._in_flight == 0 and (self.paused or not self._queue), timeout):
                 raise TimeoutError(
                     f"deliveries not drained within {timeout} s "
                     f"({len(self._queue)} queued, {self._in_flight} in flight)"
@@ -150,10 +154,11 @@ class Dispatcher:
 
     def close(self, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
         """Stop the sender thread; queued deliveries are discarded (an in-flight one finishes)."""
-        with self._cond:
+        with self._work:
             threads, self._threads, self._generation = self._threads, [], None
             self._queue.clear()
-            self._cond.notify_all()
+            self._work.notify_all()
+            self._settled.notify_all()
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
@@ -171,12 +176,14 @@ class Dispatcher:
     def _run(self, generation: object) -> None:
         with httpx.Client(timeout=DELIVERY_TIMEOUT_SECONDS, follow_redirects=False) as client:
             while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._ready(generation))
+                with self._work:
+                    self._work.wait_for(lambda: self._ready(generation))
                     if self._generation is not generation:
                         return
                     delivery = self._queue.popleft()
                     self._in_flight += 1
+                    if self._queue:
+                        self._work.notify()  # more waiting: the next idle sender takes it
                     try:
                         prepared = self._prepare(delivery)
                     except Exception:  # a bug must not kill the sender and wedge flush()
@@ -184,15 +191,17 @@ class Dispatcher:
                         prepared = None
                     if prepared is None:
                         self._in_flight -= 1
-                        self._cond.notify_all()
+                        self._settled.notify_all()
                         continue
                 prepared.started = time.monotonic()
                 outcome = Outcome(None, None) if prepared.dropped else post(client, prepared)
-                with self._cond:
+                with self._work:
                     self._in_flight -= 1
                     try:
                         self._finish(prepared, outcome)
                     except Exception:
                         log.exception("recording a delivery failed")
                     finally:
-                        self._cond.notify_all()
+                        self._settled.notify_all()
+                        if self._queue:
+                            self._work.notify()
