@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import aiohttp
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 
 from webhook_service import __version__
 from webhook_service.batching import Batcher
@@ -62,7 +63,10 @@ class Runtime:
         box = secret_box_from_settings(settings)
         egress = EgressPolicy(settings.allowed_cidrs, https_only=settings.outbound_https_only)  # bad CIDR: fail here
         db = Database(settings.database_url)
-        http = httpx.AsyncClient(
+        # httpx's API over aiohttp's transport (httpx-aiohttp, by an httpx maintainer): the same
+        # client code, with several times fewer event-loop round trips per request, which is what a
+        # FreshBooks fetch waited on when the loop was busy.
+        http = HttpxAiohttpClient(
             timeout=httpx.Timeout(settings.freshbooks_timeout, connect=10.0),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             headers={"User-Agent": f"webhook-service/{__version__}"},

@@ -584,7 +584,7 @@ async def latency_stack(databases: Databases, procs: Children) -> AsyncIterator[
     await run_cli(["migrate"], env, procs.log_dir)
     procs.start(
         "simulator",
-        [*service_command(), "simulator", "--port", str(sim_port), "--seed-invoices", "0", "--delivery-senders", "3"],
+        [*service_command(), "simulator", "--port", str(sim_port), "--seed-invoices", "0", "--delivery-senders", "8"],
     )
     _, sink_url = start_sink(procs, "sink-latency")
     procs.start("service", [*service_command(), "serve", "--port", str(service_port)], env=env)

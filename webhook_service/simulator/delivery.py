@@ -3,9 +3,10 @@
 The queue lives behind ``SimulatorState``'s lock (the dispatcher's
 ``threading.Condition`` is built on that very lock), but the network I/O
 happens with the lock released, so a slow or dead receiver never stalls the
-API or the test thread. One sender thread keeps deliveries in the order the
-changes happened; FreshBooks promises no order at all, but a deterministic
-one keeps tests reproducible (the field order is what gets shuffled).
+API or the test thread. The sender thread runs its own event loop; one sender
+task (the default) keeps deliveries in the order the changes happened;
+FreshBooks promises no order at all, but a deterministic one keeps tests
+reproducible (the field order is what gets shuffled).
 
 No retries: FreshBooks' retry policy is undocumented, so the harsher reading
 is that a failed delivery is simply lost and the receiver must poll to cover
@@ -20,6 +21,8 @@ held, on the sender thread.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -80,13 +83,13 @@ class Outcome:
         return self.status is not None and 200 <= self.status < 300
 
 
-def post(client: httpx.Client, delivery: Delivery) -> Outcome:
+async def post(client: httpx.AsyncClient, delivery: Delivery) -> Outcome:
     """Send one delivery; any failure to get a response is an error, never an exception."""
     headers = {"Content-Type": FORM_CONTENT_TYPE, "User-Agent": USER_AGENT}
     if delivery.signature is not None:
         headers[SIGNATURE_HEADER] = delivery.signature
     try:
-        response = client.post(delivery.uri, content=delivery.body, headers=headers)
+        response = await client.post(delivery.uri, content=delivery.body, headers=headers)
     except Exception as exc:  # transport errors, bad URLs...: the delivery is lost either way
         return Outcome(None, f"{type(exc).__name__}: {exc}")
     return Outcome(response.status_code, None)
@@ -97,24 +100,25 @@ Finish = Callable[[Delivery, Outcome], None]
 
 
 class Dispatcher:
-    """The queue and its sender threads (started lazily, daemon, restartable after ``close``).
+    """The queue and its sender thread (started lazily, daemon, restartable after ``close``).
 
     One sender (the default) keeps strict FIFO order. FreshBooks' own concurrency is undocumented;
     ``senders > 1`` plays a FreshBooks that posts several deliveries at once (order then only holds
     per sender), which load tests need to offer more than one request's worth of traffic at a time.
+    The senders are tasks on the thread's own event loop: threads of their own would contend for
+    the GIL and the state lock with the simulator's API and slow it down.
     """
 
     def __init__(self, lock: threading.Lock, prepare: Prepare, finish: Finish, *, senders: int = 1) -> None:
-        # Two conditions on the one lock: a new delivery wakes one sender, not every sender and every
-        # flush() waiter (with several senders that stampede starved the simulator's own event loop).
-        self._work = threading.Condition(lock)
         self._settled = threading.Condition(lock)
         self._prepare = prepare
         self._finish = finish
         self._queue: deque[Delivery] = deque()
         self._in_flight = 0
         self._senders = max(1, senders)
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
         self._generation: object | None = None
         self.paused = False
 
@@ -124,22 +128,24 @@ class Dispatcher:
         self._queue.append(delivery)
         if self._generation is None:
             generation = self._generation = object()
-            self._threads = [
-                threading.Thread(target=self._run, args=(generation,), name=f"sim-deliveries-{n}", daemon=True)
-                for n in range(self._senders)
-            ]
-            for thread in self._threads:
-                thread.start()
-        self._work.notify()
+            self._thread = threading.Thread(target=self._run, args=(generation,), name="sim-deliveries", daemon=True)
+            self._thread.start()
+        self._poke()
 
     def release_locked(self, hold: DeliveryHold) -> None:
         hold.released = True
-        self._work.notify_all()
+        self._poke()
 
     def set_paused_locked(self, paused: bool) -> None:
         self.paused = paused
-        self._work.notify_all()
+        self._poke()
         self._settled.notify_all()
+
+    def _poke(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing: its senders are leaving anyway
+                loop.call_soon_threadsafe(wake.set)
 
     # -- without the lock ----------------------------------------------------------------
 
@@ -154,36 +160,47 @@ class Dispatcher:
 
     def close(self, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
         """Stop the sender thread; queued deliveries are discarded (an in-flight one finishes)."""
-        with self._work:
-            threads, self._threads, self._generation = self._threads, [], None
+        with self._settled:
+            thread, self._thread, self._generation = self._thread, None, None
             self._queue.clear()
-            self._work.notify_all()
+            self._poke()
+            self._loop = self._wake = None
             self._settled.notify_all()
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     # -- the sender thread -----------------------------------------------------------------
 
     def _ready(self, generation: object) -> bool:
-        if self._generation is not generation:
-            return True  # closed (or replaced): wake up to exit
-        if self.paused or not self._queue:
+        if self._generation is not generation or self.paused or not self._queue:
             return False
         hold = self._queue[0].hold
         return hold is None or hold.released
 
     def _run(self, generation: object) -> None:
-        with httpx.Client(timeout=DELIVERY_TIMEOUT_SECONDS, follow_redirects=False) as client:
-            while True:
-                with self._work:
-                    self._work.wait_for(lambda: self._ready(generation))
-                    if self._generation is not generation:
-                        return
-                    delivery = self._queue.popleft()
+        asyncio.run(self._main(generation))
+
+    async def _main(self, generation: object) -> None:
+        wake = asyncio.Event()
+        with self._settled:
+            if self._generation is not generation:
+                return  # closed before it started
+            self._loop, self._wake = asyncio.get_running_loop(), wake
+        wake.set()  # anything queued before the loop existed
+        async with httpx.AsyncClient(timeout=DELIVERY_TIMEOUT_SECONDS, follow_redirects=False) as client:
+            await asyncio.gather(*(self._send_loop(client, generation, wake) for _ in range(self._senders)))
+
+    async def _send_loop(self, client: httpx.AsyncClient, generation: object, wake: asyncio.Event) -> None:
+        while True:
+            wake.clear()  # before looking: a submit after the look sets it again
+            with self._settled:
+                if self._generation is not generation:
+                    return
+                delivery = self._queue.popleft() if self._ready(generation) else None
+                if delivery is None:
+                    prepared = None
+                else:
                     self._in_flight += 1
-                    if self._queue:
-                        self._work.notify()  # more waiting: the next idle sender takes it
                     try:
                         prepared = self._prepare(delivery)
                     except Exception:  # a bug must not kill the sender and wedge flush()
@@ -192,16 +209,18 @@ class Dispatcher:
                     if prepared is None:
                         self._in_flight -= 1
                         self._settled.notify_all()
-                        continue
-                prepared.started = time.monotonic()
-                outcome = Outcome(None, None) if prepared.dropped else post(client, prepared)
-                with self._work:
-                    self._in_flight -= 1
-                    try:
-                        self._finish(prepared, outcome)
-                    except Exception:
-                        log.exception("recording a delivery failed")
-                    finally:
-                        self._settled.notify_all()
-                        if self._queue:
-                            self._work.notify()
+            if delivery is None:
+                await wake.wait()
+                continue
+            if prepared is None:
+                continue
+            prepared.started = time.monotonic()
+            outcome = Outcome(None, None) if prepared.dropped else await post(client, prepared)
+            with self._settled:
+                self._in_flight -= 1
+                try:
+                    self._finish(prepared, outcome)
+                except Exception:
+                    log.exception("recording a delivery failed")
+                finally:
+                    self._settled.notify_all()
