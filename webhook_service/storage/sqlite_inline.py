@@ -6,9 +6,9 @@ loop to come round to it; under load a transaction of a dozen hops held the data
 milliseconds or more, and every other writer queued behind it. Here each call runs at once and
 its coroutine returns without suspending, so a transaction holds the database only for the SQL.
 
-What that costs: a commit's ``fsync`` (``synchronous=FULL``) blocks the loop for its duration
-(well under a millisecond on local disks), and a write that must wait for *another process's*
-write lock blocks the loop in SQLite's busy handler. Several processes on one SQLite file are
+What that costs: a write that must wait for *another process's* write lock blocks the loop in
+SQLite's busy handler. The commit, which waits for the disk (``fsync``), is the one call still made
+on a worker thread. Several processes on one SQLite file are
 supported, as a convenience; PostgreSQL is how the service scales out.
 
 Only the calls the dialect makes are provided (see ``sqlalchemy.dialects.sqlite.aiosqlite``);
@@ -17,6 +17,7 @@ used through ``create_async_engine(..., async_creator=...)``.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -89,7 +90,9 @@ class InlineConnection:
         return InlineCursor(self._conn.cursor())
 
     async def commit(self) -> None:
-        self._conn.commit()
+        # The one call that waits for the disk (fsync, ``synchronous=FULL``): off the loop's thread.
+        # Nothing else touches this connection meanwhile: the pool has lent it to this session.
+        await asyncio.to_thread(self._conn.commit)
 
     async def rollback(self) -> None:
         self._conn.rollback()
