@@ -2,7 +2,8 @@
 
 SQLite is tuned so that an acknowledged commit survives a crash or power loss (WAL with
 ``synchronous=FULL``) and so that several connections wait for each other instead of failing
-(``busy_timeout``).
+(``busy_timeout``); its calls run on the event loop's thread (see :mod:`.sqlite_inline`).
+PostgreSQL goes through asyncpg.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         )
         # One connection per process: SQLite allows one writer at a time anyway, and two connections
         # of the same process would wait for each other in SQLite's busy handler, which sleeps in
-        # steps of up to 100 ms. Through one connection, coroutines queue in asyncio instead.
-        # (Code must therefore never open a session while holding another.)
+        # steps of up to 100 ms (and, inline, would block the loop). Through one connection,
+        # coroutines queue in asyncio instead. (Code must never open a session while holding another.)
         kwargs.update(pool_size=1, max_overflow=0, pool_timeout=60)
     else:
         kwargs.update(pool_size=10, max_overflow=10, pool_recycle=1800)

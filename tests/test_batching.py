@@ -1,0 +1,91 @@
+"""Group commit: concurrent callers share flushes, and one bad item fails only its own caller."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import timedelta
+
+import pytest
+
+from webhook_service.batching import Batcher
+from webhook_service.inbound import registrar
+from webhook_service.storage import callbacks as callback_store
+from webhook_service.storage import inbox
+from webhook_service.storage.columns import utcnow
+from webhook_service.storage.models import InboxStatus
+
+
+async def test_callers_arriving_during_a_flush_share_the_next_one():
+    flushed: list[list[int]] = []
+    first_started, release_first = asyncio.Event(), asyncio.Event()
+
+    async def flush(items: Sequence[int]) -> list[int]:
+        flushed.append(list(items))
+        if len(flushed) == 1:
+            first_started.set()
+            await release_first.wait()
+        return [item * 10 for item in items]
+
+    batcher: Batcher[int, int] = Batcher(flush)
+    first = asyncio.ensure_future(batcher.submit(1))
+    await first_started.wait()
+    rest = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 3, 4)]
+    release_first.set()
+    assert await asyncio.gather(first, *rest) == [10, 20, 30, 40]
+    assert flushed == [[1], [2, 3, 4]]
+
+
+async def test_a_failing_item_fails_only_its_caller():
+    async def flush(items: Sequence[int]) -> list[int]:
+        if 13 in items:
+            raise ValueError("unlucky")
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(flush)
+    results = await asyncio.gather(*(batcher.submit(n) for n in (12, 13, 14)), return_exceptions=True)
+    assert results[0] == 12 and results[2] == 14
+    assert isinstance(results[1], ValueError)
+
+
+async def test_a_cancelled_caller_does_not_strand_the_others():
+    started, gate = asyncio.Event(), asyncio.Event()
+    flushed: list[list[int]] = []
+
+    async def flush(items: Sequence[int]) -> list[int]:
+        flushed.append(list(items))
+        started.set()
+        await gate.wait()
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(flush)
+    leaver = asyncio.ensure_future(batcher.submit(1))
+    stayer = asyncio.ensure_future(batcher.submit(2))
+    await started.wait()
+    assert flushed == [[1, 2]]  # one flush carries both
+    leaver.cancel()
+    gate.set()
+    assert await stayer == 2
+    with pytest.raises(asyncio.CancelledError):
+        await leaver
+    await batcher.idle()
+
+
+async def test_copies_of_a_delivery_in_one_batch_are_duplicates_of_the_first(runtime, tenant):
+    await registrar.sync_tenant(runtime, tenant)
+    async with runtime.db.sessions() as session:
+        [callback, *_] = await callback_store.active_for_tenant(session, tenant.id)
+    now = utcnow()
+    body = b"name=invoice.update&object_id=7"
+    arrival = inbox.Arrival(callback.id, tenant.id, {"name": "invoice.update", "object_id": "7"}, body, {}, now)
+    other = inbox.Arrival(callback.id, tenant.id, {"name": "invoice.update", "object_id": "8"}, b"other", {}, now)
+    async with runtime.db.sessions() as session:
+        rows = await inbox.record_many(session, [arrival, other, arrival], dedupe_window=timedelta(minutes=5))
+        await session.commit()
+    first, second, copy = rows
+    assert first.status == second.status == InboxStatus.PENDING.value
+    assert copy.status == InboxStatus.DUPLICATE.value and copy.duplicate_of == first.id
+    assert copy.next_attempt_at is None  # its original is still pending: nothing to recheck
+    async with runtime.db.sessions() as session:
+        stored = await inbox.list_events(session)
+    assert sorted(e.id for e in stored) == sorted(r.id for r in rows)
