@@ -97,6 +97,7 @@ def make_settings(
         "callback_sync_interval": 3600,
         "outbound_allowed_cidrs": "127.0.0.0/8 ::1/128",  # subscriber sinks listen on loopback
         "backfill_enabled": False,  # tests run sweeps themselves
+        "shutdown_grace_seconds": 1.0,
         "auto_migrate": "always",
         "_env_file": None,
     }

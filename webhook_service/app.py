@@ -33,13 +33,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.runtime = runtime
             refresher = asyncio.create_task(_keep_tokens_fresh(runtime), name="token-refresher")
             syncer = asyncio.create_task(_keep_callbacks_in_sync(runtime), name="callbacks-sync")
+            processor = InboxProcessor(runtime)
+            senders = [DeliveryWorker(runtime) for _ in range(settings.delivery_workers)]
             workers = [
-                asyncio.create_task(InboxProcessor(runtime).run_forever(), name="inbox-processor"),
+                asyncio.create_task(processor.run_forever(), name="inbox-processor"),
                 *(
-                    asyncio.create_task(
-                        DeliveryWorker(runtime).run_forever(take_handovers=n == 0), name=f"delivery-worker-{n}"
-                    )
-                    for n in range(settings.delivery_workers)
+                    asyncio.create_task(sender.run_forever(take_handovers=n == 0), name=f"delivery-worker-{n}")
+                    for n, sender in enumerate(senders)
                 ),
             ]
             if settings.backfill_enabled:
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                await _wind_down(runtime, processor, senders)
 
     return Starlette(
         routes=[*health.routes, *oauth.routes, *webhooks.routes, *metrics.routes, *admin.routes],
@@ -61,6 +62,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
         lifespan=lifespan,
     )
+
+
+async def _wind_down(runtime: Runtime, processor: InboxProcessor, senders: list[DeliveryWorker]) -> None:
+    """Let work in flight finish for ``SHUTDOWN_GRACE_SECONDS``, then stop it and give back its
+    leases, so a rolling restart delays nothing by a lease's length."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runtime.tasks.idle(), runtime.settings.shutdown_grace_seconds)
+    await runtime.tasks.cancel_all()
+    released = 0
+    for release in (processor.release_held, *(sender.release_held for sender in senders)):
+        try:
+            released += await release()
+        except Exception:  # the leases then run out as after a crash
+            log.exception("lease_release_failed")
+    log.info("service_stopped", leases_released=released)
 
 
 async def _keep_callbacks_in_sync(runtime: Runtime) -> None:

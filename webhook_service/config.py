@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     processor_concurrency: int = Field(default=8, ge=1, le=256)
     processor_lease_seconds: int = Field(default=120, ge=5)
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=300)
     delivery_workers: int = Field(default=4, ge=0, le=64)
     delivery_batch_size: int = Field(default=200, ge=1, le=1000)
     delivery_concurrency: int = Field(default=16, ge=1, le=1024)

@@ -88,6 +88,7 @@ class DeliveryWorker:
         self._recorder: Batcher[tuple[Outcome, Delivery], None] = Batcher(self._record_batch, name="delivery-record")
         self._capacity = self._settings.delivery_batch_size
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._held: set[str] = set()  # ids of leased deliveries whose outcome is not recorded yet
 
     async def run_once(self) -> int:
         """Claim and send one batch of due deliveries; returns how many were claimed."""
@@ -125,6 +126,7 @@ class DeliveryWorker:
     def _start(self, items: Sequence[HandedDelivery]) -> None:
         now = self._clock()
         for delivery, event, subscription in items:
+            self._held.add(delivery.id)
             task = self._runtime.tasks.spawn(self._deliver(delivery, event, subscription, now), name="delivery")
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
@@ -147,6 +149,25 @@ class DeliveryWorker:
             await self._recorder.submit((outcome, delivery))
         except Exception:  # the lease runs out and the delivery is attempted again: at least once
             log.exception("delivery_record_failed", delivery_id=delivery.id)
+        self._held.discard(delivery.id)  # not reached when cancelled: release_held() gives it back
+
+    async def release_held(self) -> int:
+        """Give back the leases of deliveries taken but not recorded (at shutdown, after cancelling).
+
+        One may have reached its subscriber already: it is sent again, with the same ``webhook-id``
+        (at least once), rather than wait ``DELIVERY_LEASE_SECONDS`` for anyone to try.
+        """
+        held, self._held = self._held, set()
+        if not held:
+            return 0
+        async with self._runtime.db.sessions() as session:
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(held), Delivery.status.in_(claims.DUE))
+                .values(lease_owner=None, lease_until=None)
+            )
+            await session.commit()
+        return len(held)
 
     async def _record_batch(self, items: Sequence[tuple[Outcome, Delivery]]) -> list[None]:
         await self._record([outcome for outcome, _ in items], {d.id: d for _, d in items})

@@ -56,6 +56,7 @@ class InboxProcessor:
         self._committer: Batcher[Ready, bool] = Batcher(self._commit, name="inbox-commit")
         self._capacity = 4 * runtime.settings.processor_concurrency
         self._busy = 0  # events in flight
+        self._held: set[int] = set()  # ids of the leased inbox events not settled yet
         self._hand_deliveries = False
 
     async def run_once(self, limit: int = 100) -> int:
@@ -88,6 +89,7 @@ class InboxProcessor:
         """Take events that arrive with their tenant rows (handed over, or claimed and looked up)."""
         if items:
             self._busy += len(items)
+            self._held.update(row.id for row, _ in items)
             self._runtime.tasks.spawn(self._process(items), name=f"inbox:{items[0][0].id}")
 
     async def _process(self, items: Sequence[tuple[InboxEvent, Tenant | None]]) -> None:
@@ -111,6 +113,25 @@ class InboxProcessor:
         return [(row, tenants.get(row.tenant_id)) for row in rows]
 
     async def _handle(self, row: InboxEvent, tenant: Tenant | None) -> None:
+        await self._settle(row, tenant)
+        self._held.discard(row.id)  # not reached when cancelled: release_held() gives it back
+
+    async def release_held(self) -> int:
+        """Give back the leases of events taken but not settled (at shutdown, after cancelling),
+        so any process can take them up at once instead of after ``PROCESSOR_LEASE_SECONDS``."""
+        held, self._held = self._held, set()
+        if not held:
+            return 0
+        async with self._runtime.db.sessions() as session:
+            await session.execute(
+                update(InboxEvent)
+                .where(InboxEvent.id.in_(held), InboxEvent.processed_at.is_(None))
+                .values(lease_owner=None, lease_until=None)
+            )
+            await session.commit()
+        return len(held)
+
+    async def _settle(self, row: InboxEvent, tenant: Tenant | None) -> None:
         # every log line about this event (the FreshBooks client's too) carries its inbox id
         structlog.contextvars.bind_contextvars(inbox_id=row.id, tenant_id=row.tenant_id)
         ready = await self._guarded(row, tenant)
