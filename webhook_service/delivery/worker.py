@@ -158,16 +158,7 @@ class DeliveryWorker:
         (at least once), rather than wait ``DELIVERY_LEASE_SECONDS`` for anyone to try.
         """
         held, self._held = self._held, set()
-        if not held:
-            return 0
-        async with self._runtime.db.sessions() as session:
-            await session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(held), Delivery.status.in_(claims.DUE))
-                .values(lease_owner=None, lease_until=None)
-            )
-            await session.commit()
-        return len(held)
+        return await claims.release(self._runtime.db, Delivery, held)
 
     async def _record_batch(self, items: Sequence[tuple[Outcome, Delivery]]) -> list[None]:
         await self._record([outcome for outcome, _ in items], {d.id: d for _, d in items})

@@ -120,16 +120,7 @@ class InboxProcessor:
         """Give back the leases of events taken but not settled (at shutdown, after cancelling),
         so any process can take them up at once instead of after ``PROCESSOR_LEASE_SECONDS``."""
         held, self._held = self._held, set()
-        if not held:
-            return 0
-        async with self._runtime.db.sessions() as session:
-            await session.execute(
-                update(InboxEvent)
-                .where(InboxEvent.id.in_(held), InboxEvent.processed_at.is_(None))
-                .values(lease_owner=None, lease_until=None)
-            )
-            await session.commit()
-        return len(held)
+        return await claims.release(self._runtime.db, InboxEvent, held)
 
     async def _settle(self, row: InboxEvent, tenant: Tenant | None) -> None:
         # every log line about this event (the FreshBooks client's too) carries its inbox id

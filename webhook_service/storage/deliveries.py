@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
+from webhook_service.storage.database import Database
 from webhook_service.storage.models import (
     Delivery,
     DeliveryStatus,
@@ -74,6 +75,23 @@ async def claim_inbox(session: AsyncSession, *, now: datetime, limit: int, lease
     claimed = list(rows.scalars())
     await session.commit()
     return claimed
+
+
+async def release(db: Database, model: type[Delivery] | type[InboxEvent], ids: set[Any]) -> int:
+    """Clear the leases on rows a process took but will not finish (it is stopping), if the work is
+    still to do, so any process may claim them now rather than when the lease runs out."""
+    if not ids:
+        return 0
+    unfinished = Delivery.status.in_(DUE) if model is Delivery else InboxEvent.processed_at.is_(None)
+    async with db.sessions() as session:
+        await session.execute(
+            update(model)
+            .where(model.id.in_(ids), unfinished)
+            .values(lease_owner=None, lease_until=None)
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+    return len(ids)
 
 
 async def backlog(session: AsyncSession, now: datetime) -> tuple[int, int]:
