@@ -39,7 +39,9 @@ class Batcher(Generic[T, R]):
             self._drain = asyncio.get_running_loop().create_task(
                 self._run(), name=self._name, context=contextvars.Context()
             )
-        return await asyncio.shield(future)
+        # Awaited directly, not through shield(): a caller that is cancelled cancels only its own
+        # future (the drain skips it), and each shield would cost every caller a loop iteration.
+        return await future
 
     async def idle(self) -> None:
         """Wait until everything submitted so far has been flushed."""

@@ -94,7 +94,10 @@ class InboxProcessor:
 
     async def _process(self, items: Sequence[tuple[InboxEvent, Tenant | None]]) -> None:
         try:
-            await asyncio.gather(*(self._handle(row, tenant) for row, tenant in items))
+            if len(items) == 1:  # the usual hand-over: no child task, no extra loop iteration
+                await self._handle(*items[0])
+            else:
+                await asyncio.gather(*(self._handle(row, tenant) for row, tenant in items))
         finally:
             was_full = self._busy >= self._capacity
             self._busy -= len(items)
@@ -113,7 +116,9 @@ class InboxProcessor:
         return [(row, tenants.get(row.tenant_id)) for row in rows]
 
     async def _handle(self, row: InboxEvent, tenant: Tenant | None) -> None:
-        await self._settle(row, tenant)
+        # every log line about this event (the FreshBooks client's too) carries its inbox id
+        with structlog.contextvars.bound_contextvars(inbox_id=row.id, tenant_id=row.tenant_id):
+            await self._settle(row, tenant)
         self._held.discard(row.id)  # not reached when cancelled: release_held() gives it back
 
     async def release_held(self) -> int:
@@ -123,8 +128,6 @@ class InboxProcessor:
         return await claims.release(self._runtime.db, InboxEvent, held)
 
     async def _settle(self, row: InboxEvent, tenant: Tenant | None) -> None:
-        # every log line about this event (the FreshBooks client's too) carries its inbox id
-        structlog.contextvars.bind_contextvars(inbox_id=row.id, tenant_id=row.tenant_id)
         ready = await self._guarded(row, tenant)
         if ready is None:
             return
