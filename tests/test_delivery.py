@@ -424,27 +424,18 @@ async def test_events_of_a_tenant_waiting_for_reauthorization_flow_after_reconne
     assert json.loads(request.body)["data"]["object_id"] == str(client["id"])
 
 
-async def test_shutdown_gives_back_the_leases_of_deliveries_in_flight(
-    settings, service_socket, simulator, runtime, tenant, sink
-):
+async def test_shutdown_gives_back_the_leases_of_deliveries_in_flight(connected, service, runtime, simulator, sink):
     """A rolling restart must not leave an event waiting a whole lease for someone to send it."""
-    from conftest import RunningService
-
-    from webhook_service.app import create_app
-    from webhook_service.serving import BackgroundServer
-
     await _subscribe(runtime, f"{sink.base_url}/held", event_types=["invoice.*"])
     [invoice] = simulator.state.seed(OWNER_ACCOUNT_ID, "invoice", 1)
-    with BackgroundServer(create_app(settings), sock=service_socket, lifespan="on") as server:
-        await registrar.sync_tenant(runtime, tenant)
-        await asyncio.to_thread(RunningService(server, simulator).settle)  # callbacks verified
-        sink.sink.hold()
-        simulator.state.update_object(OWNER_ACCOUNT_ID, "invoice", invoice["id"], {"notes": "in flight"})
-        await asyncio.to_thread(sink.sink.wait_for, 1)  # the POST reached the subscriber, unanswered
-        [delivery] = await _deliveries(runtime)
-        assert delivery.lease_owner is not None and delivery.status == "pending"
-    # stopped: the attempt was cancelled after the grace period and its lease given back
+    sink.sink.hold()
+    simulator.state.update_object(OWNER_ACCOUNT_ID, "invoice", invoice["id"], {"notes": "in flight"})
+    await asyncio.to_thread(sink.sink.wait_for, 1)  # the POST reached the subscriber, unanswered
     [delivery] = await _deliveries(runtime)
+    assert delivery.lease_owner is not None and delivery.status == "pending"
+
+    await asyncio.to_thread(service.server.stop)  # SIGTERM's path: the app's shutdown
+    [delivery] = await _deliveries(runtime)  # cancelled after the grace period, its lease given back
     assert delivery.lease_owner is None and delivery.lease_until is None and delivery.status == "pending"
     sink.sink.release()
     assert await DeliveryWorker(runtime).run_once() == 1  # due at once, not after DELIVERY_LEASE_SECONDS
