@@ -38,6 +38,7 @@ REFUSALS = {400, 401, 413, 415, 422}
 FUZZ = settings(
     max_examples=100,
     deadline=None,
+    derandomize=True,  # the same examples on every run: CI must not turn red at random
     # The service fixture is shared by every example on purpose: state accumulates like in production.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )

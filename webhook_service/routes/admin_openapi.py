@@ -224,7 +224,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "RecoverRequest": _object(
         {
-            "subscription_id": STRING,
+            "subscription_id": {"type": "string", "pattern": NO_NUL},
             "since": {
                 "type": "string",
                 "format": "date-time",
