@@ -37,7 +37,7 @@ FUZZ = hypothesis.settings(
     max_examples=25,
     deadline=None,
     # The same examples on every run: CI must not turn red at random. Widen the search locally with
-    # HYPOTHESIS_SEED or by editing max_examples; what it finds becomes an example test.
+    # derandomize off and a larger max_examples; what it finds becomes an example test.
     derandomize=True,
     # One service per operation, shared by its examples, like a real deployment taking many requests.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
