@@ -57,7 +57,6 @@ class InboxProcessor:
         self._capacity = 4 * runtime.settings.processor_concurrency
         self._busy = 0  # events in flight
         self._held: set[int] = set()  # ids of the leased inbox events not settled yet
-        self._hand_deliveries = False
 
     async def run_once(self, limit: int = 100) -> int:
         """Process what is due now and wait for it; returns how many inbox events were claimed."""
@@ -70,7 +69,6 @@ class InboxProcessor:
         lane = runtime.signals.inbox_lane
         lease = timedelta(seconds=runtime.settings.processor_lease_seconds)
         lane.attach(self._start, lease=lease, ready=lambda: self._busy < self._capacity)
-        self._hand_deliveries = True
         try:
             while True:
                 claimed: list[tuple[InboxEvent, Tenant | None]] = []
@@ -203,7 +201,7 @@ class InboxProcessor:
         ``IntegrityError`` (and the batcher then commits each alone)."""
         now = self._clock()
         lane = self._runtime.signals.delivery_lane
-        lease = lane.lease(now) if self._hand_deliveries else None
+        lease = lane.lease(now)  # None unless a worker of this process takes hand-overs
         async with self._runtime.db.sessions() as session:
             added, handed = await emit.stage_leased(
                 session, [(r.event, r.row.tenant_id, r.row.id) for r in ready], now=now, lease=lease
