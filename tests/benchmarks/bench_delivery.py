@@ -56,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -845,11 +845,7 @@ def print_machine(databases_description: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Delivery throughput and latency benchmarks (prints figures).")
-    parser.add_argument(
-        "--database-url",
-        help="postgresql+asyncpg://USER@HOST:PORT/DB: fresh databases are created on that server and "
-        "dropped afterwards (default: temporary SQLite files)",
-    )
+    add_database_argument(parser)
     parser.add_argument("--deliveries", type=int, default=5000, help="deliveries per throughput trial (5000)")
     parser.add_argument(
         "--worker-configs",
@@ -860,40 +856,63 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds of the latency run (10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds, excluded (2)")
     parser.add_argument("--only", choices=("throughput", "latency"), help="run one part only")
-    args = parser.parse_args(argv)
+    return checked_database_argument(parser, parser.parse_args(argv))
+
+
+def add_database_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        help="postgresql+asyncpg://USER@HOST:PORT/DB: fresh databases are created on that server and "
+        "dropped afterwards (default: temporary SQLite files)",
+    )
+
+
+def checked_database_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     if args.database_url and not args.database_url.startswith("postgresql"):
         parser.error("--database-url takes a postgresql+asyncpg:// URL; omit it for SQLite (the default)")
     return args
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
-        databases = Databases(args.database_url, Path(tmp))
-        procs = Children(Path(tmp))
-        try:
-            print_machine(await databases.describe())
-            if args.only in (None, "throughput"):
-                await run_throughput(args, databases, procs)
-            procs.stop_all()
-            if args.only in (None, "latency"):
-                await run_latency(args, databases, procs)
-        finally:
-            procs.stop_all()
-            await databases.drop_all()
+Body = Callable[[argparse.Namespace, Databases, Children], Awaitable[None]]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_logging("warning", "console")  # the in-process Runtime's info lines would interleave
+def run_benchmark(args: argparse.Namespace, prefix: str, body: Body) -> int:
+    """Every benchmark's frame: a temporary directory, its databases and child processes (always
+    cleaned up), the machine printed first; an exit code, with a one-line reason when it aborts."""
+
+    async def framed() -> None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            databases = Databases(args.database_url, Path(tmp))
+            procs = Children(Path(tmp))
+            try:
+                print_machine(await databases.describe())
+                await body(args, databases, procs)
+            finally:
+                procs.stop_all()
+                await databases.drop_all()
+
+    configure_logging("warning", "console")  # an in-process Runtime's info lines would interleave
     try:
         with _runner() as runner:
-            runner.run(main_async(args))
+            runner.run(framed())
     except (ProcessDied, TimeoutError, RuntimeError) as exc:
         print(f"\nbenchmark aborted: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+async def both_parts(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
+    if args.only in (None, "throughput"):
+        await run_throughput(args, databases, procs)
+    procs.stop_all()
+    if args.only in (None, "latency"):
+        await run_latency(args, databases, procs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_benchmark(parse_args(argv), "bench-delivery-", both_parts)
 
 
 @contextlib.contextmanager

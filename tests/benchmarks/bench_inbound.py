@@ -45,7 +45,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -63,9 +62,9 @@ from bench_delivery import (
     BUSINESS_ID,
     Children,
     Databases,
-    ProcessDied,
     Stack,
-    _runner,
+    add_database_argument,
+    checked_database_argument,
     connect_tenant,
     describe_ms,
     free_port,
@@ -73,7 +72,7 @@ from bench_delivery import (
     open_loop,
     percentile,
     pid_of,
-    print_machine,
+    run_benchmark,
     seed_invoices,
     sink_count,
     sink_reset,
@@ -83,7 +82,6 @@ from bench_delivery import (
 from procstats import RssSampler, cpu_seconds, hwm_mb, rss_mb, rss_verdict
 
 from webhook_service.inbound.signature import compute_signature
-from webhook_service.logs import configure_logging
 
 HERE = Path(__file__).resolve().parent
 BARE_SCRIPT = HERE / "bare_app.py"
@@ -408,11 +406,7 @@ async def run_all(args: argparse.Namespace, databases: Databases, procs: Childre
 # == main =====================================================================================
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Inbound webhook throughput, latency and memory (prints figures).")
-    parser.add_argument(
-        "--database-url",
-        help="postgresql+asyncpg://USER@HOST:PORT/DB: a fresh database is created on that server and "
-        "dropped afterwards (default: temporary SQLite files)",
-    )
+    add_database_argument(parser)
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight in the closed loop (32)")
     parser.add_argument(
         "--rates", default="100,200", help="steady rates in requests/s, comma-separated: one open-loop phase each"
@@ -428,35 +422,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.rates = [float(rate) for rate in args.rates.split(",") if rate.strip()]
     except ValueError:
         parser.error("--rates takes numbers separated by commas, e.g. 100,200")
-    if args.database_url and not args.database_url.startswith("postgresql"):
-        parser.error("--database-url takes a postgresql+asyncpg:// URL; omit it for SQLite (the default)")
-    return args
-
-
-async def main_async(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-inbound-") as tmp:
-        databases = Databases(args.database_url, Path(tmp))
-        procs = Children(Path(tmp))
-        try:
-            print_machine(await databases.describe())
-            await run_all(args, databases, procs)
-        finally:
-            procs.stop_all()
-            await databases.drop_all()
+    return checked_database_argument(parser, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_logging("warning", "console")
-    try:
-        with _runner() as runner:
-            runner.run(main_async(args))
-    except (ProcessDied, TimeoutError, RuntimeError) as exc:
-        print(f"\nbenchmark aborted: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_benchmark(parse_args(argv), "bench-inbound-", run_all)
 
 
 if __name__ == "__main__":
