@@ -22,7 +22,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -245,10 +244,8 @@ class _Demo:
     # -- 3: live changes ---------------------------------------------------------------------------
     def live_changes(self) -> None:
         self.narrator.step(3, "Change things in FreshBooks (the simulator) and watch the events arrive")
-        # FreshBooks stamps objects to the second and an object version is (updated, vis_state): two
-        # changes of one object within a second would be one version. A person is slower than this
-        # demo, so each change gets a second of its own.
-        self.simulator.state.now = _OneSecondPerChange()
+        # These changes often share a second of FreshBooks' `updated` stamp; an object version is
+        # its content too, so each state still reaches the sink.
         client = self._change(
             "create a client",
             "POST",
@@ -414,22 +411,6 @@ class _Demo:
             object_id=data["object_id"],
             signature_verified=check == "signature verified",
         )
-
-
-class _OneSecondPerChange:
-    """A simulator clock that never gives two changes the same second (see ``live_changes``)."""
-
-    def __init__(self) -> None:
-        self._last: datetime | None = None
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            now = datetime.now(UTC).replace(microsecond=0)
-            if self._last is not None and now <= self._last:
-                now = self._last + timedelta(seconds=1)
-            self._last = now
-            return now
 
 
 def demo_settings(workdir: Path, simulator: SimulatorServer, port: int, admin_token: str) -> Settings:

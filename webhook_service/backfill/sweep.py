@@ -4,8 +4,9 @@ FreshBooks delivers webhooks late, sometimes never, and may disable a failing ca
 what makes the service lose nothing. Each resource is listed with its own "updated since" filter
 (accounting: ``search[updated_min]``, an US/Eastern day, widened by a day; projects and time
 entries: ``updated_since`` in UTC), every page, deleted and archived objects included. Every object
-version the ledger has not seen becomes a normalized event with ``origin: "backfill"``, through the
-same ledger, events and deliveries as webhooks, committed page by page. The watermark moves only
+version the ledger has not seen (its content, so a change inside the second of the last one counts)
+becomes a normalized event with ``origin: "backfill"``, through the same ledger, events and
+deliveries as webhooks, committed page by page. The watermark moves only
 after the whole listing is committed, so a crash repeats work and never skips any. One request at a
 time per tenant: resources are scanned one after another.
 """
@@ -26,7 +27,7 @@ from webhook_service.freshbooks.tokens import TenantUnavailable
 from webhook_service.logs import get_logger
 from webhook_service.metrics import BACKFILL_RECOVERED
 from webhook_service.normalize import emit
-from webhook_service.normalize.events import ORIGIN_BACKFILL, NormalizedEvent, build, object_version
+from webhook_service.normalize.events import ORIGIN_BACKFILL, NormalizedEvent, build
 from webhook_service.runtime import Runtime
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import BackfillState, ObjectVersion, Tenant
@@ -121,18 +122,26 @@ async def _scan(
     watermark = state.watermark if state else None
     start = since or watermark or started - timedelta(hours=runtime.settings.backfill_initial_lookback_hours)
     part.since = start.isoformat()
+    requested = started  # pages are fetched one at a time, when the loop asks for the next
     async for page in runtime.freshbooks.pages(tenant, resource, updated_since=start):
         part.pages += 1
+        now = clock()
         candidates = [obj for obj in page.items if _within(resource, obj, until)]
         part.scanned += len(candidates)
-        fresh = await _unseen(runtime, tenant.id, resource, candidates)
+        emitted = await _emitted_versions(runtime, tenant.id, resource, {_object_id(obj) for obj in candidates})
+        events = [
+            _event(tenant, resource, obj, now, observed_at=requested, known=_object_id(obj) in emitted)
+            for obj in candidates
+        ]
+        fresh = [event for event in events if event.version not in emitted.get(event.object_id, ())]
         part.known += len(candidates) - len(fresh)
         if fresh and not dry_run:
-            part.emitted += await _emit(runtime, tenant, resource, fresh, clock())
+            part.emitted += await _emit(runtime, tenant, resource, fresh, now)
         elif dry_run:
             part.emitted += len(fresh)
         if progress is not None:
             progress(tenant.id, resource.name, page, part.emitted)
+        requested = clock()
     if dry_run:
         return
     # The listing covered [start, now]: the watermark may move there only if it continues the
@@ -149,29 +158,34 @@ def _within(resource: Resource, obj: dict[str, Any], until: datetime | None) -> 
     return updated is None or updated <= until
 
 
-async def _unseen(
-    runtime: Runtime, tenant_id: str, resource: Resource, objects: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """The objects whose current version the ledger does not hold (one query per page)."""
-    if not objects:
-        return []
-    versions = {str(obj.get("id")): object_version(resource, obj) for obj in objects}
+async def _emitted_versions(
+    runtime: Runtime, tenant_id: str, resource: Resource, object_ids: set[str]
+) -> dict[str, set[str]]:
+    """The versions the ledger holds for these objects (one query per page). A version is content,
+    so a state left stale by a lost webhook, or by two changes inside one second, is not among them."""
+    if not object_ids:
+        return {}
     async with runtime.db.sessions() as session:
         rows = await session.execute(
             select(ObjectVersion.object_id, ObjectVersion.version).where(
                 ObjectVersion.tenant_id == tenant_id,
                 ObjectVersion.resource == resource.name,
-                ObjectVersion.object_id.in_(list(versions)),
+                ObjectVersion.object_id.in_(object_ids),
             )
         )
-        known = {(object_id, version) for object_id, version in rows.all()}
-    return [obj for obj in objects if (str(obj.get("id")), versions[str(obj.get("id"))]) not in known]
+        emitted: dict[str, set[str]] = {}
+        for object_id, version in rows.all():
+            emitted.setdefault(object_id, set()).add(version)
+    return emitted
+
+
+def _object_id(obj: dict[str, Any]) -> str:
+    return str(obj.get("id", ""))
 
 
 async def _emit(
-    runtime: Runtime, tenant: Tenant, resource: Resource, objects: list[dict[str, Any]], now: datetime
+    runtime: Runtime, tenant: Tenant, resource: Resource, events: list[NormalizedEvent], now: datetime
 ) -> int:
-    events = [_event(tenant, resource, obj, now) for obj in objects]
     try:
         async with runtime.db.sessions() as session:
             emitted = await emit.stage_many(session, [(e, tenant.id, None) for e in events], now=now)
@@ -192,13 +206,18 @@ async def _emit(
     return count
 
 
-def _event(tenant: Tenant, resource: Resource, obj: dict[str, Any], now: datetime) -> NormalizedEvent:
-    """The event polling reports: deleted if soft-deleted, created if never changed since, else updated."""
+def _event(
+    tenant: Tenant, resource: Resource, obj: dict[str, Any], now: datetime, *, observed_at: datetime, known: bool
+) -> NormalizedEvent:
+    """The event polling reports: deleted if soft-deleted; created if never changed since and no
+    earlier state was emitted (``known``: changes inside the second of creation share its stamp);
+    else updated."""
     stamps = resource.timestamps_utc(obj)
     if obj.get("vis_state") == 1:
         verb = "delete"
     elif (
-        resource.updated_field
+        not known
+        and resource.updated_field
         and stamps.get("created_at")
         and stamps.get("created_at") == stamps.get(resource.updated_field)
     ):
@@ -207,7 +226,7 @@ def _event(tenant: Tenant, resource: Resource, obj: dict[str, Any], now: datetim
         verb = "update"
     freshbooks_event = {
         "name": f"{resource.name}.{verb}",
-        "object_id": str(obj.get("id", "")),
+        "object_id": _object_id(obj),
         "account_id": tenant.account_id,
         "business_id": str(tenant.business_id),
     }
@@ -218,6 +237,7 @@ def _event(tenant: Tenant, resource: Resource, obj: dict[str, Any], now: datetim
         obj=obj,
         origin=ORIGIN_BACKFILL,
         fallback_time=now,
+        observed_at=observed_at,
     )
 
 

@@ -77,6 +77,9 @@ class Resource:
     updated_filter: UpdatedFilter = UpdatedFilter.EASTERN_DAY
     timestamp_fields: Mapping[str, tzinfo] = field(default_factory=dict)
     """Every timestamp field of the object and the zone it is written in when zone-less."""
+    volatile_fields: frozenset[str] = frozenset()
+    """Fields that can change while the object does not (or differ between a list page and a single
+    GET): left out of the object's version. None is known today; see ``normalize/versions.py``."""
 
     # -- addressing ---------------------------------------------------------------------------
     def identifier(self, business: BusinessRef) -> str:

@@ -114,7 +114,8 @@ async def _record_event(
     kept = {key: headers[key] for key in KEPT_HEADERS if key in headers}
     event = await runtime.inbox_writer.submit(inbox.Arrival(callback.id, callback.tenant_id, fields, body, kept, now))
     duplicate = event.duplicate_of is not None
-    if not duplicate and event.lease_owner is None:  # not handed over: wake the processor to claim it
+    due = not duplicate or event.next_attempt_at is not None  # a new event, or a recheck
+    if due and event.lease_owner is None:  # not handed over: wake the processor to claim it
         runtime.signals.inbox_ready()
     log.info(
         "inbound_accepted",

@@ -1,8 +1,16 @@
 """Committing normalized events: the ledger, the events and their deliveries, in the caller's transaction.
 
 The webhook path and the polling backfill both come through here, so a version emitted by one is
-never emitted again by the other. Many events go in a handful of statements (one ledger lookup,
-three bulk inserts), which is what keeps the per-event cost of a busy inbox low.
+never emitted again by the other. Nor is a state older than one already emitted: two fetches of
+one object can finish in either order (a slow answer, a sweep's page read before a webhook's GET),
+and the older state sent last would leave the subscriber behind for good. "Older" is decided by
+when each reading request was sent (``observed_at``), not when it finished: a state read by a
+request sent after another one finished is certainly newer, and when two requests overlap, a
+wrong call can only hold back the newer state, which the ledger then lacks and the next sweep
+emits, never leave the subscriber on the older one. Replicas' clocks are assumed in step (NTP).
+
+Many events go in a handful of statements (one ledger lookup, three bulk inserts), which is what
+keeps the per-event cost of a busy inbox low.
 """
 
 from __future__ import annotations
@@ -15,10 +23,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.delivery.fanout import delivery_rows, enabled_subscriptions
+from webhook_service.logs import get_logger
 from webhook_service.normalize.events import NormalizedEvent
 from webhook_service.signals import HandedDelivery
 from webhook_service.storage.bulk import insert_rows
 from webhook_service.storage.models import Delivery, Event, ObjectVersion
+
+log = get_logger(__name__)
 
 Staged = tuple[NormalizedEvent, str, int | None]
 """An event, its tenant id, and the inbox event it came from (None for the backfill)."""
@@ -49,7 +60,7 @@ async def stage_leased(
     Also returns those deliveries with their event and subscription, for the caller to hand to its
     delivery worker once committed (see :class:`~webhook_service.signals.Lane`).
     """
-    known = await _known_versions(session, items)
+    known, latest = await _ledger(session, items)
     subscriptions = await enabled_subscriptions(session)
     by_id = {subscription.id: subscription for subscription in subscriptions}
     handed: list[HandedDelivery] = []
@@ -59,11 +70,18 @@ async def stage_leased(
     added: list[bool] = []
     for event, tenant_id, inbox_event_id in items:
         key = (tenant_id, event.resource, event.object_id, event.version)
-        if event.version is not None and key in known:
-            added.append(False)
-            continue
+        observed = event.observed_at or now
         if event.version is not None:
+            newest = latest.get(key[:3])
+            if key in known:
+                added.append(False)
+                continue
+            if newest is not None and newest > observed:
+                log.info("event_superseded", tenant_id=tenant_id, resource=event.resource, object_id=event.object_id)
+                added.append(False)
+                continue
             known.add(key)  # the same version twice in one batch is emitted once
+            latest[key[:3]] = observed if newest is None else max(newest, observed)
             ledger.append(
                 {
                     "tenant_id": tenant_id,
@@ -73,6 +91,7 @@ async def stage_leased(
                     "event_id": event.id,
                     "origin": event.origin,
                     "seen_at": now,
+                    "observed_at": observed,
                 }
             )
         events.append(
@@ -102,17 +121,34 @@ async def stage_leased(
     return added, handed
 
 
-async def _known_versions(session: AsyncSession, items: Sequence[Staged]) -> set[tuple[str, str, str, str | None]]:
+async def _ledger(
+    session: AsyncSession, items: Sequence[Staged]
+) -> tuple[set[tuple[str, str, str, str | None]], dict[tuple[str, str, str], datetime]]:
+    """The versions already emitted among ``items``, and when the newest emitted state of each of
+    their objects was read (one query for all)."""
     wanted: set[tuple[str, str, str, str | None]] = {
         (tenant_id, e.resource, e.object_id, e.version) for e, tenant_id, _ in items if e.version is not None
     }
     if not wanted:
-        return set()
+        return set(), {}
     rows = await session.execute(
-        select(ObjectVersion.tenant_id, ObjectVersion.resource, ObjectVersion.object_id, ObjectVersion.version).where(
+        select(
+            ObjectVersion.tenant_id,
+            ObjectVersion.resource,
+            ObjectVersion.object_id,
+            ObjectVersion.version,
+            ObjectVersion.observed_at,
+        ).where(
             ObjectVersion.tenant_id.in_({key[0] for key in wanted}),
+            ObjectVersion.resource.in_({key[1] for key in wanted}),
             ObjectVersion.object_id.in_({key[2] for key in wanted}),
         )
     )
-    found: set[tuple[str, str, str, str | None]] = {(t, r, o, v) for t, r, o, v in rows.all()}
-    return found & wanted
+    found: set[tuple[str, str, str, str | None]] = set()
+    latest: dict[tuple[str, str, str], datetime] = {}
+    for tenant_id, resource, object_id, version, observed_at in rows.all():
+        found.add((tenant_id, resource, object_id, version))
+        if observed_at is not None:
+            key = (tenant_id, resource, object_id)
+            latest[key] = max(latest.get(key, observed_at), observed_at)
+    return found & wanted, latest

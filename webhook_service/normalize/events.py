@@ -4,12 +4,13 @@ Standard Webhooks shape::
 
     {"id": "evt_...", "type": "invoice.updated", "timestamp": "2026-11-21T15:04:05Z",
      "data": {"tenant_id", "account_id", "business_id", "resource", "object_id", "origin",
-              "freshbooks_event", "object"}}
+              "freshbooks_event", "version", "object"}}
 
 ``object`` is the object as FreshBooks returns it with the catalogue's includes (an invoice with its
 lines), every known timestamp converted to UTC ISO 8601; money stays as FreshBooks sends it, decimal
 strings with a currency code. A deleted object carries its last state (with ``vis_state``); one that
-has vanished (404) yields ``object: null``.
+has vanished (404) yields ``object: null``. ``version`` names the state ``object`` is in (see
+:mod:`~webhook_service.normalize.versions`); null with a null object.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from typing import Any
 from webhook_service.freshbooks.catalogue import Resource
 from webhook_service.freshbooks.timestamps import isoformat_utc
 from webhook_service.normalize.types import VERSION_VERBS, event_type, split_name
+from webhook_service.normalize.versions import content_version
 
 ORIGIN_WEBHOOK = "webhook"
 ORIGIN_BACKFILL = "backfill"
-GONE = "gone"
 
 
 @dataclass(frozen=True)
@@ -39,22 +40,15 @@ class NormalizedEvent:
     occurred_at: datetime
     payload: str
     version: str | None
-    """The object version this event carries, for the ledger; None for action verbs."""
+    """The object version this event carries, for the ledger; None for action verbs (always emitted)."""
     received_at: datetime | None = None
     """When the webhook reached the service (None: when it is staged, as for the backfill)."""
+    observed_at: datetime | None = None
+    """When the request that read ``object`` from FreshBooks was sent (None: when it is staged)."""
 
 
 def new_event_id() -> str:
     return f"evt_{secrets.token_hex(12)}"
-
-
-def object_version(resource: Resource, obj: dict[str, Any] | None) -> str:
-    """What identifies one version of an object: its ``updated`` stamp and visibility."""
-    if obj is None:
-        return GONE
-    updated = resource.updated_at(obj)
-    stamp = isoformat_utc(updated) if updated else json.dumps(obj, sort_keys=True, default=str)[:100]
-    return f"{stamp}|{obj.get('vis_state', '')}"
 
 
 def normalize_object(resource: Resource, obj: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +67,7 @@ def build(
     origin: str,
     fallback_time: datetime,
     received_at: datetime | None = None,
+    observed_at: datetime | None = None,
 ) -> NormalizedEvent:
     """The event for ``freshbooks_event`` (its name and ids) about ``obj`` (None when vanished)."""
     name = freshbooks_event["name"]
@@ -82,6 +77,8 @@ def build(
     occurred_at = updated or fallback_time
     event_id = new_event_id()
     kind = event_type(name)
+    normalized = normalize_object(resource, obj) if obj is not None else None
+    version = content_version(resource, normalized)
     document = {
         "id": event_id,
         "type": kind,
@@ -94,7 +91,8 @@ def build(
             "object_id": object_id,
             "origin": origin,
             "freshbooks_event": freshbooks_event,
-            "object": normalize_object(resource, obj) if obj is not None else None,
+            "version": version if normalized is not None else None,
+            "object": normalized,
         },
     }
     return NormalizedEvent(
@@ -105,6 +103,7 @@ def build(
         origin=origin,
         occurred_at=occurred_at,
         payload=json.dumps(document, separators=(",", ":"), ensure_ascii=False),
-        version=object_version(resource, obj) if verb in VERSION_VERBS else None,
+        version=version if verb in VERSION_VERBS else None,
         received_at=received_at,
+        observed_at=observed_at,
     )

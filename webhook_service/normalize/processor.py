@@ -171,6 +171,7 @@ class InboxProcessor:
         if tenant.status != TenantStatus.ACTIVE.value:
             await self._release(row)  # it waits for the tenant to reconnect
             return None
+        observed_at = self._clock()  # the state read is no older than this request
         try:
             obj = await runtime.freshbooks.get(tenant, resource, row.object_id)
         except FreshBooksError as exc:
@@ -189,6 +190,7 @@ class InboxProcessor:
             origin=ORIGIN_WEBHOOK,
             fallback_time=row.received_at,
             received_at=row.received_at,
+            observed_at=observed_at,
         )
         outcome = InboxStatus.DUPLICATE if row.status == InboxStatus.DUPLICATE.value else InboxStatus.PROCESSED
         if outcome is InboxStatus.DUPLICATE and event.version is None:

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .auth import simulator_state
+from .clock import iso_utc, normalize, parse_iso_utc
 from .state import BusinessRef, SimulatorState
 
 Handler = Callable[[Request, SimulatorState, dict[str, Any]], Awaitable[Any]]
@@ -170,6 +171,22 @@ async def delivery_settings(request: Request, state: SimulatorState, body: dict[
 
 
 @control
+async def clock(request: Request, state: SimulatorState, body: dict[str, Any]) -> Any:
+    """``{"frozen": true}`` (or ``"frozen_at": ISO 8601``) freezes object stamps, ``{"frozen": false}`` thaws."""
+    if "frozen_at" in body:
+        moment = parse_iso_utc(str(body["frozen_at"]))
+        state.freeze_clock(moment)
+    elif "frozen" in body:
+        if not isinstance(body["frozen"], bool):
+            raise ValueError("frozen must be true or false")
+        if body["frozen"]:
+            state.freeze_clock()
+        else:
+            state.thaw_clock()
+    return {"frozen": state.clock_frozen, "now": iso_utc(normalize(state.now()), suffix_z=True)}
+
+
+@control
 async def callback_list(request: Request, state: SimulatorState, body: dict[str, Any]) -> Any:
     """The business's callbacks, each with its current ``verifier`` (so another process can sign)."""
     return [
@@ -198,4 +215,5 @@ def routes() -> list[BaseRoute]:
         Route("/_sim/deliveries", delivery_log, methods=["GET"]),
         Route("/_sim/delivery-settings", delivery_settings, methods=["POST"]),
         Route("/_sim/callbacks/{account_id}", callback_list, methods=["GET"]),
+        Route("/_sim/clock", clock, methods=["GET", "POST"]),
     ]

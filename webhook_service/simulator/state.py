@@ -14,10 +14,11 @@ thread with the lock released.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -42,7 +43,8 @@ class SimulatorState:
     """The FreshBooks world: identities, businesses, tokens, objects, logs.
 
     ``now`` (aware UTC datetimes) stamps objects; tests replace it to create
-    objects at chosen moments. OAuth expiry runs on the real wall clock
+    objects at chosen moments, or freeze it (``same_second``) to make several
+    changes inside one second. OAuth expiry runs on the real wall clock
     (``time.time``) so a frozen ``now`` never makes tokens look stale to a
     service that compares ``created_at + expires_in`` with its own clock.
 
@@ -58,6 +60,7 @@ class SimulatorState:
         self.client_id = "sim-client-id"
         self.client_secret = "sim-client-secret"
         self.now: Callable[[], datetime] = utc_now
+        self._running_clock: Callable[[], datetime] | None = None  # while frozen: the clock to go back to
         self.requests: list[dict[str, Any]] = []
         self.token_requests: list[dict[str, Any]] = []
         self.deliveries: list[dict[str, Any]] = []
@@ -96,6 +99,41 @@ class SimulatorState:
 
     def _stamp(self) -> datetime:
         return normalize(self.now())
+
+    # -- the clock -------------------------------------------------------------------
+
+    def freeze_clock(self, at: datetime | None = None) -> datetime:
+        """Stamp every change from now on with one second, ``at`` (default: the current one).
+
+        FreshBooks stamps ``updated`` to the second and real changes come faster (an invoice
+        created then sent, a payment marking it paid): this makes two changes of one object share
+        a second on purpose. Returns the frozen moment; :meth:`thaw_clock` lets time run again.
+        """
+        moment = normalize(at if at is not None else self.now())
+        with self._lock:
+            if self._running_clock is None:
+                self._running_clock = self.now
+            self.now = lambda: moment
+        return moment
+
+    def thaw_clock(self) -> None:
+        """Back to the clock that ran before :meth:`freeze_clock` (no-op when not frozen)."""
+        with self._lock:
+            if self._running_clock is not None:
+                self.now, self._running_clock = self._running_clock, None
+
+    @property
+    def clock_frozen(self) -> bool:
+        return self._running_clock is not None
+
+    @contextlib.contextmanager
+    def same_second(self, at: datetime | None = None) -> Iterator[datetime]:
+        """Every change inside the block is stamped with one second (see :meth:`freeze_clock`)."""
+        moment = self.freeze_clock(at)
+        try:
+            yield moment
+        finally:
+            self.thaw_clock()
 
     # -- identities and businesses -------------------------------------------------
 

@@ -84,9 +84,11 @@ async def record_many(
 
     A duplicate is never processed as an event of its own. But FreshBooks bodies carry only ids, so
     a second genuine change of the same object looks exactly like a redelivery: when the first copy
-    has already been processed, the duplicate is marked for a recheck (``next_attempt_at``), which
-    fetches the object again and emits only a version the ledger has not seen. A copy of a delivery
-    in the same batch is a duplicate of a pending original, so it needs no recheck.
+    may already have fetched the object (it is processed, or leased to a processor that may be
+    fetching it right now), the duplicate is marked for a recheck (``next_attempt_at``), which
+    fetches the object again and emits only a version the ledger has not seen. An original that
+    waits unleased (a retry, a tenant to reconnect) will fetch after this arrival, and so does a
+    copy's original in the same batch: those duplicates need no recheck.
     """
     digests = [body_hash(arrival.raw_body) for arrival in arrivals]
     originals = await _originals(session, arrivals, digests, dedupe_window)
@@ -101,7 +103,7 @@ async def record_many(
         row = _inbox_row(arrival, digest)
         if earlier is not None:
             row.update(status=InboxStatus.DUPLICATE.value, duplicate_of=earlier[0])
-            if earlier[1] != InboxStatus.PENDING.value:
+            if earlier[1] != InboxStatus.PENDING.value or earlier[3]:
                 row["next_attempt_at"] = arrival.received_at
         elif key in firsts:
             row["status"] = InboxStatus.DUPLICATE.value
@@ -132,10 +134,18 @@ async def _insert_with_ids(session: AsyncSession, rows: list[dict[str, Any]]) ->
 
 async def _originals(
     session: AsyncSession, arrivals: Sequence[Arrival], digests: list[str], dedupe_window: timedelta
-) -> dict[tuple[str, str], tuple[int, str, datetime]]:
-    """The earliest non-duplicate inbox row per (callback, body hash) in the window: id, status, time."""
+) -> dict[tuple[str, str], tuple[int, str, datetime, bool]]:
+    """The earliest non-duplicate inbox row per (callback, body hash) in the window: id, status,
+    time, and whether a processor holds it."""
     rows = await session.execute(
-        select(InboxEvent.callback_id, InboxEvent.body_hash, InboxEvent.id, InboxEvent.status, InboxEvent.received_at)
+        select(
+            InboxEvent.callback_id,
+            InboxEvent.body_hash,
+            InboxEvent.id,
+            InboxEvent.status,
+            InboxEvent.received_at,
+            InboxEvent.lease_owner.is_not(None),
+        )
         .where(
             InboxEvent.callback_id.in_({arrival.callback_id for arrival in arrivals}),
             InboxEvent.body_hash.in_(set(digests)),
@@ -144,9 +154,9 @@ async def _originals(
         )
         .order_by(InboxEvent.id)
     )
-    found: dict[tuple[str, str], tuple[int, str, datetime]] = {}
-    for callback_id, digest, inbox_id, status, received_at in rows.all():
-        found.setdefault((callback_id, digest), (inbox_id, status, received_at))
+    found: dict[tuple[str, str], tuple[int, str, datetime, bool]] = {}
+    for callback_id, digest, inbox_id, status, received_at, leased in rows.all():
+        found.setdefault((callback_id, digest), (inbox_id, status, received_at, bool(leased)))
     return found
 
 

@@ -204,7 +204,10 @@ class ObjectVersion(Base):
     """The ledger of object versions already emitted, shared by webhooks and polling.
 
     One row per (tenant, resource, object, version): whichever path sees a version first emits it,
-    the other finds it here and does not.
+    the other finds it here and does not. A version is the object's ``updated`` stamp and a digest
+    of its content (``normalize/versions.py``), so two states inside one second are two rows.
+    ``observed_at`` orders them: a state read by a request sent before another emitted state's
+    request is older and is not emitted after it (see ``normalize/emit.py``).
     """
 
     __tablename__ = "object_versions"
@@ -218,6 +221,8 @@ class ObjectVersion(Base):
     event_id: Mapped[str | None] = mapped_column(String(40))
     origin: Mapped[str] = mapped_column(String(16))
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    observed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """When the request that read this state from FreshBooks was sent."""
 
 
 class DeliveryStatus(enum.StrEnum):
