@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
 import httpx
 from alembic import command
-from conftest import OWNER_ACCOUNT_ID
+from conftest import ON_POSTGRES, OWNER_ACCOUNT_ID
 from sqlalchemy import func, select, text
 from standardwebhooks.webhooks import Webhook
 
 from webhook_service.backfill import sweep
 from webhook_service.delivery import subscriptions
 from webhook_service.freshbooks.catalogue import CATALOGUE
-from webhook_service.normalize.events import normalize_object
+from webhook_service.normalize import emit
+from webhook_service.normalize.events import build, normalize_object
 from webhook_service.normalize.versions import content_version
-from webhook_service.storage import migrate
+from webhook_service.storage import ledger, migrate
+from webhook_service.storage.database import Database
 from webhook_service.storage.models import Event, InboxEvent, InboxStatus, ObjectVersion
 
 SENT = {"status": 2, "v3_status": "sent"}
@@ -216,6 +219,99 @@ async def test_a_repeat_webhook_arriving_while_the_first_is_being_fetched_is_rec
     assert statuses == [InboxStatus.PROCESSED.value, InboxStatus.DUPLICATE.value]
     later = await sweep.backfill_tenant(runtime, connected, since=datetime.now(UTC) - SINCE, resources=["invoice"])
     assert later.resources[0].emitted == 0  # "paid" is known; "sent" was overtaken
+
+
+async def test_two_transactions_staging_states_of_one_object_at_once_cannot_miss_each_other(
+    runtime, tenant, simulator, database_url
+):
+    """Transaction A has read the ledger for a newer state and not yet written; B, in another
+    process (here a thread with its own connection), stages an older state of the same object.
+    B must wait for A's lock, then find A's state newer: without the lock it would read an empty
+    ledger and commit the older state after the newer one."""
+    resource = CATALOGUE["invoice"]
+    [raw] = simulator.state.seed(OWNER_ACCOUNT_ID, "invoice", 1)
+    t0 = datetime.now(UTC)
+    older = _built(tenant, resource, {**raw, **SENT}, observed_at=t0)
+    newer = _built(tenant, resource, {**raw, **PAID}, observed_at=t0 + timedelta(milliseconds=50))
+    real_emitted = ledger.emitted
+    a_has_read, a_may_write = asyncio.Event(), asyncio.Event()
+    b_thread: list[int] = []
+
+    async def pausing_emitted(session, keys):
+        found = await real_emitted(session, keys)
+        if not a_has_read.is_set():  # transaction A, the first caller
+            a_has_read.set()
+            await a_may_write.wait()
+        return found
+
+    async def stage_and_commit(db, event) -> bool:
+        async with db.sessions() as session:
+            [added] = await emit.stage_many(session, [(event, tenant.id, None)], now=datetime.now(UTC))
+            await session.commit()
+            return added
+
+    async def in_another_process(event) -> bool:
+        b_thread.append(threading.get_ident())
+        other = Database(database_url)
+        try:
+            return await stage_and_commit(other, event)
+        finally:
+            await other.dispose()
+
+    ledger.emitted = pausing_emitted
+    try:
+        a = asyncio.create_task(stage_and_commit(runtime.db, newer))
+        await asyncio.wait_for(a_has_read.wait(), 10)
+        b = asyncio.create_task(asyncio.to_thread(asyncio.run, in_another_process(older)))
+        await _until_b_waits_for_the_lock(runtime.db, b, b_thread)
+        a_may_write.set()
+        assert await a is True
+        assert await b is False  # superseded: A's state was read later
+    finally:
+        ledger.emitted = real_emitted
+        a_may_write.set()
+    async with runtime.db.sessions() as session:
+        assert (await session.execute(select(ObjectVersion.version))).scalars().all() == [newer.version]
+
+
+def _built(tenant, resource, obj: dict, *, observed_at: datetime):
+    return build(
+        tenant=tenant,
+        resource=resource,
+        freshbooks_event={"name": "invoice.update", "object_id": str(obj["id"])},
+        obj=obj,
+        origin="webhook",
+        fallback_time=observed_at,
+        observed_at=observed_at,
+    )
+
+
+async def _until_b_waits_for_the_lock(db, b: asyncio.Future, b_thread: list[int]) -> None:
+    """Until B is blocked on A's lock: on PostgreSQL a backend waits for an advisory lock; on
+    SQLite B's thread is inside SQLite's busy handler, running the statement that takes the lock.
+    Fails if B finishes without having waited."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not b.done() and loop.time() < deadline:
+        if ON_POSTGRES:
+            async with db.sessions() as session:
+                query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                if (await session.execute(text(query))).scalar_one():
+                    return
+        elif b_thread and _executing(b_thread[0], "UPDATE object_versions SET id = id WHERE 0"):
+            return
+        await asyncio.sleep(0.005)  # the condition lives in another thread or backend: poll it
+    raise AssertionError(f"B {'went ahead without waiting for' if b.done() else 'never reached'} A's lock")
+
+
+def _executing(thread_id: int, sql: str) -> bool:
+    """Whether that thread is inside a cursor's ``execute`` of ``sql`` (SQLite's busy wait is in C)."""
+    frame = sys._current_frames().get(thread_id)
+    while frame is not None:
+        if frame.f_code.co_name == "execute" and frame.f_locals.get("sql") == sql:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _main_version(resource, obj: dict | None) -> str:

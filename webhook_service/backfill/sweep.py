@@ -29,8 +29,9 @@ from webhook_service.metrics import BACKFILL_RECOVERED
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_BACKFILL, NormalizedEvent, build
 from webhook_service.runtime import Runtime
+from webhook_service.storage import ledger
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.models import BackfillState, ObjectVersion, Tenant
+from webhook_service.storage.models import BackfillState, Tenant
 
 log = get_logger(__name__)
 
@@ -128,12 +129,16 @@ async def _scan(
         now = clock()
         candidates = [obj for obj in page.items if _within(resource, obj, until)]
         part.scanned += len(candidates)
-        emitted = await _emitted_versions(runtime, tenant.id, resource, {_object_id(obj) for obj in candidates})
+        async with runtime.db.sessions() as session:  # one query per page
+            emitted = await ledger.emitted(session, {(tenant.id, resource.name, _object_id(obj)) for obj in candidates})
+        known = {object_id: entry.versions for (_, _, object_id), entry in emitted.items()}
         events = [
-            _event(tenant, resource, obj, now, observed_at=requested, known=_object_id(obj) in emitted)
+            _event(tenant, resource, obj, now, observed_at=requested, known=_object_id(obj) in known)
             for obj in candidates
         ]
-        fresh = [event for event in events if event.version not in emitted.get(event.object_id, ())]
+        # A version is content: a state left stale by a lost webhook, or by two changes inside one
+        # second, is not among the known ones.
+        fresh = [event for event in events if event.version not in known.get(event.object_id, ())]
         part.known += len(candidates) - len(fresh)
         if fresh and not dry_run:
             part.emitted += await _emit(runtime, tenant, resource, fresh, now)
@@ -156,27 +161,6 @@ def _within(resource: Resource, obj: dict[str, Any], until: datetime | None) -> 
         return True
     updated = resource.updated_at(obj)
     return updated is None or updated <= until
-
-
-async def _emitted_versions(
-    runtime: Runtime, tenant_id: str, resource: Resource, object_ids: set[str]
-) -> dict[str, set[str]]:
-    """The versions the ledger holds for these objects (one query per page). A version is content,
-    so a state left stale by a lost webhook, or by two changes inside one second, is not among them."""
-    if not object_ids:
-        return {}
-    async with runtime.db.sessions() as session:
-        rows = await session.execute(
-            select(ObjectVersion.object_id, ObjectVersion.version).where(
-                ObjectVersion.tenant_id == tenant_id,
-                ObjectVersion.resource == resource.name,
-                ObjectVersion.object_id.in_(object_ids),
-            )
-        )
-        emitted: dict[str, set[str]] = {}
-        for object_id, version in rows.all():
-            emitted.setdefault(object_id, set()).add(version)
-    return emitted
 
 
 def _object_id(obj: dict[str, Any]) -> str:

@@ -19,14 +19,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.delivery.fanout import delivery_rows, enabled_subscriptions
 from webhook_service.logs import get_logger
 from webhook_service.normalize.events import NormalizedEvent
 from webhook_service.signals import HandedDelivery
+from webhook_service.storage import ledger as ledger_store
 from webhook_service.storage.bulk import insert_rows
+from webhook_service.storage.ledger import Emitted
 from webhook_service.storage.models import Delivery, Event, ObjectVersion
 
 log = get_logger(__name__)
@@ -43,10 +44,12 @@ async def stage(
 
 
 async def stage_many(session: AsyncSession, items: Sequence[Staged], *, now: datetime) -> list[bool]:
-    """Add each event (with its ledger row and deliveries) unless its version was already emitted.
+    """Add each event (with its ledger row and deliveries) unless its version was already emitted
+    or a newer state of its object was (see the module docstring).
 
-    Returns, per item, whether it was added; the caller commits. A concurrent writer of the same
-    version makes the commit fail with ``IntegrityError`` on the ledger, which means the same.
+    Returns, per item, whether it was added; the caller commits. The objects are locked until then
+    (:func:`~webhook_service.storage.ledger.lock_objects`); should a concurrent writer of the same
+    version still get in, the commit fails with ``IntegrityError`` on the ledger, which means the same.
     """
     added, _ = await stage_leased(session, items, now=now, lease=None)
     return added
@@ -60,7 +63,9 @@ async def stage_leased(
     Also returns those deliveries with their event and subscription, for the caller to hand to its
     delivery worker once committed (see :class:`~webhook_service.signals.Lane`).
     """
-    known, latest = await _ledger(session, items)
+    objects = {(tenant_id, e.resource, e.object_id) for e, tenant_id, _ in items if e.version is not None}
+    await ledger_store.lock_objects(session, objects)
+    emitted = await ledger_store.emitted(session, objects)
     subscriptions = await enabled_subscriptions(session)
     by_id = {subscription.id: subscription for subscription in subscriptions}
     handed: list[HandedDelivery] = []
@@ -69,19 +74,18 @@ async def stage_leased(
     deliveries: list[dict[str, Any]] = []
     added: list[bool] = []
     for event, tenant_id, inbox_event_id in items:
-        key = (tenant_id, event.resource, event.object_id, event.version)
         observed = event.observed_at or now
         if event.version is not None:
-            newest = latest.get(key[:3])
-            if key in known:
+            entry = emitted.setdefault((tenant_id, event.resource, event.object_id), Emitted())
+            if event.version in entry.versions:
                 added.append(False)
                 continue
-            if newest is not None and newest > observed:
+            if entry.newest_read is not None and entry.newest_read > observed:
                 log.info("event_superseded", tenant_id=tenant_id, resource=event.resource, object_id=event.object_id)
                 added.append(False)
                 continue
-            known.add(key)  # the same version twice in one batch is emitted once
-            latest[key[:3]] = observed if newest is None else max(newest, observed)
+            entry.versions.add(event.version)  # the same version twice in one batch is emitted once
+            entry.newest_read = max(entry.newest_read or observed, observed)
             ledger.append(
                 {
                     "tenant_id": tenant_id,
@@ -119,36 +123,3 @@ async def stage_leased(
     for model, rows in ((ObjectVersion, ledger), (Event, events), (Delivery, deliveries)):
         await insert_rows(session, model, rows)
     return added, handed
-
-
-async def _ledger(
-    session: AsyncSession, items: Sequence[Staged]
-) -> tuple[set[tuple[str, str, str, str | None]], dict[tuple[str, str, str], datetime]]:
-    """The versions already emitted among ``items``, and when the newest emitted state of each of
-    their objects was read (one query for all)."""
-    wanted: set[tuple[str, str, str, str | None]] = {
-        (tenant_id, e.resource, e.object_id, e.version) for e, tenant_id, _ in items if e.version is not None
-    }
-    if not wanted:
-        return set(), {}
-    rows = await session.execute(
-        select(
-            ObjectVersion.tenant_id,
-            ObjectVersion.resource,
-            ObjectVersion.object_id,
-            ObjectVersion.version,
-            ObjectVersion.observed_at,
-        ).where(
-            ObjectVersion.tenant_id.in_({key[0] for key in wanted}),
-            ObjectVersion.resource.in_({key[1] for key in wanted}),
-            ObjectVersion.object_id.in_({key[2] for key in wanted}),
-        )
-    )
-    found: set[tuple[str, str, str, str | None]] = set()
-    latest: dict[tuple[str, str, str], datetime] = {}
-    for tenant_id, resource, object_id, version, observed_at in rows.all():
-        found.add((tenant_id, resource, object_id, version))
-        if observed_at is not None:
-            key = (tenant_id, resource, object_id)
-            latest[key] = max(latest.get(key, observed_at), observed_at)
-    return found & wanted, latest

@@ -1,0 +1,88 @@
+"""The object-version ledger's queries: what was emitted of some objects, and a lock per object.
+
+The webhook path and the backfill both read the ledger before they write a state of an object
+(``normalize/emit.py``); the lock makes that read and the write one step per object, so two
+transactions committing states of one object at the same moment (two replicas, or the service and
+an operator's ``backfill``) cannot both miss each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from webhook_service.storage.models import ObjectVersion
+
+ObjectKey = tuple[str, str, str]
+"""tenant id, resource, object id."""
+
+
+@dataclass
+class Emitted:
+    """What the ledger holds of one object."""
+
+    versions: set[str] = field(default_factory=set)
+    newest_read: datetime | None = None
+    """When the request that read the newest emitted state was sent (None for rows from before 0006)."""
+
+
+async def emitted(session: AsyncSession, keys: Iterable[ObjectKey]) -> dict[ObjectKey, Emitted]:
+    """The ledger's entries for these objects (one query); objects never emitted are absent."""
+    wanted = set(keys)
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(
+            ObjectVersion.tenant_id,
+            ObjectVersion.resource,
+            ObjectVersion.object_id,
+            ObjectVersion.version,
+            ObjectVersion.observed_at,
+        ).where(
+            ObjectVersion.tenant_id.in_({key[0] for key in wanted}),
+            ObjectVersion.resource.in_({key[1] for key in wanted}),
+            ObjectVersion.object_id.in_({key[2] for key in wanted}),
+        )
+    )
+    found: dict[ObjectKey, Emitted] = {}
+    for tenant_id, resource, object_id, version, observed_at in rows.all():
+        key = (tenant_id, resource, object_id)
+        if key not in wanted:  # the IN lists cross: another tenant's object of the same id
+            continue
+        entry = found.setdefault(key, Emitted())
+        entry.versions.add(version)
+        if observed_at is not None and (entry.newest_read is None or observed_at > entry.newest_read):
+            entry.newest_read = observed_at
+    return found
+
+
+async def lock_objects(session: AsyncSession, keys: Iterable[ObjectKey]) -> None:
+    """Hold, until the transaction ends, a lock on each of these objects. Call it before
+    :func:`emitted`, and write in the same transaction.
+
+    PostgreSQL: advisory locks, one per object, taken in one order so two callers never deadlock.
+    SQLite: its one lock, the database's write lock, taken by a write that changes nothing (a
+    process has one connection, so only another process can be in the way, and it waits in its
+    busy handler until this transaction ends).
+    """
+    objects = set(keys)
+    if not objects:
+        return
+    if session.get_bind().dialect.name == "sqlite":
+        await session.execute(text("UPDATE object_versions SET id = id WHERE 0"))
+        return
+    ids = sorted({_lock_id(key) for key in objects})
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) AS k"), {"ids": ids}
+    )
+
+
+def _lock_id(key: ObjectKey) -> int:
+    """A signed 64-bit id for the object (a collision only makes two objects share a lock)."""
+    digest = hashlib.blake2b("\x1f".join(key).encode("utf-8"), digest_size=8, person=b"ledger").digest()
+    return int.from_bytes(digest, "big", signed=True)
