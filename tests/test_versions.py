@@ -419,3 +419,12 @@ def test_the_simulator_freezes_its_clock_over_http(simulator):
     assert httpx.put(item, json={"notes": "later"}).json()["updated"] != paid["updated"]
     refused = httpx.post(f"{base}/_sim/clock", json={"frozen": "yes"})
     assert refused.status_code == 400 and "frozen must be true or false" in refused.json()["error"]
+
+
+def test_a_version_is_its_content_in_any_key_order_and_big_integers_do_not_break_it():
+    resource = CATALOGUE["service"]  # no updated stamp: the digest is all there is
+    obj = {"id": 1500001, "name": "Audit", "billable": True, "rate": 2**70}
+    version = content_version(resource, obj)
+    assert version == content_version(resource, dict(reversed(list(obj.items()))))
+    assert version.startswith("-|") and version != content_version(resource, {**obj, "billable": False})
+    assert content_version(resource, None) == "gone"

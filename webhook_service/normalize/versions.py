@@ -22,6 +22,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from webhook_service.freshbooks.catalogue import Resource
 
 GONE = "gone"
@@ -42,10 +44,19 @@ def content_version(resource: Resource, normalized: Mapping[str, Any] | None) ->
     if normalized is None:
         return GONE
     stamp = normalized.get(resource.updated_field) if resource.updated_field else None
-    content = {key: value for key, value in normalized.items() if key not in resource.volatile_fields}
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:DIGEST_CHARS]
+    content = normalized
+    if resource.volatile_fields:
+        content = {key: value for key, value in normalized.items() if key not in resource.volatile_fields}
+    digest = hashlib.sha256(_canonical(content)).hexdigest()[:DIGEST_CHARS]
     return f"{stamp or NO_STAMP}|{digest}"
+
+
+def _canonical(content: Mapping[str, Any]) -> bytes:
+    """Compact JSON with every object's keys sorted, UTF-8."""
+    try:
+        return orjson.dumps(content, option=orjson.OPT_SORT_KEYS, default=str)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: the stdlib has no bound (same object, same path)
+        return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
 def is_content_version(version: str) -> bool:
