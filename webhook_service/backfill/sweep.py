@@ -6,9 +6,9 @@ what makes the service lose nothing. Each resource is listed with its own "updat
 entries: ``updated_since`` in UTC), every page, deleted and archived objects included. Every object
 version the ledger has not seen (its content, so a change inside the second of the last one counts)
 becomes a normalized event with ``origin: "backfill"``, through the same ledger, events and
-deliveries as webhooks, committed page by page. The watermark moves only
-after the whole listing is committed, so a crash repeats work and never skips any. One request at a
-time per tenant: resources are scanned one after another.
+deliveries as webhooks, committed page by page. The watermark moves only after the whole listing is
+committed, so a crash repeats work and never skips any. One request at a time per tenant:
+resources are scanned one after another.
 """
 
 from __future__ import annotations
