@@ -27,7 +27,6 @@ from webhook_service.normalize.events import NormalizedEvent
 from webhook_service.signals import HandedDelivery
 from webhook_service.storage import ledger as ledger_store
 from webhook_service.storage.bulk import insert_rows
-from webhook_service.storage.ledger import Emitted
 from webhook_service.storage.models import Delivery, Event, ObjectVersion
 
 log = get_logger(__name__)
@@ -76,7 +75,7 @@ async def stage_leased(
     for event, tenant_id, inbox_event_id in items:
         observed = event.observed_at or now
         if event.version is not None:
-            entry = emitted.setdefault((tenant_id, event.resource, event.object_id), Emitted())
+            entry = emitted.setdefault((tenant_id, event.resource, event.object_id), ledger_store.Emitted())
             if event.version in entry.versions:
                 added.append(False)
                 continue

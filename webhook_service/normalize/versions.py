@@ -59,14 +59,6 @@ def _canonical(content: Mapping[str, Any]) -> bytes:
         return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
-def is_content_version(version: str) -> bool:
-    """Whether ``version`` was made by :func:`content_version` (and not by the stamp-only scheme before it)."""
-    if version == GONE:
-        return True
-    _, _, digest = version.rpartition("|")
-    return len(digest) == DIGEST_CHARS and all(c in "0123456789abcdef" for c in digest)
-
-
 def stamp_version(resource: Resource, normalized: Mapping[str, Any] | None) -> str:
     """The scheme before ``0006`` (stamp and ``vis_state`` only), kept for that migration's downgrade."""
     if normalized is None:
