@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # --- HTTP ----------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    http_header_timeout: float = Field(default=10.0, gt=0, le=300)
+    http_body_timeout: float = Field(default=10.0, gt=0, le=300)
+    http_max_connections: int = Field(default=1000, ge=1, le=100_000)
     public_base_url: str = "http://127.0.0.1:8000"
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -67,6 +70,8 @@ class Settings(BaseSettings):
     callback_verifier_grace: int = Field(default=3600, ge=0)
     callback_sync_interval: float = Field(default=3600.0, gt=0)
     callback_verify_attempts: int = Field(default=3, ge=1, le=10)
+    inbound_commit_timeout: float = Field(default=5.0, gt=0, le=60)
+    inbound_queue_limit: int = Field(default=5000, ge=1, le=1_000_000)
 
     # --- processing and delivery ---------------------------------------------------------------
     admin_token: SecretStr | None = None
@@ -91,6 +96,12 @@ class Settings(BaseSettings):
     backfill_enabled: bool = True
     backfill_initial_lookback_hours: float = Field(default=24.0, ge=0)
     backfill_watermark_margin: float = Field(default=120.0, ge=0)
+
+    # --- retention -----------------------------------------------------------------------------
+    retention_days: float = Field(default=30.0, gt=0)
+    retention_response_body_days: float = Field(default=7.0, gt=0)
+    retention_interval: float = Field(default=3600.0, gt=0)
+    retention_batch_size: int = Field(default=500, ge=1, le=10_000)
 
     # --- tokens and OAuth ----------------------------------------------------------------------
     token_refresh_margin_min: int = Field(default=60, ge=0)
