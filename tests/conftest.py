@@ -24,6 +24,7 @@ from webhook_service.app import create_app
 from webhook_service.config import Settings
 from webhook_service.crypto import generate_key
 from webhook_service.delivery.worker import DeliveryWorker
+from webhook_service.http_server import build_config
 from webhook_service.inbound import registrar
 from webhook_service.normalize.processor import InboxProcessor
 from webhook_service.runtime import Runtime
@@ -172,7 +173,10 @@ def sink() -> Iterator[SinkServer]:
 
 @pytest.fixture
 def service(settings: Settings, service_socket: socket.socket, simulator: SimulatorServer) -> Iterator[RunningService]:
-    with BackgroundServer(create_app(settings), sock=service_socket, lifespan="on") as server:
+    """The service as ``serve`` runs it: its uvicorn configuration (deadlines, connection cap) too."""
+    app = create_app(settings)
+    config = build_config(settings, app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2)
+    with BackgroundServer(app, sock=service_socket, config=config) as server:
         yield RunningService(server, simulator)
 
 

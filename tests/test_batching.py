@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from webhook_service.batching import Batcher
+from webhook_service.batching import Batcher, QueueFull
 from webhook_service.inbound import registrar
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import inbox
@@ -37,15 +37,62 @@ async def test_callers_arriving_during_a_flush_share_the_next_one():
 
 
 async def test_a_failing_item_fails_only_its_caller():
+    """An error one item can cause (a constraint) is found by flushing each alone."""
+
     async def flush(items: Sequence[int]) -> list[int]:
         if 13 in items:
             raise ValueError("unlucky")
         return list(items)
 
-    batcher: Batcher[int, int] = Batcher(flush)
+    batcher: Batcher[int, int] = Batcher(flush, split_on=(ValueError,))
     results = await asyncio.gather(*(batcher.submit(n) for n in (12, 13, 14)), return_exceptions=True)
     assert results[0] == 12 and results[2] == 14
     assert isinstance(results[1], ValueError)
+
+
+async def test_an_error_of_the_whole_batch_fails_every_caller_with_one_flush():
+    """A locked or unreachable database fails the batch, not each item again: one flush, not one per item."""
+    calls: list[list[int]] = []
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def flush(items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        if len(calls) == 1:  # hold the first so the rest queue up behind it as one batch
+            started.set()
+            await gate.wait()
+            return list(items)
+        raise ConnectionError("database unreachable")
+
+    batcher: Batcher[int, int] = Batcher(flush, split_on=(ValueError,))
+    first = asyncio.ensure_future(batcher.submit(0))
+    await started.wait()
+    rest = [asyncio.ensure_future(batcher.submit(n)) for n in range(1, 501)]
+    await asyncio.sleep(0)  # let each submit reach the queue (no timing: one loop pass)
+    gate.set()
+    assert await first == 0
+    results = await asyncio.gather(*rest, return_exceptions=True)
+    assert all(isinstance(result, ConnectionError) for result in results)
+    assert calls[1:] == [list(range(1, 501))]  # one flush for the 500, none retried alone
+
+
+async def test_a_full_queue_refuses_at_once_instead_of_growing():
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def flush(items: Sequence[int]) -> list[int]:
+        started.set()
+        await gate.wait()
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(flush, max_queue=3)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await started.wait()  # the first is being flushed; the queue is empty again
+    queued = [asyncio.ensure_future(batcher.submit(n)) for n in (1, 2, 3)]
+    await asyncio.sleep(0)
+    assert batcher.waiting == 3
+    with pytest.raises(QueueFull):
+        await batcher.submit(4)
+    gate.set()
+    assert await asyncio.gather(first, *queued) == [0, 1, 2, 3]
 
 
 async def test_a_cancelled_caller_does_not_strand_the_others():

@@ -291,7 +291,9 @@ async def test_a_crashed_workers_claim_is_retried_after_its_lease(runtime, tenan
     await _subscribe(runtime, f"{sink.base_url}/x")
     await _emit(runtime, tenant, clock.now)
     async with runtime.db.sessions() as session:  # a worker claims, then dies before sending
-        claimed = await claims.claim_deliveries(session, now=clock.now, limit=10, lease=timedelta(seconds=60))
+        claimed = await claims.claim_deliveries(
+            session, owner="crashed", now=clock.now, limit=10, lease=timedelta(seconds=60)
+        )
     assert len(claimed) == 1
     worker = DeliveryWorker(runtime, clock=clock)
     assert await worker.run_once() == 0  # still leased: nobody else may send it

@@ -67,7 +67,11 @@ async def test_sqlite_is_tuned_for_durability(runtime):
             name: (await connection.execute(text(f"PRAGMA {name}"))).scalar()
             for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
         }
-    assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 15000}
+        inline = (await connection.get_raw_connection()).driver_connection
+    # No lock is waited for on the event loop's thread (busy_timeout 0 there); a statement that
+    # must wait runs again on a worker thread, for up to the configured 15 s.
+    assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 0}
+    assert inline.lock_wait == 15.0
 
 
 async def test_migrations_reach_head(runtime):

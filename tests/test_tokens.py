@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from conftest import OWNER_ACCOUNT_ID, refresh_requests
 from sqlalchemy import text
+from token_worker import run_workers
 
 from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.freshbooks.tokens import TenantUnavailable, TokenManager, TokenPersistError
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import TenantStatus
-
-WORKER = Path(__file__).with_name("token_worker.py")
 
 
 async def _load(runtime, tenant_id):
@@ -204,38 +198,7 @@ def test_two_processes_share_one_refresh(settings, simulator, tmp_path):
     simulator.state.seed(OWNER_ACCOUNT_ID, "client", 4)
     simulator.state.expire_access_tokens()
     simulator.state.reset_logs()
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "SECRET_KEY": settings.secret_key.get_secret_value(),
-        "FRESHBOOKS_API_BASE": simulator.base_url,
-        "FRESHBOOKS_CLIENT_ID": simulator.state.client_id,
-        "FRESHBOOKS_CLIENT_SECRET": simulator.state.client_secret,
-        "AUTO_MIGRATE": "never",
-        "LOG_FORMAT": "json",
-    }
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), tenant_id, "25"],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=tmp_path,
-        )
-        for _ in range(2)
-    ]
-    for worker in workers:  # both are connected and waiting: release them together
-        assert worker.stdout.readline().strip() == "ready"
-    for worker in workers:
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-    reports = []
-    for worker in workers:
-        out, err = worker.communicate(timeout=60)
-        assert worker.returncode == 0, err
-        reports.append(json.loads(out))
+    reports = run_workers(settings, simulator, tenant_id, tmp_path, workers=2, calls=25)
 
     assert [r["ok"] for r in reports] == [25, 25]
     assert [r["errors"] for r in reports] == [[], []]

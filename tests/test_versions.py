@@ -288,8 +288,8 @@ def _built(tenant, resource, obj: dict, *, observed_at: datetime):
 
 async def _until_b_waits_for_the_lock(db, b: asyncio.Future, b_thread: list[int]) -> None:
     """Until B is blocked on A's lock: on PostgreSQL a backend waits for an advisory lock; on
-    SQLite B's thread is inside SQLite's busy handler, running the statement that takes the lock.
-    Fails if B finishes without having waited."""
+    SQLite a thread is inside SQLite's busy handler, taking the write lock for B (its connection
+    waits on a worker thread, never on its event loop). Fails if B finishes without having waited."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
     while not b.done() and loop.time() < deadline:
@@ -298,19 +298,19 @@ async def _until_b_waits_for_the_lock(db, b: asyncio.Future, b_thread: list[int]
                 query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
                 if (await session.execute(text(query))).scalar_one():
                     return
-        elif b_thread and _executing(b_thread[0], "UPDATE object_versions SET id = id WHERE 0"):
+        elif b_thread and _waiting_for_a_lock():
             return
         await asyncio.sleep(0.005)  # the condition lives in another thread or backend: poll it
     raise AssertionError(f"B {'went ahead without waiting for' if b.done() else 'never reached'} A's lock")
 
 
-def _executing(thread_id: int, sql: str) -> bool:
-    """Whether that thread is inside a cursor's ``execute`` of ``sql`` (SQLite's busy wait is in C)."""
-    frame = sys._current_frames().get(thread_id)
-    while frame is not None:
-        if frame.f_code.co_name == "execute" and frame.f_locals.get("sql") == sql:
-            return True
-        frame = frame.f_back
+def _waiting_for_a_lock() -> bool:
+    """Whether some thread is in the inline SQLite connection's lock wait (the busy wait is in C)."""
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if frame.f_code.co_name == "_waiting" and frame.f_code.co_filename.endswith("sqlite_inline.py"):
+                return True
+            frame = frame.f_back
     return False
 
 
@@ -325,6 +325,7 @@ def _main_version(resource, obj: dict | None) -> str:
 
 async def _as_main_wrote_it(runtime) -> dict[int, str]:
     """Rewrite the ledger and the payloads as main would have left them, schema at 0005; the old versions."""
+    await _downgrade(runtime, "0006")  # the later migrations' own downgrades; 0006 is undone by hand below
     old: dict[int, str] = {}
     async with runtime.db.sessions() as session:
         rows = await session.execute(

@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
+from webhook_service import retention
 from webhook_service.backfill import schedule as backfill_schedule
 from webhook_service.config import Settings, get_settings
 from webhook_service.delivery.worker import DeliveryWorker
@@ -20,8 +21,12 @@ from webhook_service.normalize.processor import InboxProcessor
 from webhook_service.routes import admin, health, metrics, oauth, webhooks
 from webhook_service.routes.errors import http_exception, unhandled_exception
 from webhook_service.runtime import Runtime
+from webhook_service.storage import deliveries as claims
 
 log = get_logger(__name__)
+
+DRAIN_SECONDS = 5.0
+"""How long a stop waits, beyond the grace period, for commits already under way."""
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -44,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ]
             if settings.backfill_enabled:
                 workers.append(asyncio.create_task(backfill_schedule.run_forever(runtime), name="backfill-sweep"))
+            workers.append(asyncio.create_task(retention.run_forever(runtime), name="retention-purge"))
             log.info(
                 "service_started", public_base_url=settings.public_base_url, database=runtime.db.engine.dialect.name
             )
@@ -65,17 +71,26 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 async def _wind_down(runtime: Runtime, processor: InboxProcessor, senders: list[DeliveryWorker]) -> None:
-    """Let work in flight finish for ``SHUTDOWN_GRACE_SECONDS``, then stop it and give back its
-    leases, so a rolling restart delays nothing by a lease's length."""
+    """Let work in flight finish for ``SHUTDOWN_GRACE_SECONDS``, then stop it and give back every
+    lease this process holds, so a rolling restart delays nothing by a lease's length.
+
+    The stages' loops are already cancelled (so nothing new is claimed or handed over). The group
+    commits still running are let finish before the leases go back: one of them may be leasing
+    rows to this process as it commits, and a lease given back before that commit would be taken
+    again by it.
+    """
+    grace = runtime.settings.shutdown_grace_seconds
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(runtime.tasks.idle(), runtime.settings.shutdown_grace_seconds)
+        await asyncio.wait_for(runtime.tasks.idle(), grace)
     await runtime.tasks.cancel_all()
-    released = 0
-    for release in (processor.release_held, *(sender.release_held for sender in senders)):
-        try:
-            released += await release()
-        except Exception:  # the leases then run out as after a crash
-            log.exception("lease_release_failed")
+    committers = [runtime.inbox_writer.idle(), processor.idle(), *(sender.idle() for sender in senders)]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*committers, return_exceptions=True), grace + DRAIN_SECONDS)
+    try:
+        released = await claims.release_owner(runtime.db, runtime.lease_owner)
+    except Exception:  # the leases then run out as after a crash
+        log.exception("lease_release_failed")
+        released = 0
     log.info("service_stopped", leases_released=released)
 
 

@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_event_commands(commands)
     _add_subscription_commands(commands)
     _add_delivery_commands(commands)
+    _add_purge_command(commands)
 
     tenant_commands = _command_group(
         commands,
@@ -400,6 +401,21 @@ def _add_delivery_commands(commands: Any) -> None:
     rec.set_defaults(handler=_run_async(_deliveries_recover))
 
 
+def _add_purge_command(commands: Any) -> None:
+    purge = commands.add_parser(
+        "purge",
+        help="delete what is past its retention (RETENTION_DAYS), now",
+        description="Delete what the service keeps no longer: succeeded and dead deliveries completed more than "
+        "RETENTION_DAYS ago with their attempts, events nothing holds any more, settled inbox events, superseded "
+        "ledger rows, expired pending connections and leases; clear response bodies older than "
+        "RETENTION_RESPONSE_BODY_DAYS. Nothing pending or retrying is touched. In batches of RETENTION_BATCH_SIZE "
+        "rows, beside a running service.",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
+    purge.add_argument("--json", action="store_true", help="print JSON")
+    purge.set_defaults(handler=_run_async(_purge))
+
+
 # -- handlers ---------------------------------------------------------------------------------
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int | None]]
 
@@ -417,21 +433,25 @@ def _run_async(handler: Handler) -> Callable[[Settings, argparse.Namespace], int
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import contextlib
+
     import uvicorn
 
     from webhook_service.app import create_app
     from webhook_service.crypto import secret_box_from_settings
+    from webhook_service.http_server import build_config
 
     secret_box_from_settings(settings)  # refuse a keyless start before binding the port
-    uvicorn.run(
+    config = build_config(
+        settings,
         create_app(settings),
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
     )
-    return EXIT_OK
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutting down
+        server.run()
+    return EXIT_OK if server.started else EXIT_FAILED
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -901,6 +921,38 @@ async def _deliveries_recover(settings: Settings, args: argparse.Namespace) -> i
         _print_json({"recovered": recovered, "count": len(recovered), "since": since.isoformat()})
     else:
         print(f"{len(recovered)} deliveries queued again (failed or dead since {since.isoformat()})")
+    return EXIT_OK
+
+
+async def _purge(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.retention import policy
+    from webhook_service.runtime import Runtime
+    from webhook_service.storage import retention
+
+    async with Runtime.open(settings) as runtime:
+        report = await retention.purge(runtime.db, policy(settings), dry_run=args.dry_run)
+    if args.json:
+        _print_json(report.as_dict())
+        return EXIT_OK
+    expiring = {"pending_connections", "leases"}  # gone once expired; the rest after RETENTION_DAYS
+    rows = [
+        {"table": table, "rows": count, "before": (report.now if table in expiring else report.cutoff).isoformat()}
+        for table, count in report.deleted.items()
+    ]
+    rows.append(
+        {
+            "table": "delivery_attempts.response_body",
+            "rows": report.response_bodies_cleared,
+            "before": report.response_body_cutoff.isoformat(),
+        }
+    )
+    _print_rows(rows, False, ("table", "rows", "before"))
+    if args.dry_run:
+        print(f"would delete {report.total} rows and clear {report.response_bodies_cleared} response bodies")
+    else:
+        print(f"deleted {report.total} rows and cleared {report.response_bodies_cleared} response bodies")
+    if report.sqlite_pages_freed:
+        print(f"gave {report.sqlite_pages_freed} free pages back to the file system")
     return EXIT_OK
 
 

@@ -3,6 +3,14 @@
 Everything (our code, uvicorn, alembic, httpx) goes through one structlog pipeline so the same
 redaction applies to all of it. Redaction works on keys: any event field whose name says it holds a
 credential is masked, however deeply nested. Code must still never put a secret in the event text.
+
+Tracebacks show code, never values: no frame's local variables (structlog's console renderer would
+show them through rich), and no SQL statement's parameters (they hold webhook bodies, signatures
+and ciphertexts), whichever engine raised the error.
+
+``LOG_LEVEL=debug`` adds the service's own debug lines (each FreshBooks request, inbox group
+commits, backfill pages, claims); third-party libraries stay at their usual levels, see
+:data:`THIRD_PARTY_FLOORS`.
 """
 
 from __future__ import annotations
@@ -10,10 +18,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import StatementError
 
 _SECRET_KEY_PATTERN = re.compile(
     r"(token|secret|verifier|password|authorization|cookie|api[_-]?key|code|signature)", re.IGNORECASE
@@ -21,6 +30,23 @@ _SECRET_KEY_PATTERN = re.compile(
 #: Field names that match the pattern above but are safe and useful to keep.
 _SAFE_KEYS = frozenset({"status_code", "error_code", "token_version", "exit_code", "errno"})
 REDACTED = "[redacted]"
+
+#: The least severe level each third-party logger may log at, whatever ``LOG_LEVEL`` says: their
+#: debug output is noise to an operator following the service's work, and some of it leaks (httpx
+#: logs request URLs at info, SQLAlchemy echoes statements with their parameters at info,
+#: aiosqlite logs every call, alembic what it applied).
+THIRD_PARTY_FLOORS: Mapping[str, int] = {
+    "aiohttp": logging.INFO,
+    "aiosqlite": logging.WARNING,
+    "alembic": logging.WARNING,
+    "asyncio": logging.INFO,
+    "httpcore": logging.WARNING,
+    "httpx": logging.WARNING,
+    "sqlalchemy": logging.WARNING,
+    "uvicorn": logging.INFO,
+    "uvicorn.error": logging.INFO,  # its own level, not inherited: uvicorn skips trace calls then
+    "websockets": logging.INFO,
+}
 
 
 def _redact(value: Any) -> Any:
@@ -40,6 +66,31 @@ def redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any
     return _redact(event_dict)  # type: ignore[no-any-return]
 
 
+def hide_statement_parameters(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: an exception about to be rendered shows no SQL statement parameters.
+
+    SQLAlchemy's errors print ``[parameters: ...]`` unless raised with ``hide_parameters``; the
+    service's engine sets it, this makes it so for any error (another engine, a test's, a driver's
+    wrapped in ours) before its text is rendered.
+    """
+    exc_info = event_dict.get("exc_info")
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    pending = [exc_info[1] if isinstance(exc_info, tuple) else exc_info]
+    seen: set[int] = set()
+    while pending:  # everything a traceback renders: causes, contexts, groups' members
+        error = pending.pop()
+        if not isinstance(error, BaseException) or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, StatementError):
+            error.hide_parameters = True
+        pending += [error.__cause__, error.__context__]
+        if isinstance(error, BaseExceptionGroup):
+            pending += error.exceptions
+    return event_dict
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", *, log_file: str | None = None) -> None:
     """Set up structlog and route the standard library's loggers through it.
 
@@ -55,7 +106,13 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, log_file: str |
         redact_secrets,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(),
+            # Its default with rich installed shows every frame's locals (tokens, bodies, verifiers).
+            exception_formatter=structlog.dev.plain_traceback,
+        )
     )
     structlog.configure(
         processors=[
@@ -72,6 +129,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, log_file: str |
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            hide_statement_parameters,
             structlog.processors.format_exc_info if use_json else _identity,  # type: ignore[list-item]
             renderer,
         ],
@@ -83,13 +141,11 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, log_file: str |
         previous.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # httpx logs every request URL at INFO; uvicorn's access log would print OAuth codes in query
-    # strings. The request middleware logs requests itself, without query strings.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
-    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    for name, floor in THIRD_PARTY_FLOORS.items():
+        logging.getLogger(name).setLevel(max(floor, root.level))
+    # uvicorn's access log would print OAuth codes in query strings. The request middleware logs
+    # requests itself, without query strings.
     logging.getLogger("uvicorn.access").disabled = True
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrate.upgrade logs what it applied
     for name in ("uvicorn", "uvicorn.error", "alembic"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -64,3 +64,25 @@ BACKFILL_RECOVERED = Counter(
     "Events the polling backfill emitted because no webhook had delivered that object version.",
     ["resource"],
 )
+LEASES_LOST = Counter(
+    "webhook_service_leases_lost_total",
+    "Writes that found their lease gone (expired and taken by another worker or process, or cleared by "
+    "an operator) and so changed nothing, by kind: delivery, inbox, token_refresh.",
+    ["kind"],
+)
+STORAGE_UNAVAILABLE = Counter(
+    "webhook_service_storage_unavailable_total",
+    "Webhooks answered 503 because the inbox could not commit in time, by reason: busy (locked or "
+    "slow), full (disk full), error (other database failure), queue_full.",
+    ["reason"],
+)
+RETENTION_PURGED = Counter(
+    "webhook_service_retention_purged_rows_total",
+    "Rows the retention purge deleted, by table: delivery_attempts, deliveries, events, inbox_events, "
+    "object_versions, pending_connections, leases.",
+    ["table"],
+)
+RETENTION_BODIES_CLEARED = Counter(
+    "webhook_service_retention_response_bodies_cleared_total",
+    "Delivery attempts whose subscriber response body the retention purge cleared (the attempt stays).",
+)

@@ -6,11 +6,9 @@ one way to reach each piece and one place that builds it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 
 import aiohttp
 import httpx
@@ -24,7 +22,8 @@ from webhook_service.delivery.egress import EgressPolicy, guarded_session
 from webhook_service.freshbooks.client import FreshBooksClient
 from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.freshbooks.tokens import TokenManager
-from webhook_service.signals import Signals
+from webhook_service.signals import Capacity, Signals
+from webhook_service.storage import deliveries as claims
 from webhook_service.storage import inbox, migrate
 from webhook_service.storage.callbacks import CallbackCache
 from webhook_service.storage.database import Database
@@ -53,8 +52,13 @@ class Runtime:
     """Where the webhook endpoint finds its callback (cached briefly; see the class)."""
     inbox_writer: Batcher[Arrival, InboxEvent]
     """The one way into the inbox: group commit of concurrent deliveries."""
-    signals: Signals = field(default_factory=Signals)
-    delivery_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
+    signals: Signals
+    lease_owner: str
+    """This process's lease owner: the prefix of every lease token it stamps on inbox events and
+    deliveries (see :mod:`~webhook_service.storage.deliveries`), so a stop gives back all of them."""
+    delivery_capacity: Capacity
+    """Deliveries this process may hold at once (``DELIVERY_CONCURRENCY``), shared by its workers
+    and the processor's hand-overs: nothing is leased that cannot start now."""
 
     @classmethod
     @asynccontextmanager
@@ -73,7 +77,8 @@ class Runtime:
             follow_redirects=False,
         )
         tasks = TaskTracker()
-        signals = Signals()
+        lease_owner = claims.new_owner()
+        signals = Signals(lambda: claims.lease_token(lease_owner))
         outbound = guarded_session(egress, limit=settings.delivery_concurrency, timeout=settings.delivery_timeout)
         try:
             if migrate_schema if migrate_schema is not None else settings.should_migrate_on_start:
@@ -91,13 +96,15 @@ class Runtime:
                 tasks=tasks,
                 outbound=outbound,
                 egress=egress,
-                delivery_slots=asyncio.Semaphore(settings.delivery_concurrency),
                 callbacks=CallbackCache(db),
-                inbox_writer=inbox.writer(db, timedelta(seconds=settings.inbox_dedupe_window), signals.inbox_lane),
+                inbox_writer=inbox.writer(db, settings, signals.inbox_lane),
                 signals=signals,
+                lease_owner=lease_owner,
+                delivery_capacity=Capacity(settings.delivery_concurrency),
             )
         finally:
             await tasks.cancel_all()
+            await tokens.close() if "tokens" in locals() else None  # unbound if the migration failed
             await outbound.close()
             await http.aclose()
             await db.dispose()

@@ -84,8 +84,8 @@ class _ThreadedServer(uvicorn.Server):
 class BackgroundServer:
     """An ASGI app served on a daemon thread: ``with BackgroundServer(app) as server: server.base_url``.
 
-    With ``lifespan="on"`` entering waits until the app's startup has finished (or failed, which
-    raises here), so callers can use it at once.
+    With ``lifespan="on"`` (or a ``config`` whose lifespan is not ``off``) entering waits until the
+    app's startup has finished (or failed, which raises here), so callers can use it at once.
     """
 
     def __init__(
@@ -94,14 +94,23 @@ class BackgroundServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        lifespan: Literal["on", "off"] = "off",
+        lifespan: Literal["on", "off"] | None = None,
         sock: socket.socket | None = None,
+        config: uvicorn.Config | None = None,
     ) -> None:
-        """``sock``: an already bound socket, for apps that must know their own URL before starting."""
+        """``sock``: an already bound socket, for apps that must know their own URL before starting.
+
+        ``config``: serve ``app`` with this uvicorn configuration (the service's own, from
+        :func:`webhook_service.http_server.build_config`) instead of a plain one; its ``lifespan``
+        applies, and it serves one start (uvicorn loads a configuration once).
+        """
+        if config is not None and (config.app is not app or lifespan is not None):
+            raise ValueError("config must be built for app, and carries the lifespan itself")
         self.app = app
         self.host = host
         self.port = port
-        self.lifespan = lifespan
+        self.lifespan: Literal["on", "off"] = lifespan or "off"
+        self._config = config
         self.base_url = ""
         self._given_socket = sock
         self._socket: socket.socket | None = None
@@ -115,7 +124,7 @@ class BackgroundServer:
         self._socket = self._given_socket or bind_socket(self.host, self.port)
         self.host, self.port = self._socket.getsockname()[:2]
         self.base_url = f"http://{url_host(self.host)}:{self.port}"
-        config = uvicorn.Config(
+        config = self._config or uvicorn.Config(
             self.app,
             log_config=None,
             log_level="warning",
@@ -136,7 +145,7 @@ class BackgroundServer:
 
         self._thread = threading.Thread(target=serve, name=f"asgi:{self.port}", daemon=True)
         self._thread.start()
-        if self.lifespan == "on":
+        if config.lifespan != "off":
             self._wait_started(server)
         return self
 

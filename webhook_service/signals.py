@@ -2,17 +2,21 @@
 
 Other replicas are not woken (they poll every ``DELIVERY_POLL_INTERVAL``). Within a process, work
 committed here goes straight to the stage that does it next: the writer leases the rows to that
-stage's owner token *in the same transaction* and, once committed, hands them over in memory, so
-the hot path never runs a claim query. If the process dies, those leases run out and any replica
-claims the rows as usual; nothing is handed over that is not committed first.
+stage *in the same transaction* and, once committed, hands them over in memory, so the hot path
+never runs a claim query. If the process dies, those leases run out and any replica claims the
+rows as usual; nothing is handed over that is not committed first.
+
+A lease is a promise that the work starts while it holds, so a stage is never given more than it
+can start now: its :class:`Capacity` is shared by its claims and its hand-overs, and a writer
+reserves room before it leases rows (:meth:`Lane.lease`), giving back what it did not use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
@@ -24,43 +28,104 @@ HandedInboxEvent = tuple[InboxEvent, Tenant]
 HandedDelivery = tuple[Delivery, Event, Subscription]
 
 
+class Capacity:
+    """How much work a stage of this process may hold at once: leased and not yet started, or running.
+
+    Units are reserved before rows are leased (by a claim or a hand-over), become the running
+    work's, and are given back as each piece finishes (or when fewer rows came than reserved).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._on_free: Callable[[], None] = lambda: None
+
+    @property
+    def room(self) -> int:
+        return max(0, self.limit - self.used)
+
+    def reserve(self, wanted: int) -> int:
+        """Take up to ``wanted`` units; returns how many were taken (0 when full)."""
+        taken = max(0, min(wanted, self.limit - self.used))
+        self.used += taken
+        return taken
+
+    def give_back(self, units: int = 1, *, finished: bool = True) -> None:
+        """Return units; ``finished`` when work ended (not a reservation left unused), which, if
+        the stage was full, wakes whoever claims: waiting work may be claimable now."""
+        was_full = self.used >= self.limit
+        self.used -= units
+        if finished and was_full and units > 0:
+            self._on_free()
+
+    def when_freed(self, callback: Callable[[], None]) -> None:
+        self._on_free = callback
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Room reserved for rows a writer is about to lease to a consumer: their token and expiry."""
+
+    token: str
+    until: datetime
+    count: int
+
+
 class Lane(Generic[T]):
     """A hand-over from a writer to one consumer in the same process.
 
-    The consumer attaches with the lease its rows should carry and a ``ready`` check (its
-    capacity): while it has no room, writers lease nothing and the rows wait for a claim.
+    The consumer attaches with the lease its rows should carry and its :class:`Capacity`; while it
+    has no room, writers lease nothing and the rows wait for a claim.
     """
 
-    def __init__(self) -> None:
-        self.owner = secrets.token_hex(8)
+    def __init__(self, new_token: Callable[[], str]) -> None:
+        self._new_token = new_token
         self._consumer: Callable[[Sequence[T]], None] | None = None
-        self._ready: Callable[[], bool] = lambda: False
+        self._capacity: Capacity | None = None
         self._lease = timedelta(0)
 
-    def attach(self, consumer: Callable[[Sequence[T]], None], *, lease: timedelta, ready: Callable[[], bool]) -> None:
-        self._consumer, self._lease, self._ready = consumer, lease, ready
+    def attach(self, consumer: Callable[[Sequence[T]], None], *, lease: timedelta, capacity: Capacity) -> None:
+        self._consumer, self._lease, self._capacity = consumer, lease, capacity
 
     def detach(self) -> None:
-        self._consumer, self._ready = None, lambda: False
+        self._consumer = None
 
-    def lease(self, now: datetime) -> tuple[str, datetime] | None:
-        """The owner and expiry to stamp on rows being written for this consumer, or None."""
-        if self._consumer is None or not self._ready():
+    def lease(self, now: datetime, wanted: int) -> Grant | None:
+        """Reserve room for up to ``wanted`` rows about to be written; None when there is none.
+
+        Lease at most ``count`` rows under the grant, then call :meth:`hand_over` after the commit,
+        or :meth:`cancel` if nothing was committed.
+        """
+        if self._consumer is None or self._capacity is None:
             return None
-        return self.owner, now + self._lease
+        count = self._capacity.reserve(wanted)
+        if not count:
+            return None
+        return Grant(self._new_token(), now + self._lease, count)
 
-    def hand_over(self, items: Sequence[T]) -> None:
-        """Call after the commit, with exactly the rows written under :meth:`lease`."""
+    def hand_over(self, grant: Grant, items: Sequence[T]) -> None:
+        """Call after the commit, with exactly the rows written under ``grant``.
+
+        Without a consumer (the process is stopping) the rows stay leased to this process, which
+        gives every lease it holds back as it stops.
+        """
+        assert self._capacity is not None
+        self._capacity.give_back(grant.count - (len(items) if self._consumer is not None else 0), finished=False)
         if items and self._consumer is not None:
             self._consumer(items)
 
+    def cancel(self, grant: Grant) -> None:
+        """Nothing was committed under ``grant``: its room is free again."""
+        assert self._capacity is not None
+        self._capacity.give_back(grant.count, finished=False)
+
 
 class Signals:
-    def __init__(self) -> None:
+    def __init__(self, new_token: Callable[[], str]) -> None:
         self._inbox = asyncio.Event()
         self._deliveries = asyncio.Event()
-        self.inbox_lane: Lane[HandedInboxEvent] = Lane()
-        self.delivery_lane: Lane[HandedDelivery] = Lane()
+        self.inbox_lane: Lane[HandedInboxEvent] = Lane(new_token)
+        self.delivery_lane: Lane[HandedDelivery] = Lane(new_token)
 
     def inbox_ready(self) -> None:
         self._inbox.set()

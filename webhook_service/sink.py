@@ -45,6 +45,7 @@ class Sink:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._held = False
+        self._delay = 0.0
         self._waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=["POST", "GET"])])
 
@@ -60,6 +61,11 @@ class Sink:
         """
         with self._lock:
             self._held = True
+
+    def slow(self, seconds: float) -> None:
+        """From now on, answer each request ``seconds`` after it arrived (a slow subscriber)."""
+        with self._lock:
+            self._delay = seconds
 
     def release(self) -> None:
         """Answer every held request and stop holding."""
@@ -92,9 +98,12 @@ class Sink:
                 loop = asyncio.get_running_loop()
                 held = loop.create_future()
                 self._waiting.append((loop, held))
+            delay = self._delay
             self._arrived.notify_all()
         if held is not None:
             await held
+        if delay:
+            await asyncio.sleep(delay)
         return Response(reply.body, status_code=reply.status, headers=reply.headers)
 
 

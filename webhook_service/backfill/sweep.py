@@ -126,6 +126,14 @@ async def _scan(
     requested = started  # pages are fetched one at a time, when the loop asks for the next
     async for page in runtime.freshbooks.pages(tenant, resource, updated_since=start):
         part.pages += 1
+        log.debug(
+            "backfill_page",
+            tenant_id=tenant.id,
+            resource=resource.name,
+            page=page.page,
+            pages=page.pages,
+            rows=len(page.items),
+        )
         now = clock()
         candidates = [obj for obj in page.items if _within(resource, obj, until)]
         part.scanned += len(candidates)

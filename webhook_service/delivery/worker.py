@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import structlog
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.batching import Batcher
@@ -48,6 +49,7 @@ RESPONSE_BODY_LIMIT = 20_000
 SLOW_DOWN = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER = 24 * 3600.0
 USER_AGENT = "webhook-service (+https://www.standardwebhooks.com)"
+MIN_SEND_SECONDS = 1.0
 
 
 @dataclass
@@ -76,19 +78,28 @@ class Outcome:
 class DeliveryWorker:
     """Sends due deliveries; ``DELIVERY_WORKERS`` of these run in each service process.
 
-    ``run_forever`` keeps up to ``DELIVERY_BATCH_SIZE`` attempts in flight and claims more as soon
-    as any finishes, so one slow subscriber does not hold up a batch; outcomes are recorded
-    together (group commit) as they come in.
+    A delivery is leased only when it can start at once: the process's workers share one
+    :class:`~webhook_service.signals.Capacity` of ``DELIVERY_CONCURRENCY`` sends, claims ask for no
+    more than its room, and the inbox processor hands over no more than that either. So a lease
+    never runs while its delivery waits for a slot, and each send's timeout is cut to what is left
+    of its lease (keeping ``DELIVERY_LEASE_SECONDS`` for recording the outcome). Outcomes are
+    recorded together (group commit) as they come in, each fenced on its lease
+    (:func:`~webhook_service.storage.deliveries.fence`): a worker whose lease was lost records
+    nothing, and an attempt number is recorded once per delivery (a unique constraint).
     """
 
     def __init__(self, runtime: Runtime, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._runtime = runtime
         self._clock = clock
         self._settings = runtime.settings
-        self._recorder: Batcher[tuple[Outcome, Delivery], None] = Batcher(self._record_batch, name="delivery-record")
-        self._capacity = self._settings.delivery_batch_size
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._held: set[str] = set()  # ids of leased deliveries whose outcome is not recorded yet
+        self._recorder: Batcher[tuple[Outcome, Delivery], None] = Batcher(
+            self._record_batch, name="delivery-record", split_on=(IntegrityError,)
+        )
+        self._capacity = runtime.delivery_capacity
+
+    @property
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self._settings.delivery_lease_seconds + self._settings.delivery_timeout)
 
     async def run_once(self) -> int:
         """Claim and send one batch of due deliveries; returns how many were claimed."""
@@ -96,8 +107,13 @@ class DeliveryWorker:
         batch = await self._claim(self._settings.delivery_batch_size, now)
         if not batch:
             return 0
-        outcomes = await asyncio.gather(*(self._attempt(d, e, s, now) for d, e, s in batch))
-        await self._record(outcomes, {d.id: d for d, _, _ in batch})
+        try:
+            outcomes = await asyncio.gather(*(self._attempt(d, e, s, now) for d, e, s in batch))
+        finally:
+            self._capacity.give_back(len(batch), finished=False)
+        sent = [outcome for outcome in outcomes if outcome is not None]
+        await self._record(sent, {d.id: d for d, _, _ in batch})
+        await self._give_back_unsent(batch, sent)
         return len(batch)
 
     async def run_forever(self, *, take_handovers: bool = False) -> None:
@@ -105,17 +121,16 @@ class DeliveryWorker:
         receives the deliveries this process's inbox processor commits, without a claim."""
         signals = self._runtime.signals
         lane = signals.delivery_lane
+        self._capacity.when_freed(signals.deliveries_ready)
         if take_handovers:
-            lease = timedelta(seconds=self._settings.delivery_lease_seconds + self._settings.delivery_timeout)
-            lane.attach(self._start, lease=lease, ready=lambda: len(self._in_flight) < self._capacity)
+            lane.attach(self._start, lease=self._lease, capacity=self._capacity)
         try:
             while True:
                 claimed: list[HandedDelivery] = []
-                if len(self._in_flight) < self._capacity:
-                    try:
-                        claimed = await self._claim(self._capacity - len(self._in_flight), self._clock())
-                    except Exception:
-                        log.exception("delivery_worker_failed")
+                try:
+                    claimed = await self._claim(self._settings.delivery_batch_size, self._clock())
+                except Exception:
+                    log.exception("delivery_worker_failed")
                 self._start(claimed)
                 if not claimed:
                     await signals.wait_deliveries(self._settings.delivery_poll_interval)
@@ -124,48 +139,64 @@ class DeliveryWorker:
                 lane.detach()
 
     def _start(self, items: Sequence[HandedDelivery]) -> None:
+        """Start sending ``items``, for which capacity is already reserved (one unit each)."""
         now = self._clock()
         for delivery, event, subscription in items:
-            self._held.add(delivery.id)
-            task = self._runtime.tasks.spawn(self._deliver(delivery, event, subscription, now), name="delivery")
-            self._in_flight.add(task)
-            task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        was_full = len(self._in_flight) >= self._capacity
-        self._in_flight.discard(task)
-        if was_full:  # room again: claim what waited
-            self._runtime.signals.deliveries_ready()
+            self._runtime.tasks.spawn(self._deliver(delivery, event, subscription, now), name="delivery")
 
     async def _claim(self, limit: int, now: datetime) -> list[HandedDelivery]:
-        lease = timedelta(seconds=self._settings.delivery_lease_seconds + self._settings.delivery_timeout)
-        async with self._runtime.db.sessions() as session:
-            return await claims.claim_deliveries(session, now=now, limit=limit, lease=lease)
+        """Claim up to ``limit`` due deliveries, no more than there is room to start now; the room
+        taken stays reserved for what was claimed."""
+        room = self._capacity.reserve(limit)
+        if not room:
+            return []
+        claimed: list[HandedDelivery] = []
+        try:
+            async with self._runtime.db.sessions() as session:
+                claimed = await claims.claim_deliveries(
+                    session, owner=self._runtime.lease_owner, now=now, limit=room, lease=self._lease
+                )
+        finally:
+            self._capacity.give_back(room - len(claimed), finished=False)
+        if claimed:
+            log.debug("deliveries_claimed", count=len(claimed))
+        return claimed
 
     async def _deliver(self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime) -> None:
         structlog.contextvars.bind_contextvars(delivery_id=delivery.id, event_id=event.id)  # this task's own context
-        outcome = await self._attempt(delivery, event, subscription, now)
+        try:
+            outcome = await self._attempt(delivery, event, subscription, now)
+        finally:
+            self._capacity.give_back()
+        if outcome is None:  # no time left in its lease to send: let it be claimed afresh
+            await self._give_back_unsent([(delivery, event, subscription)], [])
+            return
         try:
             await self._recorder.submit((outcome, delivery))
         except Exception:  # the lease runs out and the delivery is attempted again: at least once
             log.exception("delivery_record_failed", delivery_id=delivery.id)
-        self._held.discard(delivery.id)  # not reached when cancelled: release_held() gives it back
 
-    async def release_held(self) -> int:
-        """Give back the leases of deliveries taken but not recorded (at shutdown, after cancelling).
+    async def _give_back_unsent(self, batch: Sequence[HandedDelivery], sent: Sequence[Outcome]) -> None:
+        done = {outcome.delivery_id for outcome in sent}
+        unsent = {d.id: d.lease_owner for d, _, _ in batch if d.id not in done}
+        if unsent:
+            log.warning("delivery_lease_too_short", count=len(unsent))
+            await claims.release(self._runtime.db, Delivery, unsent)
 
-        One may have reached its subscriber already: it is sent again, with the same ``webhook-id``
-        (at least once), rather than wait ``DELIVERY_LEASE_SECONDS`` for anyone to try.
-        """
-        held, self._held = self._held, set()
-        return await claims.release(self._runtime.db, Delivery, held)
+    async def idle(self) -> None:
+        """Wait for the outcomes being recorded (at shutdown, before the process's leases go back:
+        a delivery cut off mid-send is sent again, with the same ``webhook-id``, at least once)."""
+        await self._recorder.idle()
 
     async def _record_batch(self, items: Sequence[tuple[Outcome, Delivery]]) -> list[None]:
         await self._record([outcome for outcome, _ in items], {d.id: d for _, d in items})
         return [None] * len(items)
 
     # -- one attempt --------------------------------------------------------------------------
-    async def _attempt(self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime) -> Outcome:
+    async def _attempt(
+        self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime
+    ) -> Outcome | None:
+        """One send, or None when what is left of the lease cannot cover it (then nothing is sent)."""
         outcome = Outcome(delivery.id, subscription.id, delivery.attempts + 1, now)
         outcome.subscription_failing = subscription.failing_since is not None
         if delivery.schedule_base == 0:  # a replay's latency says nothing about the pipeline
@@ -179,6 +210,9 @@ class DeliveryWorker:
                 if not await claims.take_rate_slot(session, subscription.id, limit, now):
                     outcome.deferred_until = datetime.fromtimestamp(int(now.timestamp()) + 1, UTC)
                     return outcome
+        budget = self._send_budget(delivery)
+        if budget is None:
+            return None
         sent_at = datetime.now(UTC)
         headers = {
             **signing.headers(secrets_for_signing(self._runtime, subscription, now), event.id, sent_at, event.payload),
@@ -186,60 +220,68 @@ class DeliveryWorker:
             "user-agent": USER_AGENT,
         }
         started = time.perf_counter()
-        async with self._runtime.delivery_slots:
-            try:
-                self._runtime.egress.check_request_target(subscription.url)  # IP literals skip the resolver
-                async with self._runtime.outbound.post(
-                    subscription.url, data=event.payload.encode("utf-8"), headers=headers, allow_redirects=False
-                ) as response:
-                    body = await _read_limited(response, RESPONSE_BODY_LIMIT)
-                outcome.status_code = response.status
-                outcome.response_body = body.decode("utf-8", "replace")
-                if response.status in SLOW_DOWN:
-                    outcome.retry_after = parse_retry_after(response.headers.get("retry-after"))
-            except TimeoutError:  # asyncio.TimeoutError; aiohttp's ServerTimeoutError is one too
-                outcome.error = f"timeout after {self._settings.delivery_timeout:g} s"
-            except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a malformed stored URL
-                refusal = egress_refusal(exc)
-                outcome.refused = refusal is not None
-                outcome.error = str(refusal) if refusal else f"{type(exc).__name__}: {exc}"
+        try:
+            self._runtime.egress.check_request_target(subscription.url)  # IP literals skip the resolver
+            async with self._runtime.outbound.post(
+                subscription.url,
+                data=event.payload.encode("utf-8"),
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=budget),
+            ) as response:
+                body = await _read_limited(response, RESPONSE_BODY_LIMIT)
+            outcome.status_code = response.status
+            outcome.response_body = body.decode("utf-8", "replace")
+            if response.status in SLOW_DOWN:
+                outcome.retry_after = parse_retry_after(response.headers.get("retry-after"))
+        except TimeoutError:  # asyncio.TimeoutError; aiohttp's ServerTimeoutError is one too
+            outcome.error = f"timeout after {budget:g} s"
+        except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a malformed stored URL
+            refusal = egress_refusal(exc)
+            outcome.refused = refusal is not None
+            outcome.error = str(refusal) if refusal else f"{type(exc).__name__}: {exc}"
         elapsed = time.perf_counter() - started
         outcome.latency_ms = round(elapsed * 1000, 2)
         DELIVERY_ATTEMPT_SECONDS.observe(elapsed)
         DELIVERY_ATTEMPTS.labels(outcome=_outcome_class(outcome)).inc()
         return outcome
 
+    def _send_budget(self, delivery: Delivery) -> float | None:
+        """Seconds this send may take: ``DELIVERY_TIMEOUT``, cut so that ``DELIVERY_LEASE_SECONDS``
+        of the lease are left to record the outcome; None when less than a second would be left."""
+        if delivery.lease_until is None:  # not leased (a test drives _attempt directly)
+            return self._settings.delivery_timeout
+        left = (delivery.lease_until - self._clock()).total_seconds() - self._settings.delivery_lease_seconds
+        budget = min(self._settings.delivery_timeout, left)
+        return budget if budget >= MIN_SEND_SECONDS else None
+
     # -- bookkeeping --------------------------------------------------------------------------
     async def _record(self, outcomes: list[Outcome], deliveries: dict[str, Delivery]) -> None:
+        if not outcomes:
+            return
         now = self._clock()
         to_disable: dict[str, str] = {}
-        updates: list[dict[str, object]] = []
-        attempts: list[dict[str, object]] = []
-        for outcome in outcomes:
-            delivery = deliveries[outcome.delivery_id]
-            updates.append({"id": delivery.id, **self._next_state(delivery, outcome, now)})
-            if outcome.deferred_until is not None or outcome.skip_reason is not None:
-                continue
-            attempts.append(
-                {
-                    "delivery_id": delivery.id,
-                    "number": outcome.number,
-                    "started_at": outcome.started_at,
-                    "status_code": outcome.status_code,
-                    "latency_ms": outcome.latency_ms,
-                    "error": outcome.error,
-                    "response_body": outcome.response_body,
-                }
-            )
-            if outcome.status_code == 410:
-                to_disable[outcome.subscription_id] = "the endpoint answered 410 Gone"
         async with self._runtime.db.sessions() as session:
-            # one executemany each: a batch costs three statements, not two per delivery
+            held = {o.delivery_id: deliveries[o.delivery_id].lease_owner for o in outcomes}
+            kept = await claims.fence(session, Delivery, held)  # a lost lease records nothing
+            outcomes = [outcome for outcome in outcomes if outcome.delivery_id in kept]
+            updates: list[dict[str, object]] = []
+            attempts: list[dict[str, object]] = []
+            for outcome in outcomes:
+                delivery = deliveries[outcome.delivery_id]
+                updates.append({"id": delivery.id, **self._next_state(delivery, outcome, now)})
+                if outcome.deferred_until is not None or outcome.skip_reason is not None:
+                    continue
+                attempts.append(_attempt_row(outcome))
+                if outcome.status_code == 410:
+                    to_disable[outcome.subscription_id] = "the endpoint answered 410 Gone"
+            # one executemany each: a batch costs a few statements, not two per delivery
             await update_by_id(session, Delivery, updates)
             await insert_rows(session, DeliveryAttempt, attempts)
             failing = await self._track_health(session, outcomes, now)
             await session.commit()
         _count_finished(updates, outcomes)
+        _log_failures(updates, outcomes)
         for subscription_id, since in failing.items():
             hours = self._settings.subscription_disable_after_hours
             if since <= now - timedelta(hours=hours):
@@ -269,7 +311,6 @@ class DeliveryWorker:
         schedule = self._settings.retry_schedule
         position = outcome.number - delivery.schedule_base  # attempts made in this schedule
         if position >= len(schedule) or outcome.status_code == 410:
-            log.warning("delivery_dead", delivery_id=delivery.id, attempts=outcome.number)
             return {**values, "status": DeliveryStatus.DEAD.value, "completed_at": now}
         delay = schedule[position] * random.uniform(
             1 - self._settings.delivery_retry_jitter, 1 + self._settings.delivery_retry_jitter
@@ -301,6 +342,41 @@ class DeliveryWorker:
                 subscription.failing_since = now
             failing[subscription_id] = subscription.failing_since
         return failing
+
+
+def _attempt_row(outcome: Outcome) -> dict[str, object]:
+    return {
+        "delivery_id": outcome.delivery_id,
+        "number": outcome.number,
+        "started_at": outcome.started_at,
+        "status_code": outcome.status_code,
+        "latency_ms": outcome.latency_ms,
+        "error": outcome.error,
+        "response_body": outcome.response_body,
+    }
+
+
+def _log_failures(updates: list[dict[str, object]], outcomes: list[Outcome]) -> None:
+    """A warning per failed attempt (what failed, and when the next try is), once it is recorded."""
+    for values, outcome in zip(updates, outcomes, strict=True):
+        if outcome.succeeded or outcome.deferred_until is not None or outcome.skip_reason is not None:
+            continue
+        failure = {
+            "delivery_id": outcome.delivery_id,
+            "subscription_id": outcome.subscription_id,
+            "attempt": outcome.number,
+            "status": outcome.status_code,
+            "error": outcome.error,
+        }
+        if values.get("status") == DeliveryStatus.DEAD.value:
+            log.warning("delivery_dead", **failure)
+        else:
+            next_at = values.get("next_attempt_at")
+            log.warning(
+                "delivery_attempt_failed",
+                **failure,
+                next_attempt_at=next_at.isoformat() if isinstance(next_at, datetime) else None,
+            )
 
 
 def _outcome_class(outcome: Outcome) -> str:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -51,10 +53,15 @@ class FreshBooksClient:
         self._slots: dict[str, asyncio.Semaphore] = {}
 
     # -- resources ------------------------------------------------------------------------------
-    async def get(self, tenant: TenantRef, resource: str | Resource, object_id: int | str) -> dict[str, Any]:
-        """One object with the catalogue's includes (an invoice with its lines)."""
+    async def get(
+        self, tenant: TenantRef, resource: str | Resource, object_id: int | str, *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """One object with the catalogue's includes (an invoice with its lines); see :meth:`request`
+        for ``deadline``."""
         spec = resource if isinstance(resource, Resource) else get_resource(resource)
-        body = await self.request(tenant, "GET", spec.item_url(tenant, object_id), params=spec.include_params())
+        body = await self.request(
+            tenant, "GET", spec.item_url(tenant, object_id), params=spec.include_params(), deadline=deadline
+        )
         try:
             return spec.unwrap_item(body)
         except ValueError as exc:
@@ -132,8 +139,23 @@ class FreshBooksClient:
         *,
         params: Params = (),
         json: Any = None,
+        deadline: float | None = None,
     ) -> Any:
-        """An authenticated call for ``tenant``; returns the decoded JSON body (None for 204)."""
+        """An authenticated call for ``tenant``; returns the decoded JSON body (None for 204).
+
+        ``deadline`` (the event loop's clock): the whole call, retries and ``Retry-After`` waits
+        included, ends by then or fails with status 0, so work done under a lease never outlives
+        it. Only for calls safe to abandon (a GET); a token refresh it triggers is not abandoned.
+        """
+        if deadline is None:
+            return await self._request(tenant, method, path, params=params, json=json)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._request(tenant, method, path, params=params, json=json)
+        except TimeoutError as exc:
+            raise FreshBooksError(0, "FreshBooks did not answer within the time left to this work") from exc
+
+    async def _request(self, tenant: TenantRef, method: str, path: str, *, params: Params, json: Any) -> Any:
         url = f"{self._settings.freshbooks_api_base}{path}"
         async with self._slot(tenant.id):
             token = await self._tokens.access_token(tenant.id)
@@ -162,6 +184,7 @@ class FreshBooksClient:
     ) -> httpx.Response:
         attempts = self._settings.freshbooks_max_attempts
         for attempt in range(1, attempts + 1):
+            started = time.perf_counter()
             try:
                 response = await self._http.request(
                     method,
@@ -171,6 +194,7 @@ class FreshBooksClient:
                     headers={"Authorization": f"Bearer {access_token}"},
                 )
             except httpx.TransportError as exc:
+                _log_sent(method, url, attempt, started, error=type(exc).__name__)
                 if method not in _IDEMPOTENT or attempt == attempts:
                     raise FreshBooksError(0, f"could not reach FreshBooks: {type(exc).__name__}") from exc
                 delay = self._backoff(attempt)
@@ -178,6 +202,7 @@ class FreshBooksClient:
                     "freshbooks_transport_retry", method=method, attempt=attempt, delay=delay, error=type(exc).__name__
                 )
             else:
+                _log_sent(method, url, attempt, started, status=response.status_code)
                 if response.status_code not in RETRYABLE_STATUSES or attempt == attempts:
                     return response
                 delay = self._retry_delay(response, attempt)
@@ -201,6 +226,19 @@ class FreshBooksClient:
         """Exponential backoff with full jitter: 0.5 s, 1 s, 2 s ... capped at 30 s."""
         ceiling = min(30.0, 0.5 * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+def _log_sent(method: str, url: str, attempt: int, started: float, **outcome: int | str) -> None:
+    """One debug line per request sent (each attempt): the path without its query string, never a
+    token or a body. ``outcome``: the ``status``, or the transport ``error``."""
+    log.debug(
+        "freshbooks_request",
+        method=method,
+        path=urlsplit(url).path,
+        attempt=attempt,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        **outcome,
+    )
 
 
 def _keep_updated_since(spec: Resource, page: Page, since: datetime) -> Page:

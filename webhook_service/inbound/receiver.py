@@ -6,16 +6,20 @@ written for a refused request. An accepted event is in the inbox (committed) bef
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from webhook_service.batching import QueueFull
 from webhook_service.inbound.signature import MalformedBody, parse_form, verify_signature
 from webhook_service.inbound.verification import complete_handshake
 from webhook_service.logs import get_logger
+from webhook_service.metrics import STORAGE_UNAVAILABLE
 from webhook_service.runtime import Runtime
 from webhook_service.storage import inbox
 from webhook_service.storage.columns import utcnow
+from webhook_service.storage.database import unavailable
 from webhook_service.storage.models import Callback, CallbackStatus
 
 log = get_logger(__name__)
@@ -29,12 +33,35 @@ MAX_ID_LENGTH = 64
 KEPT_HEADERS = ("content-type", "user-agent", SIGNATURE_HEADER, "x-request-id", "x-forwarded-for")
 
 
+RETRY_AFTER_SECONDS = 5
+"""What a webhook refused for the database's sake (503) is told to wait before sending again."""
+
+
 class Refusal(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
+
+
+def storage_refusal(error: BaseException) -> Refusal | None:
+    """The 503 for a webhook the inbox could not take now (nothing of it is stored); None when the
+    failure is not the database's state."""
+    if isinstance(error, QueueFull):
+        reason: str | None = "queue_full"
+    else:
+        reason = unavailable(error)
+    if reason is None:
+        return None
+    STORAGE_UNAVAILABLE.labels(reason=reason).inc()
+    return Refusal(
+        503,
+        f"storage_{reason}" if reason != "queue_full" else reason,
+        "The service cannot store this delivery right now; nothing was kept. Send it again later.",
+        retry_after=RETRY_AFTER_SECONDS,
+    )
 
 
 @dataclass(frozen=True)
@@ -49,7 +76,14 @@ _STALE_REASONS = frozenset({"callback_not_verified", "bad_signature", "event_not
 
 
 async def find_callback(runtime: Runtime, endpoint_key: str, *, fresh: bool = False) -> Callback:
-    callback = await runtime.callbacks.get(endpoint_key, fresh=fresh)
+    try:  # a read: bounded like the write, so a busy database answers 503 in time, not late
+        async with asyncio.timeout(runtime.settings.inbound_commit_timeout):
+            callback = await runtime.callbacks.get(endpoint_key, fresh=fresh)
+    except Exception as error:
+        refusal = storage_refusal(error)
+        if refusal is None:
+            raise
+        raise refusal from error
     if callback is None:
         raise Refusal(404, "unknown_endpoint", "No callback is registered at this URI.")
     return callback
@@ -112,7 +146,15 @@ async def _record_event(
     if name.split(".", 1)[0] != callback.event:
         raise Refusal(422, "event_not_subscribed", f"This callback receives {callback.event} events only.")
     kept = {key: headers[key] for key in KEPT_HEADERS if key in headers}
-    event = await runtime.inbox_writer.submit(inbox.Arrival(callback.id, callback.tenant_id, fields, body, kept, now))
+    try:
+        event = await runtime.inbox_writer.submit(
+            inbox.Arrival(callback.id, callback.tenant_id, fields, body, kept, now)
+        )
+    except Exception as error:
+        refusal = storage_refusal(error)
+        if refusal is None:
+            raise
+        raise refusal from error
     duplicate = event.duplicate_of is not None
     due = not duplicate or event.next_attempt_at is not None  # a new event, or a recheck
     if due and event.lease_owner is None:  # not handed over: wake the processor to claim it

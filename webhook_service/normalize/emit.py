@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from webhook_service.delivery.fanout import delivery_rows, enabled_subscriptions
 from webhook_service.logs import get_logger
 from webhook_service.normalize.events import NormalizedEvent
-from webhook_service.signals import HandedDelivery
+from webhook_service.signals import Grant, HandedDelivery
 from webhook_service.storage import ledger as ledger_store
 from webhook_service.storage.bulk import insert_rows
 from webhook_service.storage.models import Delivery, Event, ObjectVersion
@@ -55,9 +55,9 @@ async def stage_many(session: AsyncSession, items: Sequence[Staged], *, now: dat
 
 
 async def stage_leased(
-    session: AsyncSession, items: Sequence[Staged], *, now: datetime, lease: tuple[str, datetime] | None
+    session: AsyncSession, items: Sequence[Staged], *, now: datetime, lease: Grant | None
 ) -> tuple[list[bool], list[HandedDelivery]]:
-    """:func:`stage_many`, with the new deliveries leased to ``lease`` (owner, until) when given.
+    """:func:`stage_many`, with up to ``lease.count`` of the new deliveries leased under it when given.
 
     Also returns those deliveries with their event and subscription, for the caller to hand to its
     delivery worker once committed (see :class:`~webhook_service.signals.Lane`).
@@ -114,9 +114,11 @@ async def stage_leased(
         )
         new = delivery_rows(subscriptions, event_id=event.id, event_type=event.type, tenant_id=tenant_id, now=now)
         if lease is not None:
-            for row in new:
-                row["lease_owner"], row["lease_until"] = lease
-            handed.extend((Delivery(**row), Event(**events[-1]), by_id[row["subscription_id"]]) for row in new)
+            for row in new:  # past the grant's room they wait unleased for a claim
+                leased = len(handed) < lease.count
+                row["lease_owner"], row["lease_until"] = (lease.token, lease.until) if leased else (None, None)
+                if leased:
+                    handed.append((Delivery(**row), Event(**events[-1]), by_id[row["subscription_id"]]))
         deliveries.extend(new)
         added.append(True)
     for model, rows in ((ObjectVersion, ledger), (Event, events), (Delivery, deliveries)):

@@ -27,6 +27,7 @@ from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, NormalizedEvent, build
 from webhook_service.normalize.types import split_name
 from webhook_service.runtime import Runtime
+from webhook_service.signals import Capacity
 from webhook_service.storage import deliveries as claims
 from webhook_service.storage.bulk import update_by_id
 from webhook_service.storage.columns import utcnow
@@ -36,6 +37,9 @@ log = get_logger(__name__)
 
 
 MAX_ATTEMPTS = 12
+LEASE_ALL_ROOM = 1 << 30
+"""A commit's delivery hand-over asks for all the room there is (how many deliveries its events
+fan out to is known only inside the transaction); what it does not use is given back at once."""
 
 
 class InboxProcessor:
@@ -47,16 +51,22 @@ class InboxProcessor:
     events in flight, so an event never waits for a whole batch; fetches are limited to
     ``PROCESSOR_CONCURRENCY`` at a time, and finished events are committed together (group commit:
     one ledger lookup, bulk inserts, one commit for all that are ready).
+
+    Work on an event stays inside its lease: its FreshBooks fetch (retries and ``Retry-After``
+    waits included) must end a quarter of the lease before it does, or it is abandoned (a GET is
+    safe to abandon) and the event retried later; every final write is fenced on the event's
+    lease (:func:`~webhook_service.storage.deliveries.fence`), so an event whose lease was lost
+    and taken over changes nothing here.
     """
 
     def __init__(self, runtime: Runtime, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._runtime = runtime
         self._clock = clock
         self._slots = asyncio.Semaphore(runtime.settings.processor_concurrency)
-        self._committer: Batcher[Ready, bool] = Batcher(self._commit, name="inbox-commit")
-        self._capacity = 4 * runtime.settings.processor_concurrency
-        self._busy = 0  # events in flight
-        self._held: set[int] = set()  # ids of the leased inbox events not settled yet
+        self._committer: Batcher[Ready, bool | None] = Batcher(
+            self._commit, name="inbox-commit", split_on=(IntegrityError,)
+        )
+        self._capacity = Capacity(4 * runtime.settings.processor_concurrency)  # events in flight
 
     async def run_once(self, limit: int = 100) -> int:
         """Process what is due now and wait for it; returns how many inbox events were claimed."""
@@ -68,15 +78,15 @@ class InboxProcessor:
         runtime = self._runtime
         lane = runtime.signals.inbox_lane
         lease = timedelta(seconds=runtime.settings.processor_lease_seconds)
-        lane.attach(self._start, lease=lease, ready=lambda: self._busy < self._capacity)
+        self._capacity.when_freed(runtime.signals.inbox_ready)
+        lane.attach(self._start, lease=lease, capacity=self._capacity)
         try:
             while True:
                 claimed: list[tuple[InboxEvent, Tenant | None]] = []
-                if self._busy < self._capacity:
-                    try:
-                        claimed = await self._claim(self._capacity - self._busy)
-                    except Exception:
-                        log.exception("inbox_processor_failed")
+                try:
+                    claimed = await self._claim(self._capacity.limit)
+                except Exception:
+                    log.exception("inbox_processor_failed")
                 self._start(claimed)
                 if not claimed:
                     await runtime.signals.wait_inbox(runtime.settings.delivery_poll_interval)
@@ -84,10 +94,9 @@ class InboxProcessor:
             lane.detach()
 
     def _start(self, items: Sequence[tuple[InboxEvent, Tenant | None]]) -> None:
-        """Take events that arrive with their tenant rows (handed over, or claimed and looked up)."""
+        """Take events that arrive with their tenant rows (handed over, or claimed and looked up),
+        for which capacity is already reserved (one unit each)."""
         if items:
-            self._busy += len(items)
-            self._held.update(row.id for row, _ in items)
             self._runtime.tasks.spawn(self._process(items), name=f"inbox:{items[0][0].id}")
 
     async def _process(self, items: Sequence[tuple[InboxEvent, Tenant | None]]) -> None:
@@ -97,33 +106,42 @@ class InboxProcessor:
             else:
                 await asyncio.gather(*(self._handle(row, tenant) for row, tenant in items))
         finally:
-            was_full = self._busy >= self._capacity
-            self._busy -= len(items)
-            if was_full:  # room again: claim what waited
-                self._runtime.signals.inbox_ready()
+            self._capacity.give_back(len(items))
 
     async def _claim(self, limit: int) -> list[tuple[InboxEvent, Tenant | None]]:
-        """Claimed events with their tenants, read in the same session."""
+        """Claimed events with their tenants, read in the same session; no more than there is room
+        for (the room taken stays reserved for what was claimed)."""
+        room = self._capacity.reserve(limit)
+        if not room:
+            return []
+        found: list[tuple[InboxEvent, Tenant | None]] = []
+        try:
+            found = await self._claim_rows(room)
+        finally:
+            self._capacity.give_back(room - len(found), finished=False)
+        return found
+
+    async def _claim_rows(self, limit: int) -> list[tuple[InboxEvent, Tenant | None]]:
         lease = timedelta(seconds=self._runtime.settings.processor_lease_seconds)
         async with self._runtime.db.sessions() as session:
-            rows = await claims.claim_inbox(session, now=self._clock(), limit=limit, lease=lease)
+            rows = await claims.claim_inbox(
+                session, owner=self._runtime.lease_owner, now=self._clock(), limit=limit, lease=lease
+            )
             if not rows:
                 return []
             found = await session.execute(select(Tenant).where(Tenant.id.in_({row.tenant_id for row in rows})))
             tenants = {tenant.id: tenant for tenant in found.scalars()}
+        log.debug("inbox_events_claimed", count=len(rows))
         return [(row, tenants.get(row.tenant_id)) for row in rows]
 
     async def _handle(self, row: InboxEvent, tenant: Tenant | None) -> None:
         # every log line about this event (the FreshBooks client's too) carries its inbox id
         with structlog.contextvars.bound_contextvars(inbox_id=row.id, tenant_id=row.tenant_id):
             await self._settle(row, tenant)
-        self._held.discard(row.id)  # not reached when cancelled: release_held() gives it back
 
-    async def release_held(self) -> int:
-        """Give back the leases of events taken but not settled (at shutdown, after cancelling),
-        so any process can take them up at once instead of after ``PROCESSOR_LEASE_SECONDS``."""
-        held, self._held = self._held, set()
-        return await claims.release(self._runtime.db, InboxEvent, held)
+    async def idle(self) -> None:
+        """Wait for the commit under way (at shutdown: it may be handing deliveries over)."""
+        await self._committer.idle()
 
     async def _settle(self, row: InboxEvent, tenant: Tenant | None) -> None:
         ready = await self._guarded(row, tenant)
@@ -137,6 +155,8 @@ class InboxProcessor:
         except Exception as exc:
             log.exception("inbox_event_failed", inbox_id=row.id)
             await self._retry_later(row, f"{type(exc).__name__}: {exc}")
+            return
+        if added is None:  # the lease was lost: whoever holds it now settles the event
             return
         log.info(
             "event_emitted" if added else "event_version_known",
@@ -171,9 +191,13 @@ class InboxProcessor:
         if tenant.status != TenantStatus.ACTIVE.value:
             await self._release(row)  # it waits for the tenant to reconnect
             return None
+        deadline = self._fetch_deadline(row)
+        if deadline is not None and deadline <= asyncio.get_running_loop().time():
+            await self._release(row)  # too little of its lease is left: claimed afresh at once
+            return None
         observed_at = self._clock()  # the state read is no older than this request
         try:
-            obj = await runtime.freshbooks.get(tenant, resource, row.object_id)
+            obj = await runtime.freshbooks.get(tenant, resource, row.object_id, deadline=deadline)
         except FreshBooksError as exc:
             if exc.status != 404:
                 await self._retry_later(row, str(exc))
@@ -198,35 +222,50 @@ class InboxProcessor:
             return None
         return Ready(row, event, outcome)
 
-    async def _commit(self, ready: Sequence[Ready]) -> list[bool]:
-        """One transaction for every ready event; a version another process emitted first raises
-        ``IntegrityError`` (and the batcher then commits each alone)."""
+    def _fetch_deadline(self, row: InboxEvent) -> float | None:
+        """The loop time by which this event's FreshBooks fetch must be over: a quarter of the
+        lease before it ends, left for committing the result."""
+        if row.lease_until is None:
+            return None
+        margin = self._runtime.settings.processor_lease_seconds / 4
+        left = (row.lease_until - self._clock()).total_seconds() - margin
+        return asyncio.get_running_loop().time() + left
+
+    async def _commit(self, ready: Sequence[Ready]) -> list[bool | None]:
+        """One transaction for every ready event whose lease still holds (None for the others); a
+        version another process emitted first raises ``IntegrityError`` (and the batcher then
+        commits each alone)."""
         now = self._clock()
         lane = self._runtime.signals.delivery_lane
-        lease = lane.lease(now)  # None unless a worker of this process takes hand-overs
-        async with self._runtime.db.sessions() as session:
-            added, handed = await emit.stage_leased(
-                session, [(r.event, r.row.tenant_id, r.row.id) for r in ready], now=now, lease=lease
-            )
-            await update_by_id(session, InboxEvent, [_finished_row(r.row.id, r.outcome, None, now) for r in ready])
-            await session.commit()
-        if lease is not None:
-            lane.hand_over(handed)
-        elif any(added):
+        grant = lane.lease(now, LEASE_ALL_ROOM)  # None unless a worker of this process takes hand-overs
+        try:
+            async with self._runtime.db.sessions() as session:
+                kept = await claims.fence(session, InboxEvent, {r.row.id: r.row.lease_owner for r in ready})
+                held = [r for r in ready if r.row.id in kept]
+                added, handed = await emit.stage_leased(
+                    session, [(r.event, r.row.tenant_id, r.row.id) for r in held], now=now, lease=grant
+                )
+                await update_by_id(session, InboxEvent, [_finished_row(r.row.id, r.outcome, None, now) for r in held])
+                await session.commit()
+        except BaseException:
+            if grant is not None:
+                lane.cancel(grant)
+            raise
+        if grant is not None:
+            lane.hand_over(grant, handed)
+        if any(added) and (grant is None or len(handed) == grant.count):  # some may wait unleased
             self._runtime.signals.deliveries_ready()
-        return added
+        outcome = dict(zip((r.row.id for r in held), added, strict=True))
+        return [outcome.get(r.row.id) for r in ready]
 
     async def _finish(self, row: InboxEvent, status: InboxStatus, note: str | None) -> None:
         async with self._runtime.db.sessions() as session:
-            await update_by_id(session, InboxEvent, [_finished_row(row.id, status, note, self._clock())])
-            await session.commit()
+            if await claims.fence(session, InboxEvent, {row.id: row.lease_owner}):
+                await update_by_id(session, InboxEvent, [_finished_row(row.id, status, note, self._clock())])
+                await session.commit()
 
     async def _release(self, row: InboxEvent) -> None:
-        async with self._runtime.db.sessions() as session:
-            await session.execute(
-                update(InboxEvent).where(InboxEvent.id == row.id).values(lease_owner=None, lease_until=None)
-            )
-            await session.commit()
+        await claims.release(self._runtime.db, InboxEvent, {row.id: row.lease_owner})
 
     async def _retry_later(self, row: InboxEvent, error: str) -> None:
         attempts = row.attempts + 1
@@ -242,8 +281,9 @@ class InboxProcessor:
             values["status"] = InboxStatus.FAILED.value
             log.error("inbox_event_gave_up", inbox_id=row.id, error=error)
         async with self._runtime.db.sessions() as session:
-            await session.execute(update(InboxEvent).where(InboxEvent.id == row.id).values(**values))
-            await session.commit()
+            if await claims.fence(session, InboxEvent, {row.id: row.lease_owner}):
+                await session.execute(update(InboxEvent).where(InboxEvent.id == row.id).values(**values))
+                await session.commit()
 
 
 def _finished_row(inbox_id: int, status: InboxStatus, note: str | None, now: datetime) -> dict[str, object]:

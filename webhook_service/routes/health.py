@@ -1,6 +1,14 @@
-"""Liveness and readiness."""
+"""Liveness and readiness.
+
+``/healthz`` touches nothing but the event loop: it answers as long as the process serves. ``/readyz``
+says whether this process can do its job: the database answers, its schema is current, and a write
+commits within a couple of seconds (a full disk reads fine and fails every write). Each failure
+is named: ``busy`` (locked by another process, or no connection free), ``full``, ``error``.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from sqlalchemy import text
 from starlette.requests import Request
@@ -9,6 +17,9 @@ from starlette.routing import Route
 
 from webhook_service.runtime import Runtime
 from webhook_service.storage import migrate
+from webhook_service.storage.database import unavailable
+
+PROBE_SECONDS = 2.0
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -18,11 +29,18 @@ async def healthz(request: Request) -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.runtime
     try:
-        async with runtime.db.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-        pending = await migrate.pending_revisions(runtime.db)
+        async with asyncio.timeout(PROBE_SECONDS):
+            async with runtime.db.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            pending = await migrate.pending_revisions(runtime.db)
+        if not pending:
+            await runtime.db.probe_write(PROBE_SECONDS)
     except Exception as exc:
-        return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
+        reason = unavailable(exc)
+        body = {"status": "unavailable", "database": reason or type(exc).__name__}
+        if reason is not None:
+            body["writes"] = reason
+        return JSONResponse(body, status_code=503)
     if pending:
         return JSONResponse({"status": "unavailable", "pending_migrations": pending}, status_code=503)
     return JSONResponse({"status": "ok"})

@@ -45,7 +45,10 @@ async def receive(request: Request) -> Response:
     except Refusal as refusal:
         log.warning("inbound_refused", reason=refusal.reason, status=refusal.status, path=request.url.path[:40])
         INBOUND_REFUSED.labels(reason=refusal.reason).inc()
-        return error_response(request, refusal.status, refusal.reason, refusal.message)
+        response = error_response(request, refusal.status, refusal.reason, refusal.message)
+        if refusal.retry_after is not None:
+            response.headers["Retry-After"] = str(refusal.retry_after)
+        return response
     if outcome.kind == "verification":
         INBOUND_ACCEPTED.labels(kind="verification").inc()
         return JSONResponse({"status": "verification_started"})

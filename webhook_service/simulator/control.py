@@ -76,6 +76,14 @@ async def fail_next(request: Request, state: SimulatorState, body: dict[str, Any
 
 
 @control
+async def token_delay(request: Request, state: SimulatorState, body: dict[str, Any]) -> Any:
+    """``{"seconds": 7}`` holds each token-issuing answer that long (``0``: answer at once)."""
+    if "seconds" in body:
+        state.token_delay = body["seconds"]
+    return {"seconds": state.token_delay}
+
+
+@control
 async def identities(request: Request, state: SimulatorState, body: dict[str, Any]) -> Any:
     return {"identity_id": state.add_identity(list(body["memberships"]))}
 
@@ -202,6 +210,7 @@ def routes() -> list[BaseRoute]:
         Route("/_sim/authorization-codes", authorization_codes, methods=["POST"]),
         Route("/_sim/expire-access-tokens", expire_access_tokens, methods=["POST"]),
         Route("/_sim/fail-next", fail_next, methods=["POST"]),
+        Route("/_sim/token-delay", token_delay, methods=["GET", "POST"]),
         Route("/_sim/identities", identities, methods=["POST"]),
         Route("/_sim/seed", seed, methods=["POST"]),
         Route(objects, create_object, methods=["POST"]),

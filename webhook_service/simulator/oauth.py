@@ -3,11 +3,14 @@
 One server plays both ``auth.freshbooks.com`` (``/oauth/authorize``) and the
 API host (``/auth/...``). Refresh tokens are single-use and every decision is
 taken under the state's lock, so concurrent refreshes with one token give
-exactly one winner and ``invalid_grant`` for the rest.
+exactly one winner and ``invalid_grant`` for the rest. ``state.token_delay``
+(``/_sim/token-delay``) makes the token endpoint slow: the grant is decided on
+arrival, its answer held back without blocking the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -20,10 +23,13 @@ from starlette.routing import BaseRoute, Route
 from .auth import require_identity, simulator_state
 from .failures import FailureRule
 from .middleware import ARRIVED_SCOPE_KEY, FAILURE_SCOPE_KEY
+from .state import SimulatorState
 from .tokens import OAuthError
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+#: How often a held token answer looks at ``token_delay`` again.
+_HOLD_STEP_SECONDS = 0.05
 
 
 def _error_page(status: int, error: str, description: str) -> HTMLResponse:
@@ -108,7 +114,18 @@ async def token(request: Request) -> Response:
         state.log_token_request(body or {}, exc.status, exc.error, arrived)
         return JSONResponse(exc.body(), status_code=exc.status, headers=NO_STORE)
     state.log_token_request(body, 200, None, arrived)
+    await _hold_answer(state, arrived)
     return JSONResponse(answer, headers=NO_STORE)
+
+
+async def _hold_answer(state: SimulatorState, arrived: float) -> None:
+    """Wait until ``state.token_delay`` has passed since ``arrived`` (see that property).
+
+    Sleeps on the event loop in short steps (other requests go on; the state's lock is never held
+    while waiting) and reads the delay on every step, so changing it takes effect at once.
+    """
+    while (remaining := arrived + state.token_delay - time.monotonic()) > 0:
+        await asyncio.sleep(min(remaining, _HOLD_STEP_SECONDS))
 
 
 async def revoke(request: Request) -> Response:

@@ -65,6 +65,7 @@ class SimulatorState:
         self.token_requests: list[dict[str, Any]] = []
         self.deliveries: list[dict[str, Any]] = []
         self._tokens = TokenStore()
+        self._token_delay = 0.0
         self._store = ObjectStore(ObjectFactory(self._rng))
         self._failures = FailurePlan()
         # Its own RNG, so webhook traffic never shifts the seeded objects (and vice versa).
@@ -96,6 +97,28 @@ class SimulatorState:
     def access_token_ttl(self, seconds: int) -> None:
         with self._lock:
             self._tokens.access_token_ttl = int(seconds)
+
+    @property
+    def token_delay(self) -> float:
+        """Seconds the token endpoint holds back each answer that issues tokens (0: none).
+
+        The grant is decided (and logged) the moment the request arrives; only the answer waits,
+        counted from arrival, without blocking the server. Refusals (``invalid_grant``) and injected
+        failures answer at once: a rotation is the slow part of a token endpoint, and this is the
+        order that hurts a service, whose second refresher learns ``invalid_grant`` while the first
+        one's pair is still on the wire. Held answers see a change at once: setting 0 releases them,
+        so a test can hold a refresh for as long as it needs and then let it through.
+        """
+        with self._lock:
+            return self._token_delay
+
+    @token_delay.setter
+    def token_delay(self, seconds: float) -> None:
+        seconds = float(seconds)
+        if not 0 <= seconds < float("inf"):
+            raise ValueError("token_delay must be a finite number of seconds, 0 or more")
+        with self._lock:
+            self._token_delay = seconds
 
     def _stamp(self) -> datetime:
         return normalize(self.now())

@@ -8,10 +8,15 @@ PostgreSQL goes through asyncpg.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import event
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -34,6 +39,78 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+    @asynccontextmanager
+    async def bounded_session(self, seconds: float) -> AsyncIterator[AsyncSession]:
+        """A session that gets its connection and its locks within ``seconds``, or fails.
+
+        For writes someone is waiting on (a webhook's sender): past the bound the error is one
+        :func:`unavailable` recognises ("busy"), and nothing was written. Once the locks are held
+        the transaction runs to its end. SQLite bounds the wait for another process's write lock
+        (:data:`~webhook_service.storage.sqlite_inline.LOCK_DEADLINE`); PostgreSQL gets a
+        ``lock_timeout``.
+        """
+        deadline = sqlite_inline.LOCK_DEADLINE.set(time.monotonic() + seconds)
+        try:
+            async with self.sessions() as session:
+                try:
+                    await asyncio.wait_for(session.connection(), seconds)
+                except TimeoutError as error:
+                    raise StorageBusy(f"no database connection within {seconds:g} s") from error
+                if not self.is_sqlite:
+                    await session.execute(text(f"SET LOCAL lock_timeout = {max(1, int(seconds * 1000))}"))
+                yield session
+        finally:
+            sqlite_inline.LOCK_DEADLINE.reset(deadline)
+
+    async def probe_write(self, seconds: float) -> None:
+        """Write and commit one row (a lease that nobody uses) within ``seconds``, to learn whether
+        writes succeed: a database that reads fine may still be unable to write (a full disk)."""
+        from webhook_service.storage import leases  # leases imports this module
+
+        async with self.bounded_session(seconds) as session:
+            await leases.touch(session, PROBE_LEASE)
+            await session.commit()
+
+
+PROBE_LEASE = "readiness-probe"
+
+Unavailable = Literal["busy", "full", "error"]
+
+
+class StorageBusy(Exception):
+    """The database did not give a connection or a lock in time."""
+
+
+def unavailable(error: BaseException) -> Unavailable | None:
+    """Why a failed database call failed, when the cause is the database and not the data.
+
+    ``busy``: locked by another process or connection, or no connection free in time; ``full``: no
+    space left; ``error``: unreachable or failing. None for anything else (a constraint, a bug).
+    Callers answer 503 with ``Retry-After`` for these and 500 for the rest.
+    """
+    if isinstance(error, (StorageBusy, TimeoutError, exc.TimeoutError)):
+        return "busy"
+    if isinstance(error, _ABOUT_THE_DATA) or not isinstance(error, (exc.DBAPIError, OSError)):
+        return None
+    cause = getattr(error, "orig", None) or error
+    state = getattr(cause, "sqlstate", None)
+    if sqlite_inline.is_busy(cause) or state in _PG_BUSY:
+        return "busy"
+    if getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or state in _PG_FULL or _says_full(str(cause)):
+        return "full"
+    return "error"
+
+
+_ABOUT_THE_DATA = (exc.IntegrityError, exc.DataError, exc.ProgrammingError)
+
+
+def _says_full(message: str) -> bool:
+    return "disk is full" in message or "No space left on device" in message
+
+
+_PG_BUSY = frozenset({"55P03", "57014", "53300"})  # lock_not_available, query_canceled, too_many_connections
+_PG_FULL = frozenset({"53100"})  # disk_full
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
@@ -64,6 +141,9 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
+        # First: a new (empty) file takes it only before anything is written to it, the WAL switch
+        # included; an existing file keeps its mode until a VACUUM (see storage/retention.py).
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")

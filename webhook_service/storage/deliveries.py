@@ -1,14 +1,21 @@
 """Claiming due work with leases, so no two workers (or replicas) send the same attempt.
 
 A claim is one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`` stamping a lease
-owner token; the rows are then read back by that token. On PostgreSQL ``SKIP LOCKED`` keeps
-replicas off each other's rows; SQLite serializes writers, so the same statement is safe there.
-A worker that dies leaves its lease to run out, after which the delivery is due again.
+token; the rows are then read back by that token. On PostgreSQL ``SKIP LOCKED`` keeps replicas off
+each other's rows; SQLite serializes writers, so the same statement is safe there. A worker that
+dies leaves its lease to run out, after which the delivery is due again.
+
+A lease token is ``<owner>.<grant>``: the owner names the process (so everything a stopping process
+holds can be given back in one statement, :func:`release_owner`), the grant part names this one
+claim or hand-over. Every final write on leased work goes through :func:`fence` first, in the same
+transaction: it keeps only the rows still carrying the token they were leased with, and locks them,
+so a worker whose lease ran out and was taken over changes nothing.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
+from webhook_service.logs import get_logger
+from webhook_service.metrics import LEASES_LOST
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import (
     Delivery,
@@ -29,7 +38,21 @@ from webhook_service.storage.models import (
     TenantStatus,
 )
 
+log = get_logger(__name__)
+
 DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value)
+
+Leased = type[Delivery] | type[InboxEvent]
+
+
+def new_owner() -> str:
+    """A process's lease owner: the prefix of every token it stamps."""
+    return secrets.token_hex(6)
+
+
+def lease_token(owner: str) -> str:
+    """The token of one grant (a claim, or a hand-over's commit) by ``owner``."""
+    return f"{owner}.{secrets.token_hex(4)}"
 
 
 def _unleased(lease_until: InstrumentedAttribute[datetime | None], now: datetime) -> ColumnElement[bool]:
@@ -37,7 +60,7 @@ def _unleased(lease_until: InstrumentedAttribute[datetime | None], now: datetime
 
 
 async def claim_deliveries(
-    session: AsyncSession, *, now: datetime, limit: int, lease: timedelta
+    session: AsyncSession, *, owner: str, now: datetime, limit: int, lease: timedelta
 ) -> list[tuple[Delivery, Event, Subscription]]:
     due = (
         select(Delivery.id)
@@ -45,7 +68,7 @@ async def claim_deliveries(
         .order_by(Delivery.next_attempt_at)
         .limit(limit)
     )
-    token = await _lease(session, Delivery, due, due.with_for_update(skip_locked=True), now + lease)
+    token = await _lease(session, Delivery, due, due.with_for_update(skip_locked=True), owner, now + lease)
     if token is None:
         return []
     rows = await session.execute(
@@ -59,7 +82,9 @@ async def claim_deliveries(
     return claimed
 
 
-async def claim_inbox(session: AsyncSession, *, now: datetime, limit: int, lease: timedelta) -> list[InboxEvent]:
+async def claim_inbox(
+    session: AsyncSession, *, owner: str, now: datetime, limit: int, lease: timedelta
+) -> list[InboxEvent]:
     """Pending inbox events of active tenants; a tenant waiting for re-authorization keeps its own."""
     due = (
         select(InboxEvent.id)
@@ -68,7 +93,8 @@ async def claim_inbox(session: AsyncSession, *, now: datetime, limit: int, lease
         .order_by(InboxEvent.id)
         .limit(limit)
     )
-    token = await _lease(session, InboxEvent, due, due.with_for_update(skip_locked=True, of=InboxEvent), now + lease)
+    locked = due.with_for_update(skip_locked=True, of=InboxEvent)
+    token = await _lease(session, InboxEvent, due, locked, owner, now + lease)
     if token is None:
         return []
     rows = await session.execute(select(InboxEvent).where(InboxEvent.lease_owner == token).order_by(InboxEvent.id))
@@ -77,21 +103,80 @@ async def claim_inbox(session: AsyncSession, *, now: datetime, limit: int, lease
     return claimed
 
 
-async def release(db: Database, model: type[Delivery] | type[InboxEvent], ids: set[Any]) -> int:
-    """Clear the leases on rows a process took but will not finish (it is stopping), if the work is
-    still to do, so any process may claim them now rather than when the lease runs out."""
-    if not ids:
+async def fence(session: AsyncSession, model: Leased, held: Mapping[Any, str | None]) -> set[Any]:
+    """The ids of ``held`` (id -> the token it was leased with) whose lease is still that token.
+
+    Call it first in the transaction that writes the work's outcome, and write only the rows it
+    returns: it also locks them (a row lock on PostgreSQL, the write lock on SQLite), so nobody
+    can take them over before the commit. The rest lost their lease (it ran out and another worker
+    claimed the row, or an operator requeued it): they are counted, logged, and left alone.
+    """
+    by_token: dict[str, list[Any]] = {}
+    for row_id, token in held.items():
+        if token is not None:
+            by_token.setdefault(token, []).append(row_id)
+    kept: set[Any] = set()
+    for token, ids in by_token.items():
+        result = await session.execute(
+            update(model)
+            .where(model.id.in_(ids), model.lease_owner == token)
+            .values(lease_owner=model.lease_owner)
+            .returning(model.id)
+            .execution_options(synchronize_session=False)
+        )
+        kept.update(result.scalars())
+    lost = set(held) - kept
+    if lost:
+        kind = "delivery" if model is Delivery else "inbox"
+        LEASES_LOST.labels(kind=kind).inc(len(lost))
+        log.warning("lease_lost", kind=kind, ids=sorted(map(str, lost))[:20], count=len(lost))
+    return kept
+
+
+async def release(db: Database, model: Leased, held: Mapping[Any, str | None]) -> int:
+    """Clear the leases on rows taken but not to be finished here, if the work is still to do and
+    the lease is still ours, so any process may claim them now rather than when it runs out."""
+    if not held:
         return 0
-    unfinished = Delivery.status.in_(DUE) if model is Delivery else InboxEvent.processed_at.is_(None)
     async with db.sessions() as session:
+        kept = await fence(session, model, held)
+        await _clear(session, model, kept)
+        await session.commit()
+    return len(kept)
+
+
+async def release_owner(db: Database, owner: str) -> int:
+    """Clear every lease ``owner`` (a process) still holds on unfinished work: the last step of a
+    stop, so nothing waits for a lease of a process that is gone."""
+    released = 0
+    async with db.sessions() as session:
+        for model in (InboxEvent, Delivery):
+            result = await session.execute(
+                update(model)
+                .where(model.lease_owner.like(f"{owner}.%"), _unfinished(model))
+                .values(lease_owner=None, lease_until=None)
+                .execution_options(synchronize_session=False)
+            )
+            released += result.rowcount  # type: ignore[attr-defined]
+        await session.commit()
+    return released
+
+
+async def _clear(session: AsyncSession, model: Leased, ids: set[Any]) -> None:
+    if ids:
         await session.execute(
             update(model)
-            .where(model.id.in_(ids), unfinished)
+            .where(model.id.in_(ids), _unfinished(model))
             .values(lease_owner=None, lease_until=None)
             .execution_options(synchronize_session=False)
         )
-        await session.commit()
-    return len(ids)
+
+
+def _unfinished(model: Leased) -> ColumnElement[bool]:
+    if model is Delivery:
+        return Delivery.status.in_(DUE)
+    pending = (InboxStatus.PENDING.value, InboxStatus.DUPLICATE.value)
+    return and_(InboxEvent.status.in_(pending), InboxEvent.processed_at.is_(None))
 
 
 async def backlog(session: AsyncSession, now: datetime) -> tuple[int, int]:
@@ -128,16 +213,12 @@ def _inbox_due(now: datetime) -> ColumnElement[bool]:
 
 
 async def _lease(
-    session: AsyncSession,
-    model: type[Delivery] | type[InboxEvent],
-    due: Select[Any],
-    locked: Select[Any],
-    until: datetime,
+    session: AsyncSession, model: Leased, due: Select[Any], locked: Select[Any], owner: str, until: datetime
 ) -> str | None:
-    """Stamp a fresh owner token on the due rows; None (and nothing written) when none are due."""
+    """Stamp a fresh token of ``owner`` on the due rows; None (and nothing written) when none are due."""
     if not await _any(session, due):
         return None
-    token = secrets.token_hex(8)
+    token = lease_token(owner)
     result = await session.execute(
         update(model)
         .where(model.id.in_(locked.scalar_subquery()))

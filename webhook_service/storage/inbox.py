@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, insert, or_, select, update
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.batching import Batcher
-from webhook_service.signals import HandedInboxEvent, Lane
+from webhook_service.config import Settings
+from webhook_service.logs import get_logger
+from webhook_service.signals import Grant, HandedInboxEvent, Lane
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import Callback, InboxEvent, InboxStatus, Tenant, TenantStatus
+
+log = get_logger(__name__)
 
 LAST_EVENT_RESOLUTION = timedelta(minutes=1)
 """``callbacks.last_event_at`` is exact to this; it says whether a callback is alive, not a count."""
@@ -38,37 +44,56 @@ class Arrival:
     received_at: datetime
 
 
-def writer(db: Database, dedupe_window: timedelta, lane: Lane[HandedInboxEvent]) -> Batcher[Arrival, InboxEvent]:
+def writer(db: Database, settings: Settings, lane: Lane[HandedInboxEvent]) -> Batcher[Arrival, InboxEvent]:
     """The process's one way into the inbox: concurrent deliveries share a transaction (group commit).
 
     Each caller's ``submit`` returns once its row is committed, so a 2xx sent after it is durable.
     New events of active tenants are leased to this process's processor in the same transaction
-    and handed to it with their tenant rows, read in that transaction too.
+    (no more than it has room to start) and handed to it with their tenant rows, read in that
+    transaction too. A flush that cannot get the database within ``INBOUND_COMMIT_TIMEOUT`` fails
+    with nothing written (:meth:`~webhook_service.storage.database.Database.bounded_session`), and
+    no more than ``INBOUND_QUEUE_LIMIT`` deliveries wait for one (:class:`~webhook_service.batching.QueueFull`).
     """
 
+    dedupe_window = timedelta(seconds=settings.inbox_dedupe_window)
     touched: dict[str, datetime] = {}  # callback id -> last_event_at this process wrote
 
     async def flush(arrivals: Sequence[Arrival]) -> list[InboxEvent]:
-        lease = lane.lease(utcnow())
-        async with db.sessions() as session:
-            tenants: dict[str, Tenant] = {}
-            if lease is not None:
-                found = await session.execute(
-                    select(Tenant).where(
-                        Tenant.id.in_({arrival.tenant_id for arrival in arrivals}),
-                        Tenant.status == TenantStatus.ACTIVE.value,
+        started = time.perf_counter()
+        grant = lane.lease(utcnow(), len(arrivals))
+        try:
+            async with db.bounded_session(settings.inbound_commit_timeout) as session:
+                tenants: dict[str, Tenant] = {}
+                if grant is not None:
+                    found = await session.execute(
+                        select(Tenant).where(
+                            Tenant.id.in_({arrival.tenant_id for arrival in arrivals}),
+                            Tenant.status == TenantStatus.ACTIVE.value,
+                        )
                     )
+                    tenants = {tenant.id: tenant for tenant in found.scalars()}
+                events = await record_many(
+                    session, arrivals, dedupe_window=dedupe_window, lease=grant, leasable=set(tenants), touched=touched
                 )
-                tenants = {tenant.id: tenant for tenant in found.scalars()}
-            events = await record_many(
-                session, arrivals, dedupe_window=dedupe_window, lease=lease, leasable=set(tenants), touched=touched
-            )
-            await session.commit()
-        if lease is not None:
-            lane.hand_over([(event, tenants[event.tenant_id]) for event in events if event.lease_owner == lease[0]])
+                await session.commit()
+        except BaseException:
+            if grant is not None:
+                lane.cancel(grant)
+            raise
+        log.debug(  # one line per group commit: how many deliveries shared the transaction
+            "inbox_flushed",
+            events=len(events),
+            duplicates=sum(event.status == InboxStatus.DUPLICATE.value for event in events),
+            leased=sum(event.lease_owner is not None for event in events),
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        if grant is not None:
+            lane.hand_over(grant, [(e, tenants[e.tenant_id]) for e in events if e.lease_owner == grant.token])
         return events
 
-    return Batcher(flush, name="inbox-writer")
+    return Batcher(
+        flush, name="inbox-writer", max_queue=settings.inbound_queue_limit, split_on=(IntegrityError, DataError)
+    )
 
 
 async def record_many(
@@ -76,7 +101,7 @@ async def record_many(
     arrivals: Sequence[Arrival],
     *,
     dedupe_window: timedelta,
-    lease: tuple[str, datetime] | None = None,
+    lease: Grant | None = None,
     leasable: set[str] | frozenset[str] = frozenset(),
     touched: dict[str, datetime] | None = None,
 ) -> list[InboxEvent]:
@@ -91,6 +116,7 @@ async def record_many(
     copy's original in the same batch: those duplicates need no recheck.
     """
     digests = [body_hash(arrival.raw_body) for arrival in arrivals]
+    leasable_count = lease.count if lease is not None else 0
     originals = await _originals(session, arrivals, digests, dedupe_window)
     rows: list[dict[str, Any]] = []
     firsts: dict[tuple[str, str], int] = {}  # -> index in rows
@@ -110,8 +136,9 @@ async def record_many(
             repeats.append((len(rows), firsts[key]))
         else:
             firsts[key] = len(rows)
-            if lease is not None and arrival.tenant_id in leasable:
-                row["lease_owner"], row["lease_until"] = lease
+            if lease is not None and leasable_count > 0 and arrival.tenant_id in leasable:
+                row["lease_owner"], row["lease_until"] = lease.token, lease.until
+                leasable_count -= 1
         rows.append(row)
     copies = {copy for copy, _ in repeats}
     await _insert_with_ids(session, [row for n, row in enumerate(rows) if n not in copies])

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, update
+from sqlalchemy import delete, insert, or_, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
@@ -40,3 +41,10 @@ async def release(db: Database, name: str, owner: str) -> None:
     async with db.sessions() as session:
         await session.execute(delete(Lease).where(Lease.name == name, Lease.owner == owner))
         await session.commit()
+
+
+async def touch(session: AsyncSession, name: str) -> None:
+    """Write the named lease row (the readiness probe's write), expired at once: nobody holds it."""
+    now = utcnow()
+    await session.execute(delete(Lease).where(Lease.name == name))
+    await session.execute(insert(Lease).values(name=name, owner="probe", until=now))

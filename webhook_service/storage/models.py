@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from webhook_service.storage.columns import UTCDateTime, utcnow
@@ -119,7 +119,10 @@ class InboxEvent(Base):
     """
 
     __tablename__ = "inbox_events"
-    __table_args__ = (Index("ix_inbox_events_dedupe", "callback_id", "body_hash", "received_at"),)
+    __table_args__ = (
+        Index("ix_inbox_events_dedupe", "callback_id", "body_hash", "received_at"),
+        Index("ix_inbox_events_received", "status", "received_at"),  # retention (migration 0007)
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -184,7 +187,10 @@ class Event(Base):
     """A normalized event. ``payload`` is the exact body sent on every attempt (it is signed)."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_tenant_created", "tenant_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_events_tenant_created", "tenant_id", "created_at"),
+        Index("ix_events_created_at", "created_at"),  # retention (migration 0007)
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -239,6 +245,7 @@ class Delivery(Base):
     __table_args__ = (
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_subscription", "subscription_id", "created_at"),
+        Index("ix_deliveries_completed", "status", "completed_at"),  # retention (migration 0007)
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -259,7 +266,18 @@ class Delivery(Base):
 
 
 class DeliveryAttempt(Base):
+    """One attempt of a delivery; its number is recorded once (a lost lease records nothing)."""
+
     __tablename__ = "delivery_attempts"
+    __table_args__ = (
+        UniqueConstraint("delivery_id", "number", name="uq_delivery_attempts_number"),
+        Index(  # the response bodies retention still has to clear (migration 0007)
+            "ix_delivery_attempts_body_started",
+            "started_at",
+            sqlite_where=text("response_body IS NOT NULL"),
+            postgresql_where=text("response_body IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     delivery_id: Mapped[str] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)

@@ -6,10 +6,16 @@ loop to come round to it; under load a transaction of a dozen hops held the data
 milliseconds or more, and every other writer queued behind it. Here each call runs at once and
 its coroutine returns without suspending, so a transaction holds the database only for the SQL.
 
-What that costs: a write that must wait for *another process's* write lock blocks the loop in
-SQLite's busy handler. The commit, which waits for the disk (``fsync``), is the one call still made
-on a worker thread. Several processes on one SQLite file are
-supported, as a convenience; PostgreSQL is how the service scales out.
+No call ever waits on the loop's thread. SQLite's busy handler is off on this connection
+(``busy_timeout`` 0), so a statement that would have to wait for *another process's* write lock (a
+CLI command, a backup, a ``sqlite3`` shell) fails at once instead; it is then run again on a worker
+thread, which waits for the lock there, for up to the connection's ``PRAGMA busy_timeout`` or until
+the caller's :data:`LOCK_DEADLINE`, whichever comes first. A write transaction starts with ``BEGIN
+IMMEDIATE``, so the lock is taken (or waited for) once, by its first write, and every later
+statement runs inline holding it. Where the database is free that is no hop at all; where it is
+locked, one hop per transaction. The commit, which waits for the disk (``fsync``), always runs on a
+worker thread. Several processes on one SQLite file are supported; PostgreSQL is how the service
+scales out.
 
 Only the calls the dialect makes are provided (see ``sqlalchemy.dialects.sqlite.aiosqlite``);
 used through ``create_async_engine(..., async_creator=...)``.
@@ -18,14 +24,37 @@ used through ``create_async_engine(..., async_creator=...)``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+
+LOCK_DEADLINE: ContextVar[float | None] = ContextVar("sqlite_lock_deadline", default=None)
+"""``time.monotonic()`` by which a statement must have the database's lock, or fail ("database is
+locked"): set by a caller that answers someone waiting (the webhook endpoint)."""
+
+_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+"""The statements Python's sqlite3 opens a transaction for (its legacy transaction control)."""
+_BUSY_PRAGMA = re.compile(r"\s*PRAGMA\s+busy_timeout\s*=\s*(\d+)\s*$", re.IGNORECASE)
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLite could not take a lock another connection holds."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and (
+        code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc)
+    )
 
 
 class InlineCursor:
-    def __init__(self, cursor: sqlite3.Cursor) -> None:
+    def __init__(self, cursor: sqlite3.Cursor, connection: InlineConnection) -> None:
         self._cursor = cursor
+        self._connection = connection
 
     @property
     def description(self) -> Any:
@@ -54,11 +83,18 @@ class InlineCursor:
         self._cursor.close()
 
     async def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> InlineCursor:
-        self._cursor.execute(sql, parameters)
+        busy = _BUSY_PRAGMA.match(sql)
+        if busy:  # the connection's lock wait, kept for the worker thread (see the module docstring)
+            self._connection.lock_wait = int(busy.group(1)) / 1000
+            sql = "PRAGMA busy_timeout=0"
+        await self._connection.lock_for(sql)
+        await self._connection.run(lambda: self._cursor.execute(sql, parameters))
         return self
 
     async def executemany(self, sql: str, parameters: Iterable[Sequence[Any] | dict[str, Any]]) -> InlineCursor:
-        self._cursor.executemany(sql, parameters)
+        rows = list(parameters)
+        await self._connection.lock_for(sql)
+        await self._connection.run(lambda: self._cursor.executemany(sql, rows))
         return self
 
     async def fetchone(self) -> Any:
@@ -78,21 +114,49 @@ class InlineCursor:
 
 
 class InlineConnection:
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, *, lock_wait: float) -> None:
         self._conn = connection
         self._connection: sqlite3.Connection | None = connection  # the dialect checks it before commit/rollback
+        self.lock_wait = lock_wait
+        """Longest wait for another connection's lock, on a worker thread."""
 
     @property
     def isolation_level(self) -> str | None:
         return self._conn.isolation_level
 
     def cursor(self) -> InlineCursor:
-        return InlineCursor(self._conn.cursor())
+        return InlineCursor(self._conn.cursor(), self)
+
+    async def lock_for(self, sql: str) -> None:
+        """Before a transaction's first write, take the write lock (``BEGIN IMMEDIATE``)."""
+        if not self._conn.in_transaction and _WRITE.match(sql):
+            await self.run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+
+    async def run(self, call: Callable[[], R]) -> R:
+        """``call()`` inline; if it must wait for a lock, again on a worker thread that waits."""
+        try:
+            return call()
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+        wait = self.lock_wait
+        deadline = LOCK_DEADLINE.get()
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+        if wait <= 0:
+            raise sqlite3.OperationalError("database is locked")
+        return await _on_thread(self._waiting, call, wait)
+
+    def _waiting(self, call: Callable[[], R], wait: float) -> R:
+        self._conn.execute(f"PRAGMA busy_timeout={max(1, int(wait * 1000))}")
+        try:
+            return call()
+        finally:
+            self._conn.execute("PRAGMA busy_timeout=0")
 
     async def commit(self) -> None:
         # The one call that waits for the disk (fsync, ``synchronous=FULL``): off the loop's thread.
-        # Nothing else touches this connection meanwhile: the pool has lent it to this session.
-        await asyncio.to_thread(self._conn.commit)
+        await _on_thread(self._conn.commit)
 
     async def rollback(self) -> None:
         self._conn.rollback()
@@ -109,11 +173,32 @@ class InlineConnection:
             self._conn.close()
 
 
+async def _on_thread(call: Callable[..., R], *args: Any) -> R:
+    """``call(*args)`` on a worker thread, awaited to its end even if the caller is cancelled.
+
+    The thread is using this connection: were the caller let go at once, its session would roll
+    back on the same connection from the loop's thread, which would block the loop inside SQLite
+    until the thread is done (and the pool could lend the connection to someone else meanwhile).
+    So a cancellation waits for the call, then goes on. Nothing else touches the connection until
+    then: the pool has lent it to this session.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(future)
+        raise
+
+
 def creator(database: str, *, timeout: float, uri: bool = False) -> Any:
-    """An ``async_creator`` for ``create_async_engine``."""
+    """An ``async_creator`` for ``create_async_engine``; ``timeout``: the longest lock wait."""
 
     async def connect() -> InlineConnection:
-        # check_same_thread=False: the pool may close a connection from the garbage collector.
-        return InlineConnection(sqlite3.connect(database, timeout=timeout, uri=uri, check_same_thread=False))
+        # check_same_thread=False: the pool may close a connection from the garbage collector, and
+        # a lock wait runs on a worker thread. timeout=0: no call waits for a lock inline.
+        connection = sqlite3.connect(database, timeout=0, uri=uri, check_same_thread=False)
+        return InlineConnection(connection, lock_wait=timeout)
 
     return connect

@@ -2,6 +2,9 @@
 
 The refresh-lease functions are compare-and-swap ``UPDATE``s: they work identically on SQLite and
 PostgreSQL and across processes, which is what lets one process at a time spend a refresh token.
+Each one that acts on a held lease is fenced on the owner *and* the ``token_version`` it was taken
+for, and returns whether it matched: a ``False`` means the lease was lost (see
+:mod:`webhook_service.freshbooks.tokens` for what the caller does then).
 """
 
 from __future__ import annotations
@@ -31,18 +34,50 @@ async def list_all(session: AsyncSession, *, status: str | None = None) -> list[
 
 
 async def try_acquire_refresh_lease(
-    session: AsyncSession, tenant_id: str, *, version: int, owner: str, now: datetime, until: datetime
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    version: int,
+    owner: str,
+    holder: str | None,
+    now: datetime,
+    until: datetime,
 ) -> bool:
-    """Take the right to refresh ``version``'s token, if nobody holds it and nobody rotated it."""
+    """Take the right to refresh ``version``'s token, if nobody rotated it and no live lease blocks.
+
+    ``holder`` is the lease owner the caller last read (None: no lease). Swapping on it makes the
+    caller know exactly whose lease it took over: a holder whose lease ran out unreleased may still
+    have its refresh call in flight, which matters if our own call then gets ``invalid_grant``.
+    A lease already ours may be retaken before it runs out (no call of ours is in flight then).
+    """
+    held_by = Tenant.refresh_lease_owner.is_(None) if holder is None else Tenant.refresh_lease_owner == holder
     result = await session.execute(
         update(Tenant)
         .where(
             Tenant.id == tenant_id,
             Tenant.token_version == version,
             Tenant.status == TenantStatus.ACTIVE.value,
-            or_(Tenant.refresh_lease_until.is_(None), Tenant.refresh_lease_until < now),
+            held_by,
+            or_(
+                Tenant.refresh_lease_until.is_(None),
+                Tenant.refresh_lease_until < now,
+                Tenant.refresh_lease_owner == owner,
+            ),
         )
         .values(refresh_lease_owner=owner, refresh_lease_until=until)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+
+async def renew_refresh_lease(
+    session: AsyncSession, tenant_id: str, *, version: int, owner: str, until: datetime
+) -> bool:
+    """Extend our lease on ``version`` (the heartbeat); False if it is no longer ours to extend."""
+    result = await session.execute(
+        update(Tenant)
+        .where(Tenant.id == tenant_id, Tenant.refresh_lease_owner == owner, Tenant.token_version == version)
+        .values(refresh_lease_until=until)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
@@ -61,15 +96,25 @@ async def store_rotated_pair(
     session: AsyncSession,
     tenant_id: str,
     *,
+    version: int,
+    owner: str | None,
     access_token_enc: str,
     refresh_token_enc: str,
     expires_at: datetime,
     now: datetime,
-) -> None:
-    """Record a rotation: bump the version and drop the lease in the same statement."""
-    await session.execute(
+) -> bool:
+    """Record the rotation of ``version``: bump the version and drop the lease in one statement.
+
+    Fenced on ``version`` and, unless ``owner`` is None, on the lease still being ``owner``'s.
+    False when the fence matched nothing. ``owner=None`` is only for keeping a successor pair whose
+    lease was lost (the version fence alone still refuses to overwrite a newer or reconnected pair).
+    """
+    fence = [Tenant.id == tenant_id, Tenant.token_version == version]
+    if owner is not None:
+        fence.append(Tenant.refresh_lease_owner == owner)
+    result = await session.execute(
         update(Tenant)
-        .where(Tenant.id == tenant_id)
+        .where(*fence)
         .values(
             access_token_enc=access_token_enc,
             refresh_token_enc=refresh_token_enc,
@@ -82,6 +127,7 @@ async def store_rotated_pair(
         )
         .execution_options(synchronize_session=False)
     )
+    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
 
 async def set_status(
