@@ -51,12 +51,20 @@ class Capacity:
         return taken
 
     def give_back(self, units: int = 1, *, finished: bool = True) -> None:
-        """Return units; ``finished`` when work ended (not a reservation left unused), which, if
-        the stage was full, wakes whoever claims: waiting work may be claimable now."""
-        was_full = self.used >= self.limit
+        """Return units; ``finished`` when work ended (not a reservation left unused).
+
+        When finished work brings the room back up to a quarter of the limit after it had fallen
+        below, whoever claims is woken: waiting work may be claimable now, and a claim then takes
+        a batch, not the one row a single finished piece of work made room for.
+        """
+        before = self.limit - self.used
         self.used -= units
-        if finished and was_full and units > 0:
+        if finished and before < self._wake_at <= self.limit - self.used:
             self._on_free()
+
+    @property
+    def _wake_at(self) -> int:
+        return max(1, self.limit // 4)
 
     def when_freed(self, callback: Callable[[], None]) -> None:
         self._on_free = callback

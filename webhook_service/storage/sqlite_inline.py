@@ -182,7 +182,7 @@ async def _on_thread(call: Callable[..., R], *args: Any) -> R:
     So a cancellation waits for the call, then goes on. Nothing else touches the connection until
     then: the pool has lent it to this session.
     """
-    future = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    future = asyncio.get_running_loop().run_in_executor(None, call, *args)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
