@@ -84,7 +84,11 @@ def test_another_process_holding_the_lock_freezes_nothing(database_url, simulato
                 locker.stdin.close()
             locker.wait(timeout=10)
 
-        print(f"healthz during the lock: {len(health.latencies)} polls, max {max(health.latencies) * 1000:.1f} ms")
+        ordered = sorted(health.latencies)
+        p99 = ordered[int(len(ordered) * 0.99)]
+        print(
+            f"healthz during the lock: {len(ordered)} polls, p99 {p99 * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms"
+        )
         print("webhooks during the lock:", [(s, round(t, 2)) for s, t, _ in timings])
         assert health.failures == 0
         # The target is 100 ms; the loop blocked (as before) made polls hang for the whole lock.

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=300)
     delivery_workers: int = Field(default=4, ge=0, le=64)
     delivery_batch_size: int = Field(default=200, ge=1, le=1000)
-    delivery_concurrency: int = Field(default=16, ge=1, le=1024)
+    delivery_concurrency: int = Field(default=64, ge=1, le=1024)
     delivery_timeout: float = Field(default=15.0, gt=0, le=120)
     delivery_retry_schedule: str = "0,5,300,1800,7200,18000,36000,36000"
     delivery_retry_jitter: float = Field(default=0.2, ge=0, le=0.9)

@@ -116,6 +116,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, log_file: str |
     )
     structlog.configure(
         processors=[
+            # First: a line below LOG_LEVEL is dropped before any processor runs (a debug line on the
+            # hot path costs a level check, not the whole chain).
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),
