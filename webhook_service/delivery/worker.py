@@ -107,10 +107,7 @@ class DeliveryWorker:
         batch = await self._claim(self._settings.delivery_batch_size, now)
         if not batch:
             return 0
-        try:
-            outcomes = await asyncio.gather(*(self._attempt(d, e, s, now) for d, e, s in batch))
-        finally:
-            self._capacity.give_back(len(batch), finished=False)
+        outcomes = await asyncio.gather(*(self._attempt_in_slot(d, e, s, now) for d, e, s in batch))
         sent = [outcome for outcome in outcomes if outcome is not None]
         await self._record(sent, {d.id: d for d, _, _ in batch})
         await self._give_back_unsent(batch, sent)
@@ -162,12 +159,18 @@ class DeliveryWorker:
             log.debug("deliveries_claimed", count=len(claimed))
         return claimed
 
-    async def _deliver(self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime) -> None:
-        structlog.contextvars.bind_contextvars(delivery_id=delivery.id, event_id=event.id)  # this task's own context
+    async def _attempt_in_slot(
+        self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime
+    ) -> Outcome | None:
+        """:meth:`_attempt`, its unit of capacity given back as soon as the send is over."""
         try:
-            outcome = await self._attempt(delivery, event, subscription, now)
+            return await self._attempt(delivery, event, subscription, now)
         finally:
             self._capacity.give_back()
+
+    async def _deliver(self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime) -> None:
+        structlog.contextvars.bind_contextvars(delivery_id=delivery.id, event_id=event.id)  # this task's own context
+        outcome = await self._attempt_in_slot(delivery, event, subscription, now)
         if outcome is None:  # no time left in its lease to send: let it be claimed afresh
             await self._give_back_unsent([(delivery, event, subscription)], [])
             return
