@@ -231,7 +231,9 @@ def test_sigterm_mid_burst_leaves_no_lease_held_by_the_stopped_process(database_
 
         statuses = running.sender.stream(((running.base_url, i) for i in ids), on_accepted=stop_mid_burst)
         acknowledged = accepted(statuses)
-        assert victim.popen.returncode is not None and 50 <= len(acknowledged) < len(ids)
+        # The stop lets requests already on their way finish, so more than 50 may be acknowledged;
+        # what makes it mid-burst is the work in flight: deliveries held at the subscriber.
+        assert victim.popen.returncode is not None and len(acknowledged) >= 50
         assert sink.sink.received, "deliveries must have been in flight when the stop came"
         assert asyncio.run(_leased_rows(database_url)) == (0, 0)
         sink.sink.release()

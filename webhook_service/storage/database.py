@@ -53,8 +53,9 @@ class Database:
         deadline = sqlite_inline.LOCK_DEADLINE.set(time.monotonic() + seconds)
         try:
             async with self.sessions() as session:
-                try:
-                    await asyncio.wait_for(session.connection(), seconds)
+                try:  # asyncio.timeout, not wait_for: no task per flush on the hot path
+                    async with asyncio.timeout(seconds):
+                        await session.connection()
                 except TimeoutError as error:
                     raise StorageBusy(f"no database connection within {seconds:g} s") from error
                 if not self.is_sqlite:
