@@ -46,7 +46,7 @@ class Capacity:
 
     def reserve(self, wanted: int) -> int:
         """Take up to ``wanted`` units; returns how many were taken (0 when full)."""
-        taken = max(0, min(wanted, self.limit - self.used))
+        taken = max(0, min(wanted, self.room))
         self.used += taken
         return taken
 

@@ -7,7 +7,9 @@ written for a refused request. An accepted event is in the inbox (committed) bef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -46,22 +48,23 @@ class Refusal(Exception):
         self.retry_after = retry_after
 
 
-def storage_refusal(error: BaseException) -> Refusal | None:
-    """The 503 for a webhook the inbox could not take now (nothing of it is stored); None when the
-    failure is not the database's state."""
-    if isinstance(error, QueueFull):
-        reason: str | None = "queue_full"
-    else:
-        reason = unavailable(error)
-    if reason is None:
-        return None
-    STORAGE_UNAVAILABLE.labels(reason=reason).inc()
-    return Refusal(
-        503,
-        f"storage_{reason}" if reason != "queue_full" else reason,
-        "The service cannot store this delivery right now; nothing was kept. Send it again later.",
-        retry_after=RETRY_AFTER_SECONDS,
-    )
+@contextlib.contextmanager
+def storage_refusals() -> Iterator[None]:
+    """Turn a failure of the database's state (busy, full, failing, or the inbox queue full) into
+    the 503 a webhook gets, with ``Retry-After``: nothing of it was stored. Anything else passes."""
+    try:
+        yield
+    except Exception as error:
+        reason = "queue_full" if isinstance(error, QueueFull) else unavailable(error)
+        if reason is None:
+            raise
+        STORAGE_UNAVAILABLE.labels(reason=reason).inc()
+        raise Refusal(
+            503,
+            f"storage_{reason}" if reason != "queue_full" else reason,
+            "The service cannot store this delivery right now; nothing was kept. Send it again later.",
+            retry_after=RETRY_AFTER_SECONDS,
+        ) from error
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,10 @@ _STALE_REASONS = frozenset({"callback_not_verified", "bad_signature", "event_not
 
 
 async def find_callback(runtime: Runtime, endpoint_key: str, *, fresh: bool = False) -> Callback:
-    try:  # a read: bounded like the write, so a busy database answers 503 in time, not late
+    # a read: bounded like the write, so a busy database answers 503 in time, not late
+    with storage_refusals():
         async with asyncio.timeout(runtime.settings.inbound_commit_timeout):
             callback = await runtime.callbacks.get(endpoint_key, fresh=fresh)
-    except Exception as error:
-        refusal = storage_refusal(error)
-        if refusal is None:
-            raise
-        raise refusal from error
     if callback is None:
         raise Refusal(404, "unknown_endpoint", "No callback is registered at this URI.")
     return callback
@@ -146,15 +145,10 @@ async def _record_event(
     if name.split(".", 1)[0] != callback.event:
         raise Refusal(422, "event_not_subscribed", f"This callback receives {callback.event} events only.")
     kept = {key: headers[key] for key in KEPT_HEADERS if key in headers}
-    try:
+    with storage_refusals():
         event = await runtime.inbox_writer.submit(
             inbox.Arrival(callback.id, callback.tenant_id, fields, body, kept, now)
         )
-    except Exception as error:
-        refusal = storage_refusal(error)
-        if refusal is None:
-            raise
-        raise refusal from error
     duplicate = event.duplicate_of is not None
     due = not duplicate or event.next_attempt_at is not None  # a new event, or a recheck
     if due and event.lease_owner is None:  # not handed over: wake the processor to claim it
