@@ -19,21 +19,21 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from webhook_service import onboarding
 from webhook_service.app import create_app
 from webhook_service.config import Settings
-from webhook_service.crypto import generate_key
+from webhook_service.core.crypto import generate_key
 from webhook_service.delivery.worker import DeliveryWorker
-from webhook_service.http_server import build_config
 from webhook_service.inbound import registrar
 from webhook_service.normalize.processor import InboxProcessor
 from webhook_service.runtime import Runtime
-from webhook_service.serving import BackgroundServer, bind_socket
-from webhook_service.simulator import SimulatorServer, SimulatorState
-from webhook_service.sink import SinkServer
+from webhook_service.sandbox.serving import BackgroundServer, bind_socket
+from webhook_service.sandbox.simulator import SimulatorServer, SimulatorState
+from webhook_service.sandbox.sink import SinkServer
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.deliveries import backlog
 from webhook_service.storage.models import Tenant
+from webhook_service.tenants import onboarding
+from webhook_service.web.server import build_config
 
 OWNER_BUSINESS_ID = 439000
 OWNER_ACCOUNT_ID = "ABC123"

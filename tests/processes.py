@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 import httpx
 
 from webhook_service.config import Settings
-from webhook_service.crypto import generate_key
-from webhook_service.simulator import SimulatorServer, signing
-from webhook_service.sink import Received, SinkServer
+from webhook_service.core.crypto import generate_key
+from webhook_service.sandbox.simulator import SimulatorServer, signing
+from webhook_service.sandbox.sink import Received, SinkServer
 
 T = TypeVar("T")
 OWNER_ACCOUNT_ID = "ABC123"

@@ -16,16 +16,16 @@ from conftest import make_settings
 from starlette.routing import Route
 
 from webhook_service.app import create_app
+from webhook_service.core.logs import configure_logging
 from webhook_service.delivery.fanout import new_delivery_id
 from webhook_service.delivery.matching import invalid_patterns
 from webhook_service.freshbooks.catalogue import CATALOGUE
-from webhook_service.logs import configure_logging
 from webhook_service.normalize.events import new_event_id
-from webhook_service.routes import admin
-from webhook_service.routes.admin_openapi import EVENT_TYPE_PATTERN
-from webhook_service.serving import BackgroundServer, bind_socket
+from webhook_service.sandbox.serving import BackgroundServer, bind_socket
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import Delivery, DeliveryAttempt, Event
+from webhook_service.web import admin
+from webhook_service.web.admin_openapi import EVENT_TYPE_PATTERN
 
 ADMIN_TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

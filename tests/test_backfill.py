@@ -18,7 +18,7 @@ from webhook_service.delivery import subscriptions
 from webhook_service.freshbooks.timestamps import EASTERN
 from webhook_service.inbound import registrar
 from webhook_service.normalize import emit
-from webhook_service.serving import BackgroundServer, bind_socket
+from webhook_service.sandbox.serving import BackgroundServer, bind_socket
 from webhook_service.storage.models import BackfillState, Event, ObjectVersion
 
 
@@ -180,7 +180,7 @@ async def test_scheduled_sweep_keeps_watermarks_and_one_replica_per_interval(run
     assert await sweep_due_tenants(runtime, "replica-a") == 1
     assert await sweep_due_tenants(runtime, "replica-b") == 0  # the lease holds for the interval
     states = {s.resource: s for s in await sweep.status(runtime)}
-    assert set(states) == set(runtime.settings.events)
+    assert set(states) == set(runtime.events)
     invoice = states["invoice"]
     assert invoice.watermark is not None and invoice.last_run_status == "ok"
     assert invoice.recovered_total == 1 and invoice.last_emitted == 1
@@ -190,7 +190,7 @@ async def test_scheduled_sweep_keeps_watermarks_and_one_replica_per_interval(run
 async def test_backfill_cli_summary_status_and_failures(runtime, tenant, simulator, cli_env, tmp_path):
     from test_cli import _run
 
-    from webhook_service import onboarding
+    from webhook_service.tenants import onboarding
 
     broken = await onboarding.import_refresh_token(runtime, simulator.state.issue_refresh_token(), 439001)
     async with runtime.db.sessions() as session:  # FreshBooks revoked this one's grant

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from webhook_service.batching import Batcher, QueueFull
+from webhook_service.core.batching import Batcher, QueueFull
 from webhook_service.inbound import registrar
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import inbox

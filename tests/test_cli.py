@@ -105,7 +105,7 @@ def test_import_with_several_businesses_asks_then_resumes(cli_env, simulator, tm
 
 
 def test_secret_key_rotation(cli_env, simulator, tmp_path):
-    from webhook_service.crypto import generate_key
+    from webhook_service.core.crypto import generate_key
 
     token = simulator.state.issue_refresh_token()
     assert (

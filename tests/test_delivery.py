@@ -17,7 +17,7 @@ from webhook_service.freshbooks.catalogue import get_resource
 from webhook_service.inbound import registrar
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
-from webhook_service.sink import Reply
+from webhook_service.sandbox.sink import Reply
 from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Subscription
 
 
@@ -360,7 +360,7 @@ async def test_subscription_urls_are_checked_when_saved(runtime):
 
 
 async def test_only_matching_subscriptions_get_the_event(runtime, tenant, sink, clock, simulator):
-    from webhook_service import onboarding
+    from webhook_service.tenants import onboarding
 
     other_tenant = await onboarding.import_refresh_token(runtime, simulator.state.issue_refresh_token(), 439001)
     wants_all, _ = await _subscribe(runtime, f"{sink.base_url}/all")
@@ -408,7 +408,7 @@ async def test_event_types_and_object_states(service, runtime, tenant, simulator
 async def test_events_of_a_tenant_waiting_for_reauthorization_flow_after_reconnect(
     service, runtime, tenant, simulator, sink
 ):
-    from webhook_service import onboarding
+    from webhook_service.tenants import onboarding
 
     await registrar.sync_tenant(runtime, tenant)
     await asyncio.to_thread(service.settle)

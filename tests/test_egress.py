@@ -29,7 +29,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from yarl import URL
 
-from webhook_service.delivery.egress import (
+from webhook_service.core.egress import (
     EgressBlocked,
     EgressPolicy,
     GuardedResolver,
@@ -38,7 +38,7 @@ from webhook_service.delivery.egress import (
     guarded_session,
     parse_address,
 )
-from webhook_service.serving import BackgroundServer
+from webhook_service.sandbox.serving import BackgroundServer
 
 FAST = 2.0  # seconds: total per request
 

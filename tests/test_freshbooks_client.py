@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import OWNER_ACCOUNT_ID, OWNER_BUSINESS_ID
 
+from webhook_service.core.retry_after import parse_retry_after
 from webhook_service.freshbooks.catalogue import CATALOGUE, IdKind, get_resource
 from webhook_service.freshbooks.client import FreshBooksClient
 from webhook_service.freshbooks.errors import FreshBooksError
-from webhook_service.retry_after import parse_retry_after
 
 EVENT_NOUNS = {
     "bill",

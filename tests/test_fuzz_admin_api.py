@@ -24,7 +24,7 @@ from schemathesis.checks import negative_data_rejection, positive_data_acceptanc
 from test_admin_api import _seed
 
 from webhook_service.delivery import subscriptions
-from webhook_service.routes import admin
+from webhook_service.web import admin
 
 ADMIN_TOKEN = "fuzz-admin-token"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

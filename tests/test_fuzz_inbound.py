@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from webhook_service.inbound.signature import MalformedBody, compute_signature, parse_form
+from webhook_service.freshbooks.signature import MalformedBody, compute_signature, parse_form
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage.models import Callback, InboxEvent
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from webhook_service.freshbooks.catalogue import CATALOGUE
 from webhook_service.inbound import registrar
-from webhook_service.simulator import signing
+from webhook_service.sandbox.simulator import signing
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import Callback, CallbackStatus, Event, InboxEvent, TenantStatus
@@ -274,7 +274,7 @@ async def test_unverified_callback_refuses_events_with_403(service, runtime, ten
 
 
 async def test_disconnect_deletes_the_callbacks_at_freshbooks(connected, service, runtime, simulator):
-    from webhook_service import onboarding
+    from webhook_service.tenants import onboarding
 
     tenant, revoke_error = await onboarding.disconnect(runtime, connected.id)
     assert revoke_error is None and tenant.status == TenantStatus.DISCONNECTED.value
@@ -283,8 +283,7 @@ async def test_disconnect_deletes_the_callbacks_at_freshbooks(connected, service
 
 
 async def test_failed_verification_shows_in_list_and_next_sync_recovers(service, settings, runtime, tenant, simulator):
-    settings.freshbooks_events = "invoice"
-    settings.__dict__.pop("events", None)
+    runtime.events = ("invoice",)
     settings.callback_verify_attempts = 1
     simulator.state.pause_deliveries()
     assert (await registrar.sync_tenant(runtime, tenant)).created == ["invoice"]

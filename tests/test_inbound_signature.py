@@ -11,8 +11,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from webhook_service.inbound.signature import MalformedBody, compute_signature, parse_form, verify_signature
-from webhook_service.simulator import signing
+from webhook_service.freshbooks.signature import MalformedBody, compute_signature, parse_form, verify_signature
+from webhook_service.sandbox.simulator import signing
 
 VERIFIER = "scADVVi5QuKuj5qTjVkbJNYQe7V7USpGd"
 VECTOR_BODY = b"name=invoice.create&object_id=1234567&account_id=6BApk&business_id=6543&identity_id=1234&user_id=1"
@@ -97,7 +97,7 @@ def test_malformed_bodies_are_refused(body):
 def test_the_documented_example_holds():
     import doctest
 
-    from webhook_service.inbound import signature
+    from webhook_service.freshbooks import signature
 
     assert doctest.testmod(signature) == (0, 2)
     readme = (__import__("pathlib").Path(__file__).parents[1] / "README.md").read_text()

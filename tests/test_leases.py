@@ -17,10 +17,10 @@ from processes import accepted, deployment, wait_until, webhook_ids_by_object
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from webhook_service.core.metrics import LEASES_LOST
 from webhook_service.delivery import subscriptions
 from webhook_service.delivery.worker import DeliveryWorker
 from webhook_service.freshbooks.catalogue import get_resource
-from webhook_service.metrics import LEASES_LOST
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
 from webhook_service.runtime import Runtime

@@ -15,8 +15,8 @@ from conftest import OWNER_ACCOUNT_ID
 from sqlalchemy import exc
 
 from webhook_service.backfill import sweep
-from webhook_service.logs import configure_logging, get_logger
-from webhook_service.simulator import signing
+from webhook_service.core.logs import configure_logging, get_logger
+from webhook_service.sandbox.simulator import signing
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import inbox
 from webhook_service.storage import tenants as tenant_store

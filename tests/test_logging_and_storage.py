@@ -10,7 +10,7 @@ import pytest
 from conftest import ON_POSTGRES, OWNER_ACCOUNT_ID
 from sqlalchemy import text
 
-from webhook_service.logs import REDACTED, configure_logging, get_logger
+from webhook_service.core.logs import REDACTED, configure_logging, get_logger
 from webhook_service.storage import migrate
 from webhook_service.storage import tenants as tenant_store
 
@@ -23,7 +23,7 @@ def json_logs(capsys):
 
 
 async def test_secrets_never_reach_the_logs(json_logs, runtime, simulator, capsys):
-    from webhook_service import onboarding
+    from webhook_service.tenants import onboarding
 
     refresh = simulator.state.issue_refresh_token()
     tenant = await onboarding.import_refresh_token(runtime, refresh, 439000)

@@ -13,16 +13,16 @@ from conftest import OWNER_ACCOUNT_ID, make_settings
 from prometheus_client import REGISTRY
 from sqlalchemy import func, inspect, select
 
-from webhook_service import retention as service_retention
 from webhook_service.backfill import sweep
 from webhook_service.delivery import subscriptions
 from webhook_service.delivery.worker import DeliveryWorker
 from webhook_service.freshbooks.catalogue import get_resource
 from webhook_service.inbound import registrar
+from webhook_service.maintenance import retention as service_retention
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
 from webhook_service.normalize.processor import InboxProcessor
-from webhook_service.sink import Reply
+from webhook_service.sandbox.sink import Reply
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import inbox, leases
 from webhook_service.storage import retention as store

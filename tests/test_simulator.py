@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from webhook_service.simulator import SimulatorServer, SimulatorState
+from webhook_service.sandbox.simulator import SimulatorServer, SimulatorState
 
 REDIRECT = "https://app.example.com/oauth/callback"
 TOKEN = "/auth/oauth/token"

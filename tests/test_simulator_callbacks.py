@@ -25,10 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from webhook_service.serving import BackgroundServer
-from webhook_service.simulator import SimulatorServer, SimulatorState
-from webhook_service.simulator.delivery import DeliveryHold
-from webhook_service.simulator.signing import encode, sign
+from webhook_service.sandbox.serving import BackgroundServer
+from webhook_service.sandbox.simulator import SimulatorServer, SimulatorState
+from webhook_service.sandbox.simulator.delivery import DeliveryHold
+from webhook_service.sandbox.simulator.signing import encode, sign
 
 CALLBACKS = "/events/account/{}/events/callbacks"
 ABC = CALLBACKS.format("ABC123")

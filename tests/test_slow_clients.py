@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from webhook_service.app import create_app
-from webhook_service.http_server import MAX_HEAD_BYTES, build_config, protocol_class
-from webhook_service.serving import BackgroundServer
+from webhook_service.sandbox.serving import BackgroundServer
 from webhook_service.storage.models import Callback
+from webhook_service.web.server import MAX_HEAD_BYTES, build_config, protocol_class
 
 HELD_FOREVER = 30.0
 """Seconds after which a connection the server should have closed counts as held for ever."""

@@ -135,7 +135,7 @@ def _poll_healthz(base_url: str, until: float) -> _HealthPoller:
 
 
 def _post(running, client: httpx.Client, object_id: int) -> tuple[int | None, str | None]:
-    from webhook_service.simulator import signing
+    from webhook_service.sandbox.simulator import signing
 
     sender = running.sender
     message = {"name": "invoice.update", "object_id": str(object_id), "account_id": OWNER_ACCOUNT_ID}

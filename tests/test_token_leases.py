@@ -22,9 +22,9 @@ from prometheus_client import REGISTRY
 from sqlalchemy import update
 from token_worker import run_workers
 
+from webhook_service.core.logs import configure_logging
 from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.freshbooks.tokens import TenantUnavailable, TokenManager
-from webhook_service.logs import configure_logging
 from webhook_service.runtime import Runtime
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow
@@ -112,7 +112,7 @@ def test_two_processes_wait_out_a_refresh_slower_than_the_lease(settings, simula
     (whose lease is renewed meanwhile) instead of spending the token again and disconnecting."""
 
     async def connect() -> str:
-        from webhook_service import onboarding
+        from webhook_service.tenants import onboarding
 
         async with Runtime.open(settings, migrate_schema=True) as runtime:
             tenant = await onboarding.import_refresh_token(runtime, simulator.state.issue_refresh_token(), 439000)

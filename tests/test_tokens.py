@@ -187,8 +187,8 @@ async def test_tokens_are_encrypted_at_rest(runtime, tenant):
 @pytest.mark.slow
 def test_two_processes_share_one_refresh(settings, simulator, tmp_path):
     async def setup():
-        from webhook_service import onboarding
         from webhook_service.runtime import Runtime
+        from webhook_service.tenants import onboarding
 
         async with Runtime.open(settings, migrate_schema=True) as runtime:
             tenant = await onboarding.import_refresh_token(runtime, simulator.state.issue_refresh_token(), 439000)
@@ -216,7 +216,7 @@ def test_two_processes_share_one_refresh(settings, simulator, tmp_path):
 
 
 async def test_background_check_refreshes_only_tokens_inside_their_margin(runtime, tenant, simulator):
-    from webhook_service import onboarding
+    from webhook_service.tenants import onboarding
 
     other = await onboarding.import_refresh_token(runtime, simulator.state.issue_refresh_token(), 439001)
     await _expire_in_db(runtime, tenant.id)
@@ -229,7 +229,7 @@ async def test_background_check_refreshes_only_tokens_inside_their_margin(runtim
 
 
 async def test_import_that_fails_after_rotation_keeps_the_pair_for_resume(runtime, simulator):
-    from webhook_service import onboarding
+    from webhook_service.tenants import onboarding
 
     simulator.state.fail_next(1, status=503, retry_after=None, paths_prefix="/auth/api/v1/users/me")
     with pytest.raises(onboarding.HeldPairError) as caught:

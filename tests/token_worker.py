@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from webhook_service.config import Settings, get_settings
-from webhook_service.logs import configure_logging
+from webhook_service.core.logs import configure_logging
 from webhook_service.runtime import Runtime
 from webhook_service.storage import tenants as tenant_store
 

@@ -10,18 +10,18 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from webhook_service import retention
 from webhook_service.backfill import schedule as backfill_schedule
 from webhook_service.config import Settings, get_settings
+from webhook_service.core.logs import get_logger
 from webhook_service.delivery.worker import DeliveryWorker
 from webhook_service.inbound import registrar
-from webhook_service.logs import get_logger
-from webhook_service.middleware import RequestContextMiddleware
+from webhook_service.maintenance import retention
 from webhook_service.normalize.processor import InboxProcessor
-from webhook_service.routes import admin, health, metrics, oauth, webhooks
-from webhook_service.routes.errors import http_exception, unhandled_exception
 from webhook_service.runtime import Runtime
 from webhook_service.storage import deliveries as claims
+from webhook_service.web import admin, health, metrics, oauth, webhooks
+from webhook_service.web.errors import http_exception, unhandled_exception
+from webhook_service.web.middleware import RequestContextMiddleware
 
 log = get_logger(__name__)
 

@@ -124,17 +124,6 @@ class Settings(BaseSettings):
         return tuple(self.freshbooks_scopes.replace(",", " ").split()) or DEFAULT_SCOPES
 
     @cached_property
-    def events(self) -> tuple[str, ...]:
-        """FreshBooks nouns to subscribe per tenant; default: every noun the service normalizes."""
-        from webhook_service.freshbooks.catalogue import CATALOGUE
-
-        chosen = tuple(dict.fromkeys(self.freshbooks_events.replace(",", " ").split())) or tuple(CATALOGUE)
-        unknown = [noun for noun in chosen if noun not in CATALOGUE]
-        if unknown:
-            raise ValueError(f"FRESHBOOKS_EVENTS names unknown nouns {unknown}; known: {', '.join(CATALOGUE)}")
-        return chosen
-
-    @cached_property
     def retry_schedule(self) -> tuple[float, ...]:
         """Delay before each attempt, in seconds (the first is usually 0)."""
         try:

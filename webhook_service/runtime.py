@@ -6,30 +6,69 @@ one way to reach each piece and one place that builds it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import httpx
 from httpx_aiohttp import HttpxAiohttpClient
 
 from webhook_service import __version__
-from webhook_service.batching import Batcher
 from webhook_service.config import Settings
-from webhook_service.crypto import SecretBox, secret_box_from_settings
-from webhook_service.delivery.egress import EgressPolicy, guarded_session
+from webhook_service.core.batching import Batcher
+from webhook_service.core.crypto import SecretBox, SecretKeyError, dev_key
+from webhook_service.core.egress import EgressPolicy, guarded_session
+from webhook_service.core.signals import Capacity, Lane, Wakeup
+from webhook_service.core.tasks import TaskTracker
+from webhook_service.freshbooks.catalogue import subscribed_nouns
 from webhook_service.freshbooks.client import FreshBooksClient
 from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.freshbooks.tokens import TokenManager
-from webhook_service.signals import Capacity, Signals
 from webhook_service.storage import deliveries as claims
 from webhook_service.storage import inbox, migrate
 from webhook_service.storage.callbacks import CallbackCache
 from webhook_service.storage.database import Database
-from webhook_service.storage.inbox import Arrival
+from webhook_service.storage.deliveries import HandedDelivery
+from webhook_service.storage.inbox import Arrival, HandedInboxEvent
 from webhook_service.storage.models import InboxEvent
-from webhook_service.tasks import TaskTracker
+
+
+def secret_box_from_settings(settings: Settings) -> SecretBox:
+    """Build the box, or refuse clearly: without a key, secrets would sit in the database in clear."""
+    if settings.secret_key is not None and settings.secret_key.get_secret_value().strip():
+        return SecretBox(settings.secret_key.get_secret_value().split(","))
+    if not settings.dev_mode:
+        raise SecretKeyError(
+            "SECRET_KEY is not set. Tokens and verifiers are encrypted at rest, so the service "
+            "refuses to start without a key. Set SECRET_KEY (generate one with "
+            "`webhook-service generate-secret-key`), or set DEV_MODE=true to use a development "
+            f"key stored in {settings.dev_secret_key_file} (never in production)."
+        )
+    return SecretBox([dev_key(Path(settings.dev_secret_key_file))])
+
+
+class Signals:
+    """This process's wake-ups, and the in-memory hand-overs between its stages (:mod:`~.core.signals`)."""
+
+    def __init__(self, new_token: Callable[[], str]) -> None:
+        self._inbox = Wakeup()
+        self._deliveries = Wakeup()
+        self.inbox_lane: Lane[HandedInboxEvent] = Lane(new_token)
+        self.delivery_lane: Lane[HandedDelivery] = Lane(new_token)
+
+    def inbox_ready(self) -> None:
+        self._inbox.set()
+
+    def deliveries_ready(self) -> None:
+        self._deliveries.set()
+
+    async def wait_inbox(self, timeout: float) -> None:
+        await self._inbox.wait(timeout)
+
+    async def wait_deliveries(self, timeout: float) -> None:
+        await self._deliveries.wait(timeout)
 
 
 @dataclass
@@ -43,7 +82,7 @@ class Runtime:
     freshbooks: FreshBooksClient
     tasks: TaskTracker
     outbound: aiohttp.ClientSession
-    """Subscriber deliveries only (:func:`~webhook_service.delivery.egress.guarded_session`): every
+    """Subscriber deliveries only (:func:`~webhook_service.core.egress.guarded_session`): every
     connection obeys ``egress``; no proxies, no cookies, raw bodies. Send with ``allow_redirects=False``
     after ``egress.check_request_target(url)`` (IP literals never reach the guarded resolver)."""
     egress: EgressPolicy
@@ -56,6 +95,8 @@ class Runtime:
     lease_owner: str
     """This process's lease owner: the prefix of every lease token it stamps on inbox events and
     deliveries (see :mod:`~webhook_service.storage.deliveries`), so a stop gives back all of them."""
+    events: tuple[str, ...]
+    """The FreshBooks nouns each tenant's callbacks subscribe to (``FRESHBOOKS_EVENTS``)."""
     delivery_capacity: Capacity
     """Deliveries this process may hold at once (``DELIVERY_CONCURRENCY``), shared by its workers
     and the processor's hand-overs: nothing is leased that cannot start now."""
@@ -65,6 +106,7 @@ class Runtime:
     async def open(cls, settings: Settings, *, migrate_schema: bool | None = None) -> AsyncIterator[Runtime]:
         """Build everything; the secret key is checked first so a keyless start fails before I/O."""
         box = secret_box_from_settings(settings)
+        events = subscribed_nouns(settings.freshbooks_events)  # a typo fails here, before any I/O
         egress = EgressPolicy(settings.allowed_cidrs, https_only=settings.outbound_https_only)  # bad CIDR: fail here
         db = Database(settings.database_url)
         # httpx's API over aiohttp's transport (httpx-aiohttp, by an httpx maintainer): the same
@@ -100,6 +142,7 @@ class Runtime:
                 inbox_writer=inbox.writer(db, settings, signals.inbox_lane),
                 signals=signals,
                 lease_owner=lease_owner,
+                events=events,
                 delivery_capacity=Capacity(settings.delivery_concurrency),
             )
         finally:

@@ -70,15 +70,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from webhook_service.config import Settings
-from webhook_service.crypto import generate_key
+from webhook_service.core.crypto import generate_key
+from webhook_service.core.logs import configure_logging
 from webhook_service.delivery import subscriptions
 from webhook_service.delivery.worker import DeliveryWorker
 from webhook_service.freshbooks.catalogue import get_resource
-from webhook_service.logs import configure_logging
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, NormalizedEvent, build
 from webhook_service.runtime import Runtime
-from webhook_service.simulator import SimulatorState
+from webhook_service.sandbox.simulator import SimulatorState
 from webhook_service.storage.columns import new_id, utcnow
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import (

@@ -81,7 +81,7 @@ from bench_delivery import (
 )
 from procstats import RssSampler, cpu_seconds, hwm_mb, rss_mb, rss_verdict
 
-from webhook_service.inbound.signature import compute_signature
+from webhook_service.freshbooks.signature import compute_signature
 
 HERE = Path(__file__).resolve().parent
 BARE_SCRIPT = HERE / "bare_app.py"

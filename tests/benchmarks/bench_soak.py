@@ -81,7 +81,7 @@ from procstats import hwm_mb, rss_mb
 from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.engine import make_url
 
-from webhook_service.inbound.signature import compute_signature
+from webhook_service.freshbooks.signature import compute_signature
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import (
     Delivery,

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from webhook_service.freshbooks.catalogue import CATALOGUE
 from webhook_service.normalize.events import build, normalize_object
 from webhook_service.normalize.versions import content_version, stamp_version
-from webhook_service.simulator import SimulatorState
+from webhook_service.sandbox.simulator import SimulatorState
 
 TENANT = SimpleNamespace(id="ten_bench", account_id="ABC123", business_id=439000)
 T0 = datetime(2026, 11, 21, tzinfo=UTC)

@@ -11,7 +11,7 @@ import secrets
 from datetime import timedelta
 
 from webhook_service.backfill.sweep import backfill_tenant
-from webhook_service.logs import get_logger
+from webhook_service.core.logs import get_logger
 from webhook_service.runtime import Runtime
 from webhook_service.storage import leases
 from webhook_service.storage import tenants as tenant_store

@@ -21,11 +21,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from webhook_service.core.logs import get_logger
+from webhook_service.core.metrics import BACKFILL_RECOVERED
 from webhook_service.freshbooks.catalogue import CATALOGUE, Page, Resource
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.tokens import TenantUnavailable
-from webhook_service.logs import get_logger
-from webhook_service.metrics import BACKFILL_RECOVERED
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_BACKFILL, NormalizedEvent, build
 from webhook_service.runtime import Runtime

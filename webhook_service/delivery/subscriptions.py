@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from webhook_service.delivery.egress import EgressPolicy
+from webhook_service.core.egress import EgressPolicy
 from webhook_service.delivery.matching import invalid_patterns
 from webhook_service.delivery.signing import generate_secret
 from webhook_service.freshbooks.catalogue import CATALOGUE

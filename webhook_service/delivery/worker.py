@@ -24,23 +24,23 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from webhook_service.batching import Batcher
-from webhook_service.delivery import signing
-from webhook_service.delivery.egress import egress_refusal
-from webhook_service.delivery.subscriptions import disable, secrets_for_signing
-from webhook_service.logs import get_logger
-from webhook_service.metrics import (
+from webhook_service.core.batching import Batcher
+from webhook_service.core.egress import egress_refusal
+from webhook_service.core.logs import get_logger
+from webhook_service.core.metrics import (
     DELIVERIES_FINISHED,
     DELIVERY_ATTEMPT_SECONDS,
     DELIVERY_ATTEMPTS,
     INBOUND_TO_DELIVERED_SECONDS,
 )
-from webhook_service.retry_after import parse_retry_after
+from webhook_service.core.retry_after import parse_retry_after
+from webhook_service.delivery import signing
+from webhook_service.delivery.subscriptions import disable, secrets_for_signing
 from webhook_service.runtime import Runtime
-from webhook_service.signals import HandedDelivery
 from webhook_service.storage import deliveries as claims
 from webhook_service.storage.bulk import insert_rows, update_by_id
 from webhook_service.storage.columns import utcnow
+from webhook_service.storage.deliveries import HandedDelivery
 from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Subscription
 
 log = get_logger(__name__)
@@ -79,7 +79,7 @@ class DeliveryWorker:
     """Sends due deliveries; ``DELIVERY_WORKERS`` of these run in each service process.
 
     A delivery is leased only when it can start at once: the process's workers share one
-    :class:`~webhook_service.signals.Capacity` of ``DELIVERY_CONCURRENCY`` sends, claims ask for no
+    :class:`~webhook_service.core.signals.Capacity` of ``DELIVERY_CONCURRENCY`` sends, claims ask for no
     more than its room, and the inbox processor hands over no more than that either. So a lease
     never runs while its delivery waits for a slot, and each send's timeout is cut to what is left
     of its lease (keeping ``DELIVERY_LEASE_SECONDS`` for recording the outcome). Outcomes are

@@ -271,3 +271,15 @@ def get_resource(name: str) -> Resource:
         return CATALOGUE[name]
     except KeyError:
         raise UnknownResource(name) from None
+
+
+def subscribed_nouns(setting: str) -> tuple[str, ...]:
+    """The nouns ``FRESHBOOKS_EVENTS`` asks for (default: every noun the service normalizes).
+
+    Checked when the service starts, so a typo is refused before any callback is registered.
+    """
+    chosen = tuple(dict.fromkeys(setting.replace(",", " ").split())) or tuple(CATALOGUE)
+    unknown = [noun for noun in chosen if noun not in CATALOGUE]
+    if unknown:
+        raise ValueError(f"FRESHBOOKS_EVENTS names unknown nouns {unknown}; known: {', '.join(CATALOGUE)}")
+    return chosen

@@ -18,11 +18,11 @@ from urllib.parse import urlsplit
 import httpx
 
 from webhook_service.config import Settings
+from webhook_service.core.logs import get_logger
+from webhook_service.core.retry_after import parse_retry_after
 from webhook_service.freshbooks.catalogue import BusinessRef, Page, Resource, get_resource
 from webhook_service.freshbooks.errors import RETRYABLE_STATUSES, FreshBooksError
 from webhook_service.freshbooks.tokens import TokenManager
-from webhook_service.logs import get_logger
-from webhook_service.retry_after import parse_retry_after
 
 log = get_logger(__name__)
 

@@ -45,11 +45,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from webhook_service.config import Settings
-from webhook_service.crypto import SecretBox
+from webhook_service.core.crypto import SecretBox
+from webhook_service.core.logs import get_logger
+from webhook_service.core.metrics import LEASES_LOST, TOKEN_REFRESHES
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.oauth import OAuthClient, TokenPair
-from webhook_service.logs import get_logger
-from webhook_service.metrics import LEASES_LOST, TOKEN_REFRESHES
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database

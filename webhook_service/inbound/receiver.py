@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from webhook_service.batching import QueueFull
-from webhook_service.inbound.signature import MalformedBody, parse_form, verify_signature
+from webhook_service.core.batching import QueueFull
+from webhook_service.core.logs import get_logger
+from webhook_service.core.metrics import STORAGE_UNAVAILABLE
+from webhook_service.freshbooks.signature import MalformedBody, parse_form, verify_signature
 from webhook_service.inbound.verification import complete_handshake
-from webhook_service.logs import get_logger
-from webhook_service.metrics import STORAGE_UNAVAILABLE
 from webhook_service.runtime import Runtime
 from webhook_service.storage import inbox
 from webhook_service.storage.columns import utcnow

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from webhook_service.core.logs import get_logger
 from webhook_service.freshbooks.callbacks import CallbacksAPI, RemoteCallback
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.tokens import TenantUnavailable
-from webhook_service.logs import get_logger
 from webhook_service.runtime import Runtime
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import leases
@@ -99,7 +99,7 @@ async def remove_all(runtime: Runtime, tenant: Tenant) -> SyncReport:
 async def _reconcile(runtime: Runtime, tenant: Tenant, report: SyncReport) -> None:
     api = CallbacksAPI(runtime.freshbooks)
     remote = await api.list_all(tenant)
-    wanted = runtime.settings.events
+    wanted = runtime.events
     async with runtime.db.sessions() as session:
         active = await callback_store.active_for_tenant(session, tenant.id)
     local: dict[str, Callback] = {}

@@ -12,10 +12,10 @@ import asyncio
 import random
 from datetime import timedelta
 
+from webhook_service.core.logs import get_logger
 from webhook_service.freshbooks.callbacks import CallbacksAPI
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.tokens import TenantUnavailable
-from webhook_service.logs import get_logger
 from webhook_service.runtime import Runtime
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow

@@ -21,12 +21,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from webhook_service.core.logs import get_logger
+from webhook_service.core.signals import Grant
 from webhook_service.delivery.fanout import delivery_rows, enabled_subscriptions
-from webhook_service.logs import get_logger
 from webhook_service.normalize.events import NormalizedEvent
-from webhook_service.signals import Grant, HandedDelivery
 from webhook_service.storage import ledger as ledger_store
 from webhook_service.storage.bulk import insert_rows
+from webhook_service.storage.deliveries import HandedDelivery
 from webhook_service.storage.models import Delivery, Event, ObjectVersion
 
 log = get_logger(__name__)
@@ -60,7 +61,7 @@ async def stage_leased(
     """:func:`stage_many`, with up to ``lease.count`` of the new deliveries leased under it when given.
 
     Also returns those deliveries with their event and subscription, for the caller to hand to its
-    delivery worker once committed (see :class:`~webhook_service.signals.Lane`).
+    delivery worker once committed (see :class:`~webhook_service.core.signals.Lane`).
     """
     objects = {(tenant_id, e.resource, e.object_id) for e, tenant_id, _ in items if e.version is not None}
     await ledger_store.lock_objects(session, objects)

@@ -17,17 +17,17 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from webhook_service.batching import Batcher
+from webhook_service.core.batching import Batcher
+from webhook_service.core.logs import get_logger
+from webhook_service.core.signals import Capacity
 from webhook_service.freshbooks.catalogue import CATALOGUE
 from webhook_service.freshbooks.errors import FreshBooksError
+from webhook_service.freshbooks.signature import parse_form
 from webhook_service.freshbooks.tokens import TenantUnavailable
-from webhook_service.inbound.signature import parse_form
-from webhook_service.logs import get_logger
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, NormalizedEvent, build
 from webhook_service.normalize.types import split_name
 from webhook_service.runtime import Runtime
-from webhook_service.signals import Capacity
 from webhook_service.storage import deliveries as claims
 from webhook_service.storage.bulk import update_by_id
 from webhook_service.storage.columns import utcnow
@@ -47,7 +47,7 @@ class InboxProcessor:
     """Turns inbox events into normalized events.
 
     ``run_forever`` takes the events this process's webhook endpoint commits as they are handed
-    over (see :class:`~webhook_service.signals.Lane`), and claims the rest (retries, other
+    over (see :class:`~webhook_service.core.signals.Lane`), and claims the rest (retries, other
     replicas' expired leases) from the database. It keeps up to ``16 × PROCESSOR_CONCURRENCY``
     events in flight, so an event never waits for a whole batch; fetches are limited to
     ``PROCESSOR_CONCURRENCY`` at a time, and finished events are committed together (group commit:

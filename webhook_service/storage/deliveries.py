@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
-from webhook_service.logs import get_logger
-from webhook_service.metrics import LEASES_LOST
+from webhook_service.core.logs import get_logger
+from webhook_service.core.metrics import LEASES_LOST
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import (
     Delivery,
@@ -43,6 +43,9 @@ log = get_logger(__name__)
 DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value)
 
 Leased = type[Delivery] | type[InboxEvent]
+
+HandedDelivery = tuple[Delivery, Event, Subscription]
+"""A delivery leased to this process's workers, with what sending it needs."""
 
 
 def new_owner() -> str:

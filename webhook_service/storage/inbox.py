@@ -14,15 +14,18 @@ from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from webhook_service.batching import Batcher
 from webhook_service.config import Settings
-from webhook_service.logs import get_logger
-from webhook_service.signals import Grant, HandedInboxEvent, Lane
+from webhook_service.core.batching import Batcher
+from webhook_service.core.logs import get_logger
+from webhook_service.core.signals import Grant, Lane
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import Callback, InboxEvent, InboxStatus, Tenant, TenantStatus
 
 log = get_logger(__name__)
+
+HandedInboxEvent = tuple[InboxEvent, Tenant]
+"""An inbox event leased to this process's processor, with its tenant."""
 
 LAST_EVENT_RESOLUTION = timedelta(minutes=1)
 """``callbacks.last_event_at`` is exact to this; it says whether a callback is alive, not a count."""
@@ -52,7 +55,7 @@ def writer(db: Database, settings: Settings, lane: Lane[HandedInboxEvent]) -> Ba
     (no more than it has room to start) and handed to it with their tenant rows, read in that
     transaction too. A flush that cannot get the database within ``INBOUND_COMMIT_TIMEOUT`` fails
     with nothing written (:meth:`~webhook_service.storage.database.Database.bounded_session`), and
-    no more than ``INBOUND_QUEUE_LIMIT`` deliveries wait for one (:class:`~webhook_service.batching.QueueFull`).
+    no more than ``INBOUND_QUEUE_LIMIT`` deliveries wait for one (:class:`~webhook_service.core.batching.QueueFull`).
     """
 
     dedupe_window = timedelta(seconds=settings.inbox_dedupe_window)

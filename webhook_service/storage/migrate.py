@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from webhook_service.logs import get_logger
+from webhook_service.core.logs import get_logger
 from webhook_service.storage.database import Database
 
 log = get_logger(__name__)

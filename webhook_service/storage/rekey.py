@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 
-from webhook_service.crypto import SecretBox
+from webhook_service.core.crypto import SecretBox
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import Base
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from webhook_service.serving import BackgroundServer
+from webhook_service.sandbox.serving import BackgroundServer
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import time
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from webhook_service.logs import get_logger
+from webhook_service.core.logs import get_logger
 
 log = get_logger("webhook_service.http")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -42,7 +42,7 @@ from uvicorn._types import ASGI3Application, HTTPScope
 from uvicorn.protocols.http import h11_impl, httptools_impl
 
 from webhook_service.config import Settings
-from webhook_service.logs import get_logger
+from webhook_service.core.logs import get_logger
 
 log = get_logger("webhook_service.http")
 

@@ -1,9 +1,9 @@
 """The OpenAPI 3.1 description of the admin API, served at ``GET /admin/v1/openapi.json``.
 
 Built as a plain dict (no extra dependency). It is the contract the handlers in
-:mod:`webhook_service.routes.admin` keep, and it is fuzzed against them, so it states exactly what
+:mod:`webhook_service.web.admin` keep, and it is fuzzed against them, so it states exactly what
 they accept and return: the limits below are imported by the handlers, the response schemas list
-every field of the views in :mod:`webhook_service.views` and nothing else. ``tests/test_admin_api.py``
+every field of the views in :mod:`webhook_service.web.views` and nothing else. ``tests/test_admin_api.py``
 checks that routes and documented operations match and validates the responses it sees.
 """
 

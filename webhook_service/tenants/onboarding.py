@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete
 
+from webhook_service.core.logs import get_logger
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.oauth import Identity, Membership, TokenPair
 from webhook_service.inbound import registrar
-from webhook_service.logs import get_logger
 from webhook_service.runtime import Runtime
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import new_id, utcnow

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from webhook_service.metrics import BACKLOG
+from webhook_service.core.metrics import BACKLOG
 from webhook_service.runtime import Runtime
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.deliveries import backlog

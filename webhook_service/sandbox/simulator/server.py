@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import uvicorn
 
-from webhook_service.serving import BackgroundServer, bind_socket, url_host
+from webhook_service.sandbox.serving import BackgroundServer, bind_socket, url_host
 
 from .app import create_app
 from .state import SimulatorState

@@ -33,11 +33,11 @@ import httpx
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from webhook_service.config import Settings
-from webhook_service.crypto import generate_key
-from webhook_service.logs import configure_logging, get_logger
-from webhook_service.serving import BackgroundServer, bind_socket
-from webhook_service.simulator import SimulatorServer, SimulatorState
-from webhook_service.sink import Received, SinkServer
+from webhook_service.core.crypto import generate_key
+from webhook_service.core.logs import configure_logging, get_logger
+from webhook_service.sandbox.serving import BackgroundServer, bind_socket
+from webhook_service.sandbox.simulator import SimulatorServer, SimulatorState
+from webhook_service.sandbox.sink import Received, SinkServer
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -188,9 +188,9 @@ class _Demo:
 
     # -- 2: tenant, callbacks, subscription ------------------------------------------------------
     def connect(self) -> None:
-        from webhook_service import onboarding
         from webhook_service.inbound import registrar
         from webhook_service.storage.models import Tenant
+        from webhook_service.tenants import onboarding
 
         say = self.narrator.say
         self.narrator.step(2, "Connect the simulator's business and subscribe to its events")

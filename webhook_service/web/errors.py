@@ -6,7 +6,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from webhook_service.logs import get_logger
+from webhook_service.core.logs import get_logger
 
 log = get_logger("webhook_service.http")
 

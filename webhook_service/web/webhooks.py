@@ -13,11 +13,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from webhook_service.core.logs import get_logger
+from webhook_service.core.metrics import INBOUND_ACCEPTED, INBOUND_REFUSED, INGEST_SECONDS
 from webhook_service.inbound.receiver import Refusal, accept, find_callback
-from webhook_service.logs import get_logger
-from webhook_service.metrics import INBOUND_ACCEPTED, INBOUND_REFUSED, INGEST_SECONDS
-from webhook_service.routes.errors import error_response
 from webhook_service.runtime import Runtime
+from webhook_service.web.errors import error_response
 
 log = get_logger("webhook_service.inbound")
 

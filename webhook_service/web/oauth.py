@@ -16,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from webhook_service import onboarding
+from webhook_service.core.logs import get_logger
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.inbound import registrar
-from webhook_service.logs import get_logger
 from webhook_service.runtime import Runtime
 from webhook_service.storage.models import Tenant
+from webhook_service.tenants import onboarding
 
 log = get_logger(__name__)
 

@@ -3,9 +3,9 @@
 Every route but the OpenAPI document needs ``Authorization: Bearer <ADMIN_TOKEN>`` (compared in
 constant time); without ``ADMIN_TOKEN`` the API is disabled and answers 503. Handlers are thin:
 they parse the request with the helpers below, call the package function and return a view from
-:mod:`webhook_service.views`, so no token, verifier or secret leaves here, except a subscription's
+:mod:`webhook_service.web.views`, so no token, verifier or secret leaves here, except a subscription's
 new secret in the answers to create and rotate-secret. Every refusal is an :func:`error_response`,
-and no input leads to a 500. :mod:`webhook_service.routes.admin_openapi` documents all of it.
+and no input leads to a 500. :mod:`webhook_service.web.admin_openapi` documents all of it.
 """
 
 from __future__ import annotations
@@ -24,10 +24,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from webhook_service.core.logs import get_logger
 from webhook_service.delivery import replay, subscriptions
 from webhook_service.inbound.receiver import Refusal
-from webhook_service.logs import get_logger
-from webhook_service.routes.admin_openapi import (
+from webhook_service.runtime import Runtime
+from webhook_service.storage import callbacks as callback_store
+from webhook_service.storage import events as event_store
+from webhook_service.storage import inbox as inbox_store
+from webhook_service.storage import tenants as tenant_store
+from webhook_service.storage.models import DeliveryStatus, Event, InboxStatus
+from webhook_service.web.admin_openapi import (
     DEFAULT_LIMIT,
     MAX_BODY_BYTES,
     MAX_GRACE_HOURS,
@@ -35,15 +41,8 @@ from webhook_service.routes.admin_openapi import (
     PREFIX,
     build_document,
 )
-from webhook_service.routes.errors import error_response
-from webhook_service.routes.webhooks import _read_capped
-from webhook_service.runtime import Runtime
-from webhook_service.storage import callbacks as callback_store
-from webhook_service.storage import events as event_store
-from webhook_service.storage import inbox as inbox_store
-from webhook_service.storage import tenants as tenant_store
-from webhook_service.storage.models import DeliveryStatus, Event, InboxStatus
-from webhook_service.views import (
+from webhook_service.web.errors import error_response
+from webhook_service.web.views import (
     callback_view,
     delivery_view,
     event_view,
@@ -51,6 +50,7 @@ from webhook_service.views import (
     subscription_view,
     tenant_view,
 )
+from webhook_service.web.webhooks import _read_capped
 
 log = get_logger("webhook_service.admin")
 

@@ -19,8 +19,8 @@ import time
 from datetime import datetime, timedelta
 
 from webhook_service.config import Settings
-from webhook_service.logs import get_logger
-from webhook_service.metrics import RETENTION_BODIES_CLEARED, RETENTION_PURGED
+from webhook_service.core.logs import get_logger
+from webhook_service.core.metrics import RETENTION_BODIES_CLEARED, RETENTION_PURGED
 from webhook_service.runtime import Runtime
 from webhook_service.storage import leases
 from webhook_service.storage import retention as store

@@ -12,8 +12,6 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from webhook_service.config import Settings
-
 
 class SecretKeyError(RuntimeError):
     """The service has no usable encryption key; it must not start."""
@@ -57,21 +55,7 @@ def generate_key() -> str:
     return Fernet.generate_key().decode("ascii")
 
 
-def secret_box_from_settings(settings: Settings) -> SecretBox:
-    """Build the box, or refuse clearly: without a key, secrets would sit in the database in clear."""
-    if settings.secret_key is not None and settings.secret_key.get_secret_value().strip():
-        return SecretBox(settings.secret_key.get_secret_value().split(","))
-    if not settings.dev_mode:
-        raise SecretKeyError(
-            "SECRET_KEY is not set. Tokens and verifiers are encrypted at rest, so the service "
-            "refuses to start without a key. Set SECRET_KEY (generate one with "
-            "`webhook-service generate-secret-key`), or set DEV_MODE=true to use a development "
-            f"key stored in {settings.dev_secret_key_file} (never in production)."
-        )
-    return SecretBox([_dev_key(Path(settings.dev_secret_key_file))])
-
-
-def _dev_key(path: Path) -> str:
+def dev_key(path: Path) -> str:
     """A per-checkout development key, created once so restarts can still read the database."""
     if path.exists():
         return path.read_text().strip()

@@ -20,12 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from webhook_service.storage.models import Delivery, Event, InboxEvent, Subscription, Tenant
-
 T = TypeVar("T")
-
-HandedInboxEvent = tuple[InboxEvent, Tenant]
-HandedDelivery = tuple[Delivery, Event, Subscription]
 
 
 class Capacity:
@@ -128,27 +123,17 @@ class Lane(Generic[T]):
         self._capacity.give_back(grant.count, finished=False)
 
 
-class Signals:
-    def __init__(self, new_token: Callable[[], str]) -> None:
-        self._inbox = asyncio.Event()
-        self._deliveries = asyncio.Event()
-        self.inbox_lane: Lane[HandedInboxEvent] = Lane(new_token)
-        self.delivery_lane: Lane[HandedDelivery] = Lane(new_token)
+class Wakeup:
+    """A wake-up for one stage's loop: set by whoever committed work, cleared when the loop wakes."""
 
-    def inbox_ready(self) -> None:
-        self._inbox.set()
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
 
-    def deliveries_ready(self) -> None:
-        self._deliveries.set()
+    def set(self) -> None:
+        self._event.set()
 
-    async def wait_inbox(self, timeout: float) -> None:
-        await _wait(self._inbox, timeout)
-
-    async def wait_deliveries(self, timeout: float) -> None:
-        await _wait(self._deliveries, timeout)
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
-    event.clear()
+    async def wait(self, timeout: float) -> None:
+        """Return when set or after ``timeout`` seconds, whichever is first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()

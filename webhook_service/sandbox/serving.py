@@ -101,7 +101,7 @@ class BackgroundServer:
         """``sock``: an already bound socket, for apps that must know their own URL before starting.
 
         ``config``: serve ``app`` with this uvicorn configuration (the service's own, from
-        :func:`webhook_service.http_server.build_config`) instead of a plain one; its ``lifespan``
+        :func:`webhook_service.web.server.build_config`) instead of a plain one; its ``lifespan``
         applies, and it serves one start (uvicorn loads a configuration once).
         """
         if config is not None and (config.app is not app or lifespan is not None):

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from webhook_service.logs import get_logger
+from webhook_service.core.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -11,11 +11,11 @@ from typing import Any
 
 from webhook_service import __version__
 from webhook_service.config import Settings, get_settings
-from webhook_service.crypto import SecretKeyError, generate_key
+from webhook_service.core.crypto import SecretKeyError, generate_key
+from webhook_service.core.logs import configure_logging
 from webhook_service.freshbooks.errors import FreshBooksError
-from webhook_service.logs import configure_logging
 from webhook_service.storage.models import Tenant
-from webhook_service.views import callback_view, tenant_view
+from webhook_service.web.views import callback_view, tenant_view
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -225,7 +225,7 @@ def _add_event_commands(commands: Any) -> None:
 async def _events_list(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.runtime import Runtime
     from webhook_service.storage import events as event_store
-    from webhook_service.views import event_view
+    from webhook_service.web.views import event_view
 
     async with Runtime.open(settings) as runtime, runtime.db.sessions() as session:
         rows = await event_store.list_events(
@@ -242,7 +242,7 @@ async def _events_list(settings: Settings, args: argparse.Namespace) -> int:
 async def _events_show(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.runtime import Runtime
     from webhook_service.storage.models import Event
-    from webhook_service.views import event_view
+    from webhook_service.web.views import event_view
 
     async with Runtime.open(settings) as runtime, runtime.db.sessions() as session:
         event = await session.get(Event, args.event_id)
@@ -255,7 +255,7 @@ async def _events_show(settings: Settings, args: argparse.Namespace) -> int:
 async def _inbox_list(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.runtime import Runtime
     from webhook_service.storage import inbox as inbox_store
-    from webhook_service.views import inbox_view
+    from webhook_service.web.views import inbox_view
 
     async with Runtime.open(settings) as runtime, runtime.db.sessions() as session:
         rows = await inbox_store.list_events(
@@ -438,8 +438,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from webhook_service.app import create_app
-    from webhook_service.crypto import secret_box_from_settings
-    from webhook_service.http_server import build_config
+    from webhook_service.runtime import secret_box_from_settings
+    from webhook_service.web.server import build_config
 
     secret_box_from_settings(settings)  # refuse a keyless start before binding the port
     config = build_config(
@@ -464,7 +464,7 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _simulator(settings: Settings, args: argparse.Namespace) -> int:
-    from webhook_service.simulator.server import run
+    from webhook_service.sandbox.simulator.server import run
 
     run(
         args.host,
@@ -477,7 +477,7 @@ def _simulator(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from webhook_service import demo
+    from webhook_service.sandbox import demo
 
     return demo.run(demo.Options(keep_running=args.keep_running, as_json=args.json))
 
@@ -493,8 +493,8 @@ async def _rotate_secret_key(settings: Settings, args: argparse.Namespace) -> in
 
 
 async def _tenants_import(settings: Settings, args: argparse.Namespace) -> int:
-    from webhook_service import onboarding
     from webhook_service.runtime import Runtime
+    from webhook_service.tenants import onboarding
 
     async with Runtime.open(settings) as runtime:
         try:
@@ -610,7 +610,7 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.what == "status":
         from webhook_service.backfill.sweep import status
-        from webhook_service.views import backfill_state_view
+        from webhook_service.web.views import backfill_state_view
 
         async with Runtime.open(settings) as runtime:
             rows = [backfill_state_view(s) for s in await status(runtime)]
@@ -636,11 +636,11 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _backfill_run(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.backfill.sweep import backfill_tenant
+    from webhook_service.core.timeparse import parse_since
     from webhook_service.freshbooks.catalogue import CATALOGUE
     from webhook_service.runtime import Runtime
     from webhook_service.storage import tenants as tenant_store
     from webhook_service.storage.models import TenantStatus
-    from webhook_service.timeparse import parse_since
 
     try:
         since = parse_since(args.since) if args.since else None
@@ -737,7 +737,7 @@ class _BackfillProgress:
 async def _subscriptions_create(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.delivery import subscriptions
     from webhook_service.runtime import Runtime
-    from webhook_service.views import subscription_view
+    from webhook_service.web.views import subscription_view
 
     values = _subscription_fields(args)
     if args.disabled:
@@ -756,7 +756,7 @@ async def _subscriptions_create(settings: Settings, args: argparse.Namespace) ->
 async def _subscriptions_list(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.delivery import subscriptions
     from webhook_service.runtime import Runtime
-    from webhook_service.views import subscription_view
+    from webhook_service.web.views import subscription_view
 
     async with Runtime.open(settings) as runtime:
         views = [subscription_view(s) for s in await subscriptions.list_all(runtime)]
@@ -767,7 +767,7 @@ async def _subscriptions_list(settings: Settings, args: argparse.Namespace) -> i
 async def _subscriptions_show(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.delivery import subscriptions
     from webhook_service.runtime import Runtime
-    from webhook_service.views import subscription_view
+    from webhook_service.web.views import subscription_view
 
     async with Runtime.open(settings) as runtime:
         view = subscription_view(await _subscription_call(subscriptions.get(runtime, args.subscription_id)))
@@ -778,7 +778,7 @@ async def _subscriptions_show(settings: Settings, args: argparse.Namespace) -> i
 async def _subscriptions_update(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.delivery import subscriptions
     from webhook_service.runtime import Runtime
-    from webhook_service.views import subscription_view
+    from webhook_service.web.views import subscription_view
 
     values = _subscription_fields(args)
     if args.all_tenants:
@@ -810,7 +810,7 @@ async def _subscriptions_rotate(settings: Settings, args: argparse.Namespace) ->
 
     from webhook_service.delivery import subscriptions
     from webhook_service.runtime import Runtime
-    from webhook_service.views import subscription_view
+    from webhook_service.web.views import subscription_view
 
     grace = timedelta(hours=args.grace_hours) if args.grace_hours is not None else None
     async with Runtime.open(settings) as runtime:
@@ -852,7 +852,7 @@ async def _subscription_call(awaitable: Any) -> Any:
 async def _deliveries_list(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.delivery import replay
     from webhook_service.runtime import Runtime
-    from webhook_service.views import delivery_view
+    from webhook_service.web.views import delivery_view
 
     async with Runtime.open(settings) as runtime:
         rows = await replay.list_deliveries(
@@ -869,7 +869,7 @@ async def _deliveries_list(settings: Settings, args: argparse.Namespace) -> int:
 async def _deliveries_show(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.delivery import replay
     from webhook_service.runtime import Runtime
-    from webhook_service.views import delivery_view
+    from webhook_service.web.views import delivery_view
 
     async with Runtime.open(settings) as runtime:
         try:
@@ -888,7 +888,7 @@ async def _deliveries_show(settings: Settings, args: argparse.Namespace) -> int:
 async def _deliveries_replay(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.delivery import replay
     from webhook_service.runtime import Runtime
-    from webhook_service.views import delivery_view
+    from webhook_service.web.views import delivery_view
 
     async with Runtime.open(settings) as runtime:
         try:
@@ -902,9 +902,9 @@ async def _deliveries_replay(settings: Settings, args: argparse.Namespace) -> in
 
 
 async def _deliveries_recover(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.core.timeparse import parse_since
     from webhook_service.delivery import replay
     from webhook_service.runtime import Runtime
-    from webhook_service.timeparse import parse_since
 
     try:
         since = parse_since(args.since)
@@ -925,7 +925,7 @@ async def _deliveries_recover(settings: Settings, args: argparse.Namespace) -> i
 
 
 async def _purge(settings: Settings, args: argparse.Namespace) -> int:
-    from webhook_service.retention import policy
+    from webhook_service.maintenance.retention import policy
     from webhook_service.runtime import Runtime
     from webhook_service.storage import retention
 
@@ -979,8 +979,8 @@ async def _tenants_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _tenants_disconnect(settings: Settings, args: argparse.Namespace) -> int:
-    from webhook_service import onboarding
     from webhook_service.runtime import Runtime
+    from webhook_service.tenants import onboarding
 
     async with Runtime.open(settings) as runtime:
         try:
