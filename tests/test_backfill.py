@@ -219,8 +219,8 @@ async def test_backfill_cli_summary_status_and_failures(runtime, tenant, simulat
     status = json.loads(_run(["backfill", "status", "--json"], cli_env, cwd=tmp_path).stdout)
     clients = next(s for s in status if s["tenant_id"] == tenant.id and s["resource"] == "client")
     assert clients["recovered_by_polling"] == 3 and clients["watermark"] is not None
-    assert _run(["backfill"], cli_env, cwd=tmp_path).returncode == 1
-    assert _run(["backfill", "--tenant", tenant.id, "--resources", "invoices"], cli_env, cwd=tmp_path).returncode == 1
+    assert _run(["backfill"], cli_env, cwd=tmp_path).returncode == 2
+    assert _run(["backfill", "--tenant", tenant.id, "--resources", "invoices"], cli_env, cwd=tmp_path).returncode == 2
 
 
 async def test_recovered_counts_are_metrics(service, runtime, tenant, simulator):

@@ -6,10 +6,13 @@ Settings come from environment variables (and an optional ``.env`` file in the w
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Read scopes for every resource the service normalizes, requested up front because a missing
@@ -29,6 +32,28 @@ DEFAULT_SCOPES = (
     "user:taxes:read",
     "user:time_entries:read",
 )
+
+
+#: The database URLs the service runs on: its engine is async, through these drivers only.
+DATABASE_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
+_EXAMPLE_URLS = {
+    "sqlite": "sqlite+aiosqlite:///path.db",
+    "postgresql": "postgresql+asyncpg://user:password@host:5432/name",
+}
+DATABASE_URL_EXAMPLES = " or ".join(_EXAMPLE_URLS.values())
+
+
+class ConfigurationError(ValueError):
+    """A setting the service cannot run with; the message names the setting and what to do.
+
+    Raised before any work starts (:func:`get_settings`), or when a setting meets the world (a
+    database that cannot be reached: :mod:`webhook_service.storage.database`). The CLI prints the
+    message on one line and exits 2.
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class Settings(BaseSettings):
@@ -110,6 +135,26 @@ class Settings(BaseSettings):
     token_check_interval: float = Field(default=30.0, gt=0)
     oauth_state_ttl: int = Field(default=600, ge=30)
 
+    @field_validator("database_url")
+    @classmethod
+    def _async_database(cls, value: str) -> str:
+        problem = database_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value.strip()
+
+    @field_validator("outbound_allowed_cidrs")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for cidr in value.replace(",", " ").split():
+            try:
+                ipaddress.ip_network(cidr)  # as the egress policy reads them (core/egress_policy.py)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{cidr!r} is not a network ({exc}); list CIDRs such as 10.0.0.0/8, separated by spaces or commas"
+                ) from None
+        return value
+
     @field_validator("public_base_url", "freshbooks_api_base", "freshbooks_auth_base")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -155,5 +200,67 @@ class Settings(BaseSettings):
 
 
 def get_settings(**overrides: object) -> Settings:
-    """Load settings from the environment; keyword overrides win (tests and the CLI use them)."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Load settings from the environment; keyword overrides win (tests and the CLI use them).
+
+    An invalid setting raises :class:`ConfigurationError` naming its variable (never its value when
+    the value is a secret).
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = [_explain(detail) for detail in error.errors()]
+        names = sorted({name for name, _ in problems})
+        raise ConfigurationError("; ".join(text for _, text in problems), setting=", ".join(names)) from None
+
+
+_SECRET_VALUES = frozenset({"database_url", "secret_key", "freshbooks_client_secret", "admin_token"})
+
+
+def _explain(error: ErrorDetails) -> tuple[str, str]:
+    """One pydantic error as ``(VARIABLE, "VARIABLE: what is wrong; what to do")``."""
+    field = str(error["loc"][0]) if error["loc"] else "settings"
+    name = field.upper()
+    message = error["msg"]
+    if error["type"] == "value_error":  # our own validators say it all
+        return name, f"{name}: {message.removeprefix('Value error, ')}"
+    shown = "" if field in _SECRET_VALUES else f" {error['input']!r}"
+    expected = message[:1].lower() + message[1:]
+    return name, f"{name}:{shown} is not valid ({expected}); fix {name} in the environment or .env"
+
+
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with a ``DATABASE_URL`` and how to fix it, or None when the service can use it.
+
+    Only the scheme is checked here (the rest is the driver's to judge, when it connects); the
+    password never appears in the answer.
+    """
+    shown = mask_password(url.strip())
+    scheme = re.match(r"^([A-Za-z][\w+.-]*)://", url.strip())
+    either = DATABASE_URL_EXAMPLES
+    if scheme is None:
+        return f"{shown!r} is not a database URL; use {either}"
+    if scheme.group(1).lower() in DATABASE_SCHEMES:
+        return None
+    backend, _, driver = scheme.group(1).lower().partition("+")
+    backend = "postgresql" if backend == "postgres" else backend
+    good = next((s for s in DATABASE_SCHEMES if s.startswith(f"{backend}+")), None)
+    if good is None:
+        return f"{shown!r}: {backend} is not supported; use {either}"
+    other = next(example for name, example in _EXAMPLE_URLS.items() if name != backend)
+    fixed = f"{good}://{shown.split('://', 1)[1]}"
+    what = "has no async driver" if not driver else f"uses the driver {driver!r}"
+    return f"{shown!r} {what}; use {fixed} (or {other})"
+
+
+def mask_password(url: str) -> str:
+    """``url`` with the password between ``user:`` and ``@`` replaced by ``***``."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    authority_end = rest.split("?", 1)[0].rfind("@")
+    if authority_end < 0:
+        return url
+    user, colon, _ = rest[:authority_end].partition(":")
+    if not colon:
+        return url
+    return f"{scheme}://{user}:***{rest[authority_end:]}"

@@ -18,9 +18,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-
 from webhook_service.core.logs import get_logger
 from webhook_service.core.metrics import BACKFILL_RECOVERED
 from webhook_service.freshbooks.catalogue import CATALOGUE, Page, Resource
@@ -29,9 +26,10 @@ from webhook_service.freshbooks.tokens import TenantUnavailable
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_BACKFILL, NormalizedEvent, build
 from webhook_service.runtime import Runtime
-from webhook_service.storage import ledger
+from webhook_service.storage import backfill_state, ledger
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import BackfillState, Tenant
+from webhook_service.storage.session import Conflict
 
 log = get_logger(__name__)
 
@@ -124,16 +122,10 @@ async def _scan(
     start = since or watermark or started - timedelta(hours=runtime.settings.backfill_initial_lookback_hours)
     part.since = start.isoformat()
     requested = started  # pages are fetched one at a time, when the loop asks for the next
+    page_log = log.bind(tenant_id=tenant.id, resource=resource.name)
     async for page in runtime.freshbooks.pages(tenant, resource, updated_since=start):
         part.pages += 1
-        log.debug(
-            "backfill_page",
-            tenant_id=tenant.id,
-            resource=resource.name,
-            page=page.page,
-            pages=page.pages,
-            rows=len(page.items),
-        )
+        page_log.debug("backfill_page", page=page.page, pages=page.pages, rows=len(page.items))
         now = clock()
         candidates = [obj for obj in page.items if _within(resource, obj, until)]
         part.scanned += len(candidates)
@@ -182,14 +174,14 @@ async def _emit(
         async with runtime.db.sessions() as session:
             emitted = await emit.stage_many(session, [(e, tenant.id, None) for e in events], now=now)
             await session.commit()
-    except IntegrityError:  # a webhook emitted one of these versions meanwhile: go one by one
+    except Conflict:  # a webhook emitted one of these versions meanwhile: go one by one
         emitted = []
         for event in events:
             try:
                 async with runtime.db.sessions() as session:
                     emitted.append(await emit.stage(session, event, tenant_id=tenant.id, inbox_event_id=None, now=now))
                     await session.commit()
-            except IntegrityError:
+            except Conflict:
                 emitted.append(False)
     count = sum(emitted)
     if count:
@@ -216,16 +208,11 @@ def _event(
         verb = "create"
     else:
         verb = "update"
-    freshbooks_event = {
-        "name": f"{resource.name}.{verb}",
-        "object_id": _object_id(obj),
-        "account_id": tenant.account_id,
-        "business_id": str(tenant.business_id),
-    }
+    ids = {"object_id": _object_id(obj), "account_id": tenant.account_id, "business_id": str(tenant.business_id)}
     return build(
         tenant=tenant,
         resource=resource,
-        freshbooks_event=freshbooks_event,
+        freshbooks_event={"name": f"{resource.name}.{verb}", **ids},
         obj=obj,
         origin=ORIGIN_BACKFILL,
         fallback_time=now,
@@ -235,29 +222,26 @@ def _event(
 
 async def _state(runtime: Runtime, tenant_id: str, resource: str) -> BackfillState | None:
     async with runtime.db.sessions() as session:
-        return await session.get(BackfillState, (tenant_id, resource))
+        return await backfill_state.get(session, tenant_id, resource)
 
 
 async def _record_run(
     runtime: Runtime, tenant_id: str, resource: str, part: ResourceReport, at: datetime, *, watermark: datetime | None
 ) -> None:
     async with runtime.db.sessions() as session:
-        state = await session.get(BackfillState, (tenant_id, resource))
-        if state is None:
-            state = BackfillState(tenant_id=tenant_id, resource=resource, recovered_total=0)
-            session.add(state)
-        if watermark is not None and (state.watermark is None or watermark > state.watermark):
-            state.watermark = watermark
-        state.last_run_at = at
-        state.last_run_status = "failed" if part.error else "ok"
-        state.last_error = part.error
-        state.last_scanned = part.scanned
-        state.last_emitted = part.emitted
-        state.recovered_total = (state.recovered_total or 0) + part.emitted
+        await backfill_state.record_run(
+            session,
+            tenant_id,
+            resource,
+            at=at,
+            error=part.error,
+            scanned=part.scanned,
+            emitted=part.emitted,
+            watermark=watermark,
+        )
         await session.commit()
 
 
 async def status(runtime: Runtime) -> list[BackfillState]:
     async with runtime.db.sessions() as session:
-        rows = await session.execute(select(BackfillState).order_by(BackfillState.tenant_id, BackfillState.resource))
-        return list(rows.scalars())
+        return await backfill_state.list_all(session)

@@ -8,19 +8,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from webhook_service.delivery.matching import matches
 from webhook_service.storage.models import DeliveryStatus, Subscription
 
 
 def new_delivery_id() -> str:
     return f"dlv_{secrets.token_hex(12)}"
-
-
-async def enabled_subscriptions(session: AsyncSession) -> list[Subscription]:
-    return list((await session.execute(select(Subscription).where(Subscription.enabled.is_(True)))).scalars())
 
 
 def delivery_rows(

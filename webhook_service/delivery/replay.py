@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
-
 from webhook_service.runtime import Runtime
+from webhook_service.storage import delivery_records as records
+from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Subscription
 
 REPLAYABLE = (DeliveryStatus.FAILED.value, DeliveryStatus.DEAD.value, DeliveryStatus.SUCCEEDED.value)
+RECOVERABLE = (DeliveryStatus.FAILED.value, DeliveryStatus.DEAD.value)
 
 
 class ReplayError(ValueError):
@@ -27,10 +28,10 @@ class DeliveryNotFound(LookupError):
 
 async def replay(runtime: Runtime, delivery_id: str) -> Delivery:
     async with runtime.db.sessions() as session:
-        delivery = await session.get(Delivery, delivery_id)
+        delivery = await records.get(session, delivery_id)
         if delivery is None:
             raise DeliveryNotFound(delivery_id)
-        subscription = await session.get(Subscription, delivery.subscription_id)
+        subscription = await subscription_store.get(session, delivery.subscription_id)
         _require_enabled(subscription)
         if delivery.status not in REPLAYABLE:
             raise ReplayError(f"delivery {delivery_id} is {delivery.status}: it is already queued")
@@ -44,19 +45,10 @@ async def recover(runtime: Runtime, subscription_id: str, since: datetime) -> li
     """Replay every failed or dead delivery of the subscription created at or after ``since``."""
     now = utcnow()
     async with runtime.db.sessions() as session:
-        _require_enabled(await session.get(Subscription, subscription_id), subscription_id)
-        rows = await session.execute(
-            select(Delivery)
-            .where(
-                Delivery.subscription_id == subscription_id,
-                Delivery.created_at >= since,
-                Delivery.status.in_([DeliveryStatus.FAILED.value, DeliveryStatus.DEAD.value]),
-            )
-            .order_by(Delivery.created_at)
-            .with_for_update()
-        )
+        _require_enabled(await subscription_store.get(session, subscription_id), subscription_id)
+        failed = await records.lock_in_status(session, subscription_id, since=since, statuses=RECOVERABLE)
         recovered = []
-        for delivery in rows.scalars():
+        for delivery in failed:
             _requeue(delivery, now)
             recovered.append(delivery.id)
         await session.commit()
@@ -86,13 +78,10 @@ def _require_enabled(subscription: Subscription | None, subscription_id: str | N
 
 async def get_with_attempts(runtime: Runtime, delivery_id: str) -> tuple[Delivery, list[DeliveryAttempt]]:
     async with runtime.db.sessions() as session:
-        delivery = await session.get(Delivery, delivery_id)
+        delivery = await records.get(session, delivery_id)
         if delivery is None:
             raise DeliveryNotFound(delivery_id)
-        attempts = await session.execute(
-            select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery_id).order_by(DeliveryAttempt.number)
-        )
-        return delivery, list(attempts.scalars())
+        return delivery, await records.attempts(session, delivery_id)
 
 
 async def list_deliveries(
@@ -103,12 +92,7 @@ async def list_deliveries(
     event_id: str | None = None,
     limit: int = 100,
 ) -> list[Delivery]:
-    query = select(Delivery).order_by(Delivery.created_at.desc(), Delivery.id).limit(limit)
-    if status is not None:
-        query = query.where(Delivery.status == status)
-    if subscription_id is not None:
-        query = query.where(Delivery.subscription_id == subscription_id)
-    if event_id is not None:
-        query = query.where(Delivery.event_id == event_id)
     async with runtime.db.sessions() as session:
-        return list((await session.execute(query)).scalars())
+        return await records.list_deliveries(
+            session, status=status, subscription_id=subscription_id, event_id=event_id, limit=limit
+        )

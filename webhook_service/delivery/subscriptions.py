@@ -7,15 +7,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+import httpx
 
-from webhook_service.core.egress import EgressPolicy
+from webhook_service.core.egress import BLOCKED_NETWORKS, EgressPolicy, IPAddress, parse_address
 from webhook_service.delivery.matching import invalid_patterns
 from webhook_service.delivery.signing import generate_secret
 from webhook_service.freshbooks.catalogue import CATALOGUE
 from webhook_service.runtime import Runtime
+from webhook_service.storage import subscriptions as store
+from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import new_id, utcnow
-from webhook_service.storage.models import Delivery, DeliveryStatus, Subscription, Tenant
+from webhook_service.storage.models import Subscription
 
 EDITABLE = ("url", "event_types", "tenant_id", "description", "enabled", "rate_limit_per_second")
 
@@ -65,14 +67,14 @@ async def create(runtime: Runtime, fields: dict[str, Any]) -> Created:
         updated_at=now,
     )
     async with runtime.db.sessions() as session:
-        session.add(subscription)
+        store.add(session, subscription)
         await session.commit()
     return Created(subscription, secret)
 
 
 async def get(runtime: Runtime, subscription_id: str) -> Subscription:
     async with runtime.db.sessions() as session:
-        subscription = await session.get(Subscription, subscription_id)
+        subscription = await store.get(session, subscription_id)
     if subscription is None:
         raise SubscriptionNotFound(subscription_id)
     return subscription
@@ -80,13 +82,13 @@ async def get(runtime: Runtime, subscription_id: str) -> Subscription:
 
 async def list_all(runtime: Runtime) -> list[Subscription]:
     async with runtime.db.sessions() as session:
-        return list((await session.execute(select(Subscription).order_by(Subscription.created_at))).scalars())
+        return await store.list_all(session)
 
 
 async def modify(runtime: Runtime, subscription_id: str, fields: dict[str, Any]) -> Subscription:
     values = await _validated(runtime, fields, creating=False)
     async with runtime.db.sessions() as session:
-        subscription = await session.get(Subscription, subscription_id)
+        subscription = await store.get(session, subscription_id)
         if subscription is None:
             raise SubscriptionNotFound(subscription_id)
         for name, value in values.items():
@@ -101,10 +103,8 @@ async def modify(runtime: Runtime, subscription_id: str, fields: dict[str, Any])
 
 async def remove(runtime: Runtime, subscription_id: str) -> None:
     async with runtime.db.sessions() as session:
-        subscription = await session.get(Subscription, subscription_id)
-        if subscription is None:
+        if not await store.delete(session, subscription_id):
             raise SubscriptionNotFound(subscription_id)
-        await session.delete(subscription)
         await session.commit()
 
 
@@ -114,7 +114,7 @@ async def rotate_secret(runtime: Runtime, subscription_id: str, grace: timedelta
     secret = generate_secret()
     now = utcnow()
     async with runtime.db.sessions() as session:
-        subscription = await session.get(Subscription, subscription_id)
+        subscription = await store.get(session, subscription_id)
         if subscription is None:
             raise SubscriptionNotFound(subscription_id)
         subscription.previous_secret_enc = subscription.secret_enc
@@ -129,27 +129,7 @@ async def disable(runtime: Runtime, subscription_id: str, reason: str) -> None:
     """Stop delivering: what is still queued becomes dead (``recover`` brings it back later)."""
     now = utcnow()
     async with runtime.db.sessions() as session:
-        await session.execute(
-            update(Subscription)
-            .where(Subscription.id == subscription_id)
-            .values(enabled=False, disabled_reason=reason, updated_at=now)
-        )
-        await session.execute(
-            update(Delivery)
-            .where(
-                Delivery.subscription_id == subscription_id,
-                Delivery.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value]),
-            )
-            .values(
-                status=DeliveryStatus.DEAD.value,
-                last_error=f"subscription disabled: {reason}",
-                lease_owner=None,
-                lease_until=None,
-                completed_at=now,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
+        await store.disable(session, subscription_id, reason, now=now)
         await session.commit()
 
 
@@ -162,8 +142,7 @@ async def _validated(runtime: Runtime, fields: dict[str, Any], *, creating: bool
         url = fields.get("url")
         if not isinstance(url, str) or not url:
             raise SubscriptionError("url is required")
-        policy = EgressPolicy(runtime.settings.allowed_cidrs, https_only=runtime.settings.outbound_https_only)
-        problem = policy.validate_subscriber_url(url)
+        problem = _url_problem(runtime.settings.allowed_cidrs, runtime.settings.outbound_https_only, url)
         if problem:
             raise SubscriptionError(f"url: {problem}")
         values["url"] = url
@@ -183,7 +162,7 @@ async def _validated(runtime: Runtime, fields: dict[str, Any], *, creating: bool
         tenant_id = fields["tenant_id"]
         if tenant_id is not None:
             async with runtime.db.sessions() as session:
-                if not isinstance(tenant_id, str) or await session.get(Tenant, tenant_id) is None:
+                if not isinstance(tenant_id, str) or await tenant_store.get(session, tenant_id) is None:
                     raise SubscriptionError(f"tenant_id: no tenant {tenant_id!r}")
         values["tenant_id"] = tenant_id
     if "description" in fields:
@@ -200,3 +179,40 @@ async def _validated(runtime: Runtime, fields: dict[str, Any], *, creating: bool
             raise SubscriptionError("rate_limit_per_second must be an integer from 1 to 10000, or null")
         values["rate_limit_per_second"] = limit
     return values
+
+
+def _url_problem(allowed_cidrs: tuple[str, ...], https_only: bool, url: str) -> str | None:
+    """What is wrong with ``url`` as a subscriber URL, or None; when it is only that the egress
+    policy refuses its address, also the ``OUTBOUND_ALLOWED_CIDRS`` that would allow it."""
+    policy = EgressPolicy(allowed_cidrs, https_only=https_only)
+    problem = policy.validate_subscriber_url(url)
+    if problem is None:
+        return None
+    try:
+        host = httpx.URL(url).host
+    except (httpx.InvalidURL, UnicodeError):  # a malformed URL, not a refused address
+        return problem
+    address = parse_address(host)
+    reason = policy.refusal_reason(address) if address is not None else None
+    if address is None or reason is None:
+        return problem
+    allow = ",".join([*allowed_cidrs, _network_to_allow(allowed_cidrs, address)])
+    if EgressPolicy(allow.split(","), https_only=https_only).validate_subscriber_url(url) is not None:
+        return problem  # something besides the address is wrong with it
+    shown = host if host == str(address) else f"{host} ({address})"
+    return (
+        f"{shown} is refused: {reason}; to allow it set OUTBOUND_ALLOWED_CIDRS={allow} "
+        "(see README → Subscriptions and delivery)"
+    )
+
+
+def _network_to_allow(allowed_cidrs: tuple[str, ...], address: IPAddress) -> str:
+    """The refused range ``address`` is in, or the address alone where allowing that range would
+    not allow it (the allow list judges an IPv4 address embedded by NAT64 or 6to4 as IPv6)."""
+    embedded = getattr(address, "ipv4_mapped", None) or address
+    for network, _ in BLOCKED_NETWORKS:
+        if embedded.version == network.version and embedded in network:
+            if EgressPolicy([*allowed_cidrs, str(network)]).refusal_reason(address) is None:
+                return str(network)
+            break
+    return f"{type(address)(int(address))}/{address.max_prefixlen}"  # without an IPv6 %zone

@@ -15,33 +15,27 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import structlog
-from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.core.batching import Batcher
 from webhook_service.core.egress import egress_refusal
 from webhook_service.core.logs import get_logger
-from webhook_service.core.metrics import (
-    DELIVERIES_FINISHED,
-    DELIVERY_ATTEMPT_SECONDS,
-    DELIVERY_ATTEMPTS,
-    INBOUND_TO_DELIVERED_SECONDS,
-)
+from webhook_service.core.metrics import DELIVERY_ATTEMPT_SECONDS, DELIVERY_ATTEMPTS
 from webhook_service.core.retry_after import parse_retry_after
 from webhook_service.delivery import signing
+from webhook_service.delivery.outcomes import Outcome, attempt_row, count_finished, log_failures, outcome_class
 from webhook_service.delivery.subscriptions import disable, secrets_for_signing
 from webhook_service.runtime import Runtime
 from webhook_service.storage import deliveries as claims
-from webhook_service.storage.bulk import insert_rows, update_by_id
+from webhook_service.storage import delivery_records as records
+from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.deliveries import HandedDelivery
-from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Subscription
+from webhook_service.storage.models import Delivery, DeliveryStatus, Event, Subscription
+from webhook_service.storage.session import Conflict, Session
 
 log = get_logger(__name__)
 
@@ -50,29 +44,6 @@ SLOW_DOWN = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER = 24 * 3600.0
 USER_AGENT = "webhook-service (+https://www.standardwebhooks.com)"
 MIN_SEND_SECONDS = 1.0
-
-
-@dataclass
-class Outcome:
-    delivery_id: str
-    subscription_id: str
-    number: int
-    started_at: datetime
-    status_code: int | None = None
-    latency_ms: float | None = None
-    error: str | None = None
-    response_body: str | None = None
-    retry_after: float | None = None
-    deferred_until: datetime | None = None  # rate limited: not an attempt
-    skip_reason: str | None = None  # subscription disabled: no attempt
-    refused: bool = False  # the egress guard stopped it
-    subscription_failing: bool = False  # as last read: a success must clear ``failing_since``
-    origin: str | None = None
-    received_at: datetime | None = None  # when the change reached the service (for the metric)
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
 
 
 class DeliveryWorker:
@@ -93,7 +64,7 @@ class DeliveryWorker:
         self._clock = clock
         self._settings = runtime.settings
         self._recorder: Batcher[tuple[Outcome, Delivery], None] = Batcher(
-            self._record_batch, name="delivery-record", split_on=(IntegrityError,)
+            self._record_batch, name="delivery-record", split_on=(Conflict,)
         )
         self._capacity = runtime.delivery_capacity
 
@@ -246,7 +217,7 @@ class DeliveryWorker:
         elapsed = time.perf_counter() - started
         outcome.latency_ms = round(elapsed * 1000, 2)
         DELIVERY_ATTEMPT_SECONDS.observe(elapsed)
-        DELIVERY_ATTEMPTS.labels(outcome=_outcome_class(outcome)).inc()
+        DELIVERY_ATTEMPTS.labels(outcome=outcome_class(outcome)).inc()
         return outcome
 
     def _send_budget(self, delivery: Delivery) -> float | None:
@@ -275,16 +246,14 @@ class DeliveryWorker:
                 updates.append({"id": delivery.id, **self._next_state(delivery, outcome, now)})
                 if outcome.deferred_until is not None or outcome.skip_reason is not None:
                     continue
-                attempts.append(_attempt_row(outcome))
+                attempts.append(attempt_row(outcome))
                 if outcome.status_code == 410:
                     to_disable[outcome.subscription_id] = "the endpoint answered 410 Gone"
-            # one executemany each: a batch costs a few statements, not two per delivery
-            await update_by_id(session, Delivery, updates)
-            await insert_rows(session, DeliveryAttempt, attempts)
+            await records.record_outcomes(session, updates, attempts)  # a few statements for the batch
             failing = await self._track_health(session, outcomes, now)
             await session.commit()
-        _count_finished(updates, outcomes)
-        _log_failures(updates, outcomes)
+        count_finished(updates, outcomes)
+        log_failures(updates, outcomes)
         for subscription_id, since in failing.items():
             hours = self._settings.subscription_disable_after_hours
             if since <= now - timedelta(hours=hours):
@@ -322,7 +291,7 @@ class DeliveryWorker:
             delay = max(delay, min(outcome.retry_after, MAX_RETRY_AFTER))
         return {**values, "status": DeliveryStatus.FAILED.value, "next_attempt_at": now + timedelta(seconds=delay)}
 
-    async def _track_health(self, session: AsyncSession, outcomes: list[Outcome], now: datetime) -> dict[str, datetime]:
+    async def _track_health(self, session: Session, outcomes: list[Outcome], now: datetime) -> dict[str, datetime]:
         """Clear ``failing_since`` on any success; start it on a first failure. Returns the failing."""
         attempted = [o for o in outcomes if o.deferred_until is None and o.skip_reason is None]
         ok = {o.subscription_id for o in attempted if o.succeeded}
@@ -330,77 +299,8 @@ class DeliveryWorker:
         # A healthy subscription costs no statement. Its row was read when the delivery was claimed
         # or staged; one failing since then is cleared by the next success read after it.
         if any(o.succeeded and o.subscription_failing for o in attempted):
-            await session.execute(
-                update(Subscription)
-                .where(Subscription.id.in_(ok), Subscription.failing_since.is_not(None))
-                .values(failing_since=None)
-                .execution_options(synchronize_session=False)
-            )
-        failing: dict[str, datetime] = {}
-        for subscription_id in bad:
-            subscription = await session.get(Subscription, subscription_id, populate_existing=True)
-            if subscription is None:
-                continue
-            if subscription.failing_since is None:
-                subscription.failing_since = now
-            failing[subscription_id] = subscription.failing_since
-        return failing
-
-
-def _attempt_row(outcome: Outcome) -> dict[str, object]:
-    return {
-        "delivery_id": outcome.delivery_id,
-        "number": outcome.number,
-        "started_at": outcome.started_at,
-        "status_code": outcome.status_code,
-        "latency_ms": outcome.latency_ms,
-        "error": outcome.error,
-        "response_body": outcome.response_body,
-    }
-
-
-def _log_failures(updates: list[dict[str, object]], outcomes: list[Outcome]) -> None:
-    """A warning per failed attempt (what failed, and when the next try is), once it is recorded."""
-    for values, outcome in zip(updates, outcomes, strict=True):
-        if outcome.succeeded or outcome.deferred_until is not None or outcome.skip_reason is not None:
-            continue
-        failure = {
-            "delivery_id": outcome.delivery_id,
-            "subscription_id": outcome.subscription_id,
-            "attempt": outcome.number,
-            "status": outcome.status_code,
-            "error": outcome.error,
-        }
-        if values.get("status") == DeliveryStatus.DEAD.value:
-            log.warning("delivery_dead", **failure)
-        else:
-            next_at = values.get("next_attempt_at")
-            log.warning(
-                "delivery_attempt_failed",
-                **failure,
-                next_attempt_at=next_at.isoformat() if isinstance(next_at, datetime) else None,
-            )
-
-
-def _outcome_class(outcome: Outcome) -> str:
-    if outcome.status_code is not None:
-        return f"{outcome.status_code // 100}xx"
-    if outcome.refused:
-        return "refused"
-    return "timeout" if outcome.error and outcome.error.startswith("timeout") else "error"
-
-
-def _count_finished(updates: list[dict[str, object]], outcomes: list[Outcome]) -> None:
-    """Metrics for what was just committed: final states, and the pipeline latency of successes."""
-    now = datetime.now(UTC)
-    for values, outcome in zip(updates, outcomes, strict=True):
-        status = values.get("status")
-        if status in (DeliveryStatus.SUCCEEDED.value, DeliveryStatus.DEAD.value):
-            DELIVERIES_FINISHED.labels(status=status).inc()
-        if status == DeliveryStatus.SUCCEEDED.value and outcome.received_at is not None:
-            INBOUND_TO_DELIVERED_SECONDS.labels(origin=outcome.origin or "unknown").observe(
-                max(0.0, (now - outcome.received_at).total_seconds())
-            )
+            await subscription_store.clear_failing(session, ok)
+        return await subscription_store.start_failing(session, bad, now)
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -171,6 +171,48 @@ def _path_segment(object_id: int | str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class _Api:
+    """What every resource of one FreshBooks API shares, so a resource states only its own."""
+
+    id_kind: IdKind
+    envelope: Envelope
+    zone: tzinfo
+    updated_filter: UpdatedFilter
+    """How its updated field is filtered on (a resource without one: ``NONE``)."""
+
+    def resource(
+        self,
+        name: str,
+        nouns: tuple[str, str],
+        paths: tuple[str, str],
+        *,
+        updated_field: str | None,
+        timestamps: Mapping[str, tzinfo],
+        includes: tuple[str, ...] = (),
+    ) -> Resource:
+        """``nouns``: the (singular, plural) keys of the response; ``paths``: (list, item) templates."""
+        (singular, plural), (list_path, item_path) = nouns, paths
+        return Resource(
+            name=name,
+            list_path=list_path,
+            item_path=item_path,
+            id_kind=self.id_kind,
+            singular=singular,
+            plural=plural,
+            envelope=self.envelope,
+            includes=includes,
+            zone=self.zone,
+            updated_field=updated_field,
+            updated_filter=self.updated_filter if updated_field else UpdatedFilter.NONE,
+            timestamp_fields=timestamps,
+        )
+
+
+_ACCOUNTING = _Api(IdKind.ACCOUNT_ID, Envelope.ACCOUNTING, EASTERN, UpdatedFilter.EASTERN_DAY)
+_BUSINESS = _Api(IdKind.BUSINESS_ID, Envelope.META, UTC, UpdatedFilter.UTC_SINCE)
+
+
 def _accounting(
     name: str,
     path: str,
@@ -181,19 +223,10 @@ def _accounting(
     extra_timestamps: Mapping[str, tzinfo] | None = None,
 ) -> Resource:
     base = f"/accounting/account/{{account_id}}/{path}"
-    return Resource(
-        name=name,
-        list_path=base,
-        item_path=base + "/{id}",
-        id_kind=IdKind.ACCOUNT_ID,
-        singular=singular,
-        plural=plural,
-        envelope=Envelope.ACCOUNTING,
-        includes=includes,
-        zone=EASTERN,
-        updated_field="updated",
-        updated_filter=UpdatedFilter.EASTERN_DAY,
-        timestamp_fields={"updated": EASTERN, "created_at": EASTERN, **(extra_timestamps or {})},
+    timestamps = {"updated": EASTERN, "created_at": EASTERN, **(extra_timestamps or {})}
+    paths = (base, base + "/{id}")
+    return _ACCOUNTING.resource(
+        name, (singular, plural), paths, updated_field="updated", timestamps=timestamps, includes=includes
     )
 
 
@@ -207,18 +240,9 @@ def _business(
     updated_field: str | None = "updated_at",
     timestamps: tuple[str, ...] = ("created_at", "updated_at"),
 ) -> Resource:
-    return Resource(
-        name=name,
-        list_path=list_path,
-        item_path=item_path,
-        id_kind=IdKind.BUSINESS_ID,
-        singular=singular,
-        plural=plural,
-        envelope=Envelope.META,
-        zone=UTC,
-        updated_field=updated_field,
-        updated_filter=UpdatedFilter.UTC_SINCE if updated_field else UpdatedFilter.NONE,
-        timestamp_fields={field_name: UTC for field_name in timestamps},
+    zones = {field_name: UTC for field_name in timestamps}
+    return _BUSINESS.resource(
+        name, (singular, plural), (list_path, item_path), updated_field=updated_field, timestamps=zones
     )
 
 

@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,6 +31,15 @@ MAX_PER_PAGE = 100
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 Params = Sequence[tuple[str, str | int]]
+T = TypeVar("T")
+
+
+class Listing(TypedDict, total=False):
+    """The options of :meth:`FreshBooksClient.pages`, which :meth:`FreshBooksClient.iterate` passes on."""
+
+    updated_since: datetime | None
+    per_page: int
+    params: Params
 
 
 class TenantRef(BusinessRef, Protocol):
@@ -58,14 +67,11 @@ class FreshBooksClient:
     ) -> dict[str, Any]:
         """One object with the catalogue's includes (an invoice with its lines); see :meth:`request`
         for ``deadline``."""
-        spec = resource if isinstance(resource, Resource) else get_resource(resource)
+        spec = _spec(resource)
         body = await self.request(
             tenant, "GET", spec.item_url(tenant, object_id), params=spec.include_params(), deadline=deadline
         )
-        try:
-            return spec.unwrap_item(body)
-        except ValueError as exc:
-            raise FreshBooksError(200, str(exc)) from exc
+        return _unwrap(spec.unwrap_item, body)
 
     async def list_page(
         self,
@@ -76,7 +82,7 @@ class FreshBooksClient:
         per_page: int = MAX_PER_PAGE,
         params: Params = (),
     ) -> Page:
-        spec = resource if isinstance(resource, Resource) else get_resource(resource)
+        spec = _spec(resource)
         query: list[tuple[str, str | int]] = [
             ("page", max(page, 1)),
             ("per_page", min(max(per_page, 1), MAX_PER_PAGE)),
@@ -84,26 +90,13 @@ class FreshBooksClient:
             *params,
         ]
         body = await self.request(tenant, "GET", spec.list_url(tenant), params=query)
-        try:
-            return spec.unwrap_page(body)
-        except ValueError as exc:
-            raise FreshBooksError(200, str(exc)) from exc
+        return _unwrap(spec.unwrap_page, body)
 
     async def iterate(
-        self,
-        tenant: TenantRef,
-        resource: str | Resource,
-        *,
-        updated_since: datetime | None = None,
-        per_page: int = MAX_PER_PAGE,
-        params: Params = (),
+        self, tenant: TenantRef, resource: str | Resource, **options: Unpack[Listing]
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every object (deleted and archived included), page by page, driven by ``pages``.
-
-        With ``updated_since`` the server filter is applied (a day wider where FreshBooks is
-        day-granular) and objects older than ``updated_since`` are dropped here.
-        """
-        async for page in self.pages(tenant, resource, updated_since=updated_since, per_page=per_page, params=params):
+        """Every object (deleted and archived included) of :meth:`pages`, one at a time."""
+        async for page in self.pages(tenant, resource, **options):
             for item in page.items:
                 yield item
 
@@ -116,7 +109,12 @@ class FreshBooksClient:
         per_page: int = MAX_PER_PAGE,
         params: Params = (),
     ) -> AsyncIterator[Page]:
-        spec = resource if isinstance(resource, Resource) else get_resource(resource)
+        """Every page of the listing (deleted and archived objects included), fetched as it is read.
+
+        With ``updated_since`` the server filter is applied (a day wider where FreshBooks is
+        day-granular) and objects older than ``updated_since`` are dropped here.
+        """
+        spec = _spec(resource)
         query = list(params)
         if updated_since is not None:
             query.extend(spec.updated_since_params(updated_since))
@@ -226,6 +224,19 @@ class FreshBooksClient:
         """Exponential backoff with full jitter: 0.5 s, 1 s, 2 s ... capped at 30 s."""
         ceiling = min(30.0, 0.5 * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+def _spec(resource: str | Resource) -> Resource:
+    return resource if isinstance(resource, Resource) else get_resource(resource)
+
+
+def _unwrap(unwrap: Callable[[Any], T], body: Any) -> T:
+    """``unwrap(body)``; a body that is not the shape the catalogue expects is FreshBooks' error
+    (reported with the 200 it came with), not a bug of ours."""
+    try:
+        return unwrap(body)
+    except ValueError as exc:
+        raise FreshBooksError(200, str(exc)) from exc
 
 
 def _log_sent(method: str, url: str, attempt: int, started: float, **outcome: int | str) -> None:

@@ -89,9 +89,7 @@ async def remove_all(runtime: Runtime, tenant: Tenant) -> SyncReport:
     except (FreshBooksError, TenantUnavailable) as exc:
         report.error = str(exc)
     async with runtime.db.sessions() as session:
-        for callback in await callback_store.active_for_tenant(session, tenant.id):
-            _retire(callback)
-            report.retired.append(callback.event)
+        report.retired.extend(callback.event for callback in await callback_store.retire_active(session, tenant.id))
         await session.commit()
     return report
 
@@ -158,7 +156,7 @@ async def _create(runtime: Runtime, api: CallbacksAPI, tenant: Tenant, event: st
         updated_at=now,
     )
     async with runtime.db.sessions() as session:
-        session.add(callback)
+        callback_store.add(session, callback)
         await session.commit()
     try:
         remote: RemoteCallback = await api.create(tenant, event, callback.uri)
@@ -171,24 +169,11 @@ async def _create(runtime: Runtime, api: CallbacksAPI, tenant: Tenant, event: st
 
 async def _update(runtime: Runtime, callback_id: str, **values: Any) -> None:
     async with runtime.db.sessions() as session:
-        callback = await session.get(Callback, callback_id)
-        if callback is None:
-            return
-        for name, value in values.items():
-            setattr(callback, name, value)
-        callback.updated_at = utcnow()
-        await session.commit()
+        if await callback_store.update(session, callback_id, **values) is not None:
+            await session.commit()
 
 
 async def _save_retired(runtime: Runtime, callback: Callback) -> None:
     async with runtime.db.sessions() as session:
-        row = await session.get(Callback, callback.id)
-        if row is not None:
-            _retire(row)
+        if await callback_store.retire(session, callback.id) is not None:
             await session.commit()
-
-
-def _retire(callback: Callback) -> None:
-    callback.active = False
-    callback.retired_at = utcnow()
-    callback.updated_at = callback.retired_at

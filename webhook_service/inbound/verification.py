@@ -17,9 +17,10 @@ from webhook_service.freshbooks.callbacks import CallbacksAPI
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.tokens import TenantUnavailable
 from webhook_service.runtime import Runtime
+from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.models import Callback, CallbackStatus
+from webhook_service.storage.models import CallbackStatus
 
 log = get_logger(__name__)
 
@@ -31,7 +32,7 @@ async def complete_handshake(runtime: Runtime, callback_id: str, freshbooks_call
     last_error = ""
     for attempt in range(1, attempts + 1):
         async with runtime.db.sessions() as session:
-            callback = await session.get(Callback, callback_id)
+            callback = await callback_store.get(session, callback_id)
             tenant = await tenant_store.get(session, callback.tenant_id) if callback else None
         if callback is None or tenant is None or not callback.active:
             return False
@@ -69,7 +70,7 @@ async def complete_handshake(runtime: Runtime, callback_id: str, freshbooks_call
 async def _store_verifier(runtime: Runtime, callback_id: str, freshbooks_callback_id: int, verifier: str) -> None:
     now = utcnow()
     async with runtime.db.sessions() as session:
-        callback = await session.get(Callback, callback_id, with_for_update=True)
+        callback = await callback_store.get(session, callback_id, lock=True)
         if callback is None:
             return
         if callback.verifier_enc and runtime.box.decrypt(callback.verifier_enc) != verifier:
@@ -88,7 +89,7 @@ async def _store_verifier(runtime: Runtime, callback_id: str, freshbooks_callbac
 
 async def _record_failure(runtime: Runtime, callback_id: str, error: str) -> None:
     async with runtime.db.sessions() as session:
-        callback = await session.get(Callback, callback_id)
+        callback = await callback_store.get(session, callback_id)
         if callback is None:
             return
         if callback.status != CallbackStatus.VERIFIED.value:

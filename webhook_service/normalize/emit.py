@@ -19,16 +19,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from webhook_service.core.logs import get_logger
 from webhook_service.core.signals import Grant
-from webhook_service.delivery.fanout import delivery_rows, enabled_subscriptions
+from webhook_service.delivery.fanout import delivery_rows
 from webhook_service.normalize.events import NormalizedEvent
 from webhook_service.storage import ledger as ledger_store
-from webhook_service.storage.bulk import insert_rows
+from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.deliveries import HandedDelivery
-from webhook_service.storage.models import Delivery, Event, ObjectVersion
+from webhook_service.storage.models import Delivery, Event
+from webhook_service.storage.session import Session
 
 log = get_logger(__name__)
 
@@ -37,26 +36,27 @@ Staged = tuple[NormalizedEvent, str, int | None]
 
 
 async def stage(
-    session: AsyncSession, event: NormalizedEvent, *, tenant_id: str, inbox_event_id: int | None, now: datetime
+    session: Session, event: NormalizedEvent, *, tenant_id: str, inbox_event_id: int | None, now: datetime
 ) -> bool:
     """Add one event unless its version was already emitted; see :func:`stage_many`."""
     return (await stage_many(session, [(event, tenant_id, inbox_event_id)], now=now))[0]
 
 
-async def stage_many(session: AsyncSession, items: Sequence[Staged], *, now: datetime) -> list[bool]:
+async def stage_many(session: Session, items: Sequence[Staged], *, now: datetime) -> list[bool]:
     """Add each event (with its ledger row and deliveries) unless its version was already emitted
     or a newer state of its object was (see the module docstring).
 
     Returns, per item, whether it was added; the caller commits. The objects are locked until then
     (:func:`~webhook_service.storage.ledger.lock_objects`); should a concurrent writer of the same
-    version still get in, the commit fails with ``IntegrityError`` on the ledger, which means the same.
+    version still get in, the ledger's insert raises :class:`~webhook_service.storage.session.Conflict`,
+    which means the same.
     """
     added, _ = await stage_leased(session, items, now=now, lease=None)
     return added
 
 
 async def stage_leased(
-    session: AsyncSession, items: Sequence[Staged], *, now: datetime, lease: Grant | None
+    session: Session, items: Sequence[Staged], *, now: datetime, lease: Grant | None
 ) -> tuple[list[bool], list[HandedDelivery]]:
     """:func:`stage_many`, with up to ``lease.count`` of the new deliveries leased under it when given.
 
@@ -66,7 +66,7 @@ async def stage_leased(
     objects = {(tenant_id, e.resource, e.object_id) for e, tenant_id, _ in items if e.version is not None}
     await ledger_store.lock_objects(session, objects)
     emitted = await ledger_store.emitted(session, objects)
-    subscriptions = await enabled_subscriptions(session)
+    subscriptions = await subscription_store.enabled(session)
     by_id = {subscription.id: subscription for subscription in subscriptions}
     handed: list[HandedDelivery] = []
     ledger: list[dict[str, Any]] = []
@@ -122,6 +122,5 @@ async def stage_leased(
                     handed.append((Delivery(**row), Event(**events[-1]), by_id[row["subscription_id"]]))
         deliveries.extend(new)
         added.append(True)
-    for model, rows in ((ObjectVersion, ledger), (Event, events), (Delivery, deliveries)):
-        await insert_rows(session, model, rows)
+    await ledger_store.record(session, versions=ledger, events=events, deliveries=deliveries)
     return added, handed

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
 from webhook_service.core.batching import Batcher
 from webhook_service.core.logs import get_logger
@@ -29,9 +27,11 @@ from webhook_service.normalize.events import ORIGIN_WEBHOOK, NormalizedEvent, bu
 from webhook_service.normalize.types import split_name
 from webhook_service.runtime import Runtime
 from webhook_service.storage import deliveries as claims
+from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.bulk import update_by_id
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import InboxEvent, InboxStatus, Tenant, TenantStatus
+from webhook_service.storage.session import Conflict
 
 log = get_logger(__name__)
 
@@ -64,9 +64,7 @@ class InboxProcessor:
         self._runtime = runtime
         self._clock = clock
         self._slots = asyncio.Semaphore(runtime.settings.processor_concurrency)
-        self._committer: Batcher[Ready, bool | None] = Batcher(
-            self._commit, name="inbox-commit", split_on=(IntegrityError,)
-        )
+        self._committer: Batcher[Ready, bool | None] = Batcher(self._commit, name="inbox-commit", split_on=(Conflict,))
         # Events in flight: enough that a busy inbox is handed over rather than claimed back (a
         # claim per few events cost the hot path a tenth of its time); waiting for a fetch slot
         # is safe, as no fetch runs past its event's lease.
@@ -133,8 +131,7 @@ class InboxProcessor:
             )
             if not rows:
                 return []
-            found = await session.execute(select(Tenant).where(Tenant.id.in_({row.tenant_id for row in rows})))
-            tenants = {tenant.id: tenant for tenant in found.scalars()}
+            tenants = await tenant_store.by_ids(session, {row.tenant_id for row in rows})
         log.debug("inbox_events_claimed", count=len(rows))
         return [(row, tenants.get(row.tenant_id)) for row in rows]
 
@@ -153,7 +150,7 @@ class InboxProcessor:
             return
         try:
             added = await self._committer.submit(ready)
-        except IntegrityError:  # another process emitted this version meanwhile
+        except Conflict:  # another process emitted this version meanwhile
             await self._finish(row, ready.outcome, "version already emitted")
             added = False
         except Exception as exc:
@@ -237,7 +234,7 @@ class InboxProcessor:
 
     async def _commit(self, ready: Sequence[Ready]) -> list[bool | None]:
         """One transaction for every ready event whose lease still holds (None for the others); a
-        version another process emitted first raises ``IntegrityError`` (and the batcher then
+        version another process emitted first raises ``Conflict`` (and the batcher then
         commits each alone)."""
         now = self._clock()
         lane = self._runtime.signals.delivery_lane
@@ -263,9 +260,13 @@ class InboxProcessor:
         return [outcome.get(r.row.id) for r in ready]
 
     async def _finish(self, row: InboxEvent, status: InboxStatus, note: str | None) -> None:
+        await self._write_fenced(row, _finished_row(row.id, status, note, self._clock()))
+
+    async def _write_fenced(self, row: InboxEvent, values: dict[str, object]) -> None:
+        """Write ``values`` (with the row's ``id``) if the event's lease is still the one it was taken with."""
         async with self._runtime.db.sessions() as session:
             if await claims.fence(session, InboxEvent, {row.id: row.lease_owner}):
-                await update_by_id(session, InboxEvent, [_finished_row(row.id, status, note, self._clock())])
+                await update_by_id(session, InboxEvent, [values])
                 await session.commit()
 
     async def _release(self, row: InboxEvent) -> None:
@@ -275,6 +276,7 @@ class InboxProcessor:
         attempts = row.attempts + 1
         delay = min(3600.0, 2.0 ** min(attempts, 12)) * random.uniform(0.8, 1.2)
         values: dict[str, object] = {
+            "id": row.id,
             "attempts": attempts,
             "last_error": error[:2000],
             "next_attempt_at": self._clock() + timedelta(seconds=delay),
@@ -284,10 +286,7 @@ class InboxProcessor:
         if attempts >= MAX_ATTEMPTS:
             values["status"] = InboxStatus.FAILED.value
             log.error("inbox_event_gave_up", inbox_id=row.id, error=error)
-        async with self._runtime.db.sessions() as session:
-            if await claims.fence(session, InboxEvent, {row.id: row.lease_owner}):
-                await session.execute(update(InboxEvent).where(InboxEvent.id == row.id).values(**values))
-                await session.commit()
+        await self._write_fenced(row, values)
 
 
 def _finished_row(inbox_id: int, status: InboxStatus, note: str | None, now: datetime) -> dict[str, object]:

@@ -58,6 +58,8 @@ class DemoError(Exception):
 class Options:
     keep_running: bool = False
     as_json: bool = False
+    program: str = "webhook-service"
+    """The command line as the user started it (``.venv/bin/webhook-service``), for hints that work as written."""
 
 
 def run(options: Options, out: TextIO | None = None) -> int:
@@ -71,7 +73,7 @@ def run(options: Options, out: TextIO | None = None) -> int:
     previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with contextlib.ExitStack() as stack:
-            demo = _Demo(narrator, workdir, stack)
+            demo = _Demo(narrator, workdir, stack, options.program)
             demo.run(started)
             if options.keep_running:
                 demo.keep_running()
@@ -132,8 +134,9 @@ class Narrator:
 class _Demo:
     """The five steps, over three servers started on free loopback ports."""
 
-    def __init__(self, narrator: Narrator, workdir: Path, stack: contextlib.ExitStack) -> None:
+    def __init__(self, narrator: Narrator, workdir: Path, stack: contextlib.ExitStack, program: str) -> None:
         self.narrator = narrator
+        self.program = program
         self.workdir = workdir
         self._stack = stack
         self.received = 0  # sink arrivals already shown
@@ -341,10 +344,15 @@ class _Demo:
         say(f"the service stored {len(events)} events and {len(succeeded)} succeeded deliveries")
         say(f"all of it in {elapsed:.1f} s", kind="timing", seconds=round(elapsed, 2))
         say(f"the data is in {self.workdir} (SQLite service.db, service.log), removed when the demo ends")
+        hints = (
+            (f"{self.program} demo --keep-running", "leave it all up and poke around (Ctrl-C to stop)"),
+            (f"{self.program} simulator --port 8100", "a simulator of your own (README: Trying it without...)"),
+            (f"DEV_MODE=true {self.program} serve", "the service itself, on ./data"),
+        )
+        width = max(len(command) for command, _ in hints)
         say("try next:")
-        say("  webhook-service demo --keep-running    leave it all up and poke around (Ctrl-C to stop)")
-        say("  webhook-service simulator --port 8100  a simulator of your own (README: Trying it without...)")
-        say("  DEV_MODE=true webhook-service serve    the service itself, on ./data")
+        for command, what in hints:
+            say(f"  {command.ljust(width)}  {what}")
 
     def keep_running(self) -> None:
         """Leave everything up, show how to reach it, and keep showing arrivals until Ctrl-C."""
@@ -365,7 +373,7 @@ class _Demo:
             f"{self.simulator.base_url}/_sim/objects/{ACCOUNT_ID}/client"
         )
         say("the CLI on this database (in another terminal):")
-        say("  " + " ".join(f"{key}='{value}'" for key, value in env.items()) + " webhook-service events list")
+        say("  " + " ".join(f"{key}='{value}'" for key, value in env.items()) + f" {self.program} events list")
         say("events arriving at the subscriber:")
         while True:  # each wait is bounded so Ctrl-C is seen at once
             with contextlib.suppress(TimeoutError):

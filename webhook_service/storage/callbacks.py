@@ -4,12 +4,57 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import Callback
+
+
+async def get(session: AsyncSession, callback_id: str, *, lock: bool = False) -> Callback | None:
+    """The callback, with ``lock`` held until the transaction ends (so nobody changes it meanwhile)."""
+    return await session.get(Callback, callback_id, with_for_update=lock or None)
+
+
+def add(session: AsyncSession, callback: Callback) -> None:
+    """Insert ``callback`` with the session's commit."""
+    session.add(callback)
+
+
+async def update(session: AsyncSession, callback_id: str, **values: Any) -> Callback | None:
+    """Set these columns (and ``updated_at``) on the callback; None when there is no such callback."""
+    callback = await session.get(Callback, callback_id)
+    if callback is None:
+        return None
+    for name, value in values.items():
+        setattr(callback, name, value)
+    callback.updated_at = utcnow()
+    return callback
+
+
+async def retire(session: AsyncSession, callback_id: str) -> Callback | None:
+    """Retire the callback (no longer active, kept on record); None when there is no such callback."""
+    callback = await session.get(Callback, callback_id)
+    if callback is not None:
+        _retire(callback)
+    return callback
+
+
+async def retire_active(session: AsyncSession, tenant_id: str) -> list[Callback]:
+    """Retire every active callback of the tenant; returns them."""
+    retired = await active_for_tenant(session, tenant_id)
+    for callback in retired:
+        _retire(callback)
+    return retired
+
+
+def _retire(callback: Callback) -> None:
+    callback.active = False
+    callback.retired_at = utcnow()
+    callback.updated_at = callback.retired_at
 
 
 async def by_endpoint_key(session: AsyncSession, endpoint_key: str) -> Callback | None:

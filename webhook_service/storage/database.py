@@ -16,13 +16,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import asyncpg
 from sqlalchemy import event, exc, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from webhook_service.config import DATABASE_URL_EXAMPLES, ConfigurationError, database_url_problem, mask_password
 from webhook_service.storage import sqlite_inline
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+CONNECT_SECONDS = 10.0
+"""How long :meth:`Database.connect` waits for a first connection before calling the database unreachable."""
 
 
 class Database:
@@ -39,6 +43,27 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+    @asynccontextmanager
+    async def connect(self, seconds: float = CONNECT_SECONDS) -> AsyncIterator[AsyncConnection]:
+        """A connection, or :class:`DatabaseUnreachable` (naming ``DATABASE_URL``, never its
+        password) when none can be had within ``seconds``: the server down or unreachable, wrong
+        credentials, no such database, a SQLite file that cannot be opened."""
+        connection = self.engine.connect()
+        try:
+            async with asyncio.timeout(seconds):
+                await connection.start()
+        except _CONNECT_FAILURES as error:
+            raise DatabaseUnreachable.explain(self.url, error, seconds) from error
+        try:
+            yield connection
+        finally:
+            await connection.close()
+
+    async def check(self, seconds: float = CONNECT_SECONDS) -> None:
+        """Connect once: a database that cannot be used fails here, before any work starts."""
+        async with self.connect(seconds):
+            pass
 
     @asynccontextmanager
     async def bounded_session(self, seconds: float) -> AsyncIterator[AsyncSession]:
@@ -83,6 +108,49 @@ class StorageBusy(Exception):
     """The database did not give a connection or a lock in time."""
 
 
+class DatabaseUnreachable(ConfigurationError):
+    """``DATABASE_URL`` names a database this process cannot open; the message says why and what to check."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, setting="DATABASE_URL")
+
+    @classmethod
+    def explain(cls, url: str, error: BaseException, seconds: float) -> DatabaseUnreachable:
+        if isinstance(error, TimeoutError) and not isinstance(error, exc.DBAPIError):
+            reason = f"no connection within {seconds:g} s"
+        else:
+            reason = _one_line(getattr(error, "orig", None) or error, url)
+        if url.startswith("sqlite"):
+            return cls(
+                f"DATABASE_URL: cannot open {mask_password(url)!r} ({reason}); check that the file's directory "
+                "exists and that this user may write there"
+            )
+        return cls(
+            f"DATABASE_URL: cannot connect to {mask_password(url)!r} ({reason}); check that the server is running "
+            "and reachable at that host and port, and the user, password and database name"
+        )
+
+
+# What a failed first connection raises: the socket's errors, the drivers' own (asyncpg's escape
+# SQLAlchemy's wrapping while connecting), SQLAlchemy's wrapped ones, our deadline.
+_CONNECT_FAILURES = (OSError, sqlite3.Error, exc.DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def _one_line(error: BaseException, url: str) -> str:
+    """The error's text on one line, at most 300 characters, with the URL's password blotted out."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        message = f"{error.strerror}: {str(error.filename)!r}"
+    else:
+        message = " ".join(str(error).split()) or type(error).__name__
+    try:
+        password = make_url(url).password
+    except (exc.ArgumentError, ValueError):
+        password = None
+    if password:
+        message = message.replace(str(password), "***")
+    return message if len(message) <= 300 else message[:299] + "…"
+
+
 def unavailable(error: BaseException) -> Unavailable | None:
     """Why a failed database call failed, when the cause is the database and not the data.
 
@@ -90,6 +158,8 @@ def unavailable(error: BaseException) -> Unavailable | None:
     space left; ``error``: unreachable or failing. None for anything else (a constraint, a bug).
     Callers answer 503 with ``Retry-After`` for these and 500 for the rest.
     """
+    if isinstance(error, DatabaseUnreachable):  # a first connection that failed: classify its cause
+        return (unavailable(error.__cause__) if error.__cause__ is not None else None) or "error"
     if isinstance(error, (StorageBusy, TimeoutError, exc.TimeoutError)):
         return "busy"
     if isinstance(error, _ABOUT_THE_DATA) or not isinstance(error, (exc.DBAPIError, OSError)):
@@ -115,14 +185,34 @@ _PG_FULL = frozenset({"53100"})  # disk_full
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
-    parsed = make_url(url)
+    """The engine for ``url``; a URL the service cannot use is a :class:`ConfigurationError` naming
+    ``DATABASE_URL``, and a SQLite directory that cannot be created is :class:`DatabaseUnreachable`."""
+    problem = database_url_problem(url)
+    if problem is not None:
+        raise ConfigurationError(f"DATABASE_URL: {problem}", setting="DATABASE_URL")
+    try:
+        parsed = make_url(url)
+    except (exc.ArgumentError, ValueError) as error:
+        raise ConfigurationError(
+            f"DATABASE_URL: {mask_password(url)!r} cannot be read ({_one_line(error, url)}); "
+            f"write it as {DATABASE_URL_EXAMPLES}",
+            setting="DATABASE_URL",
+        ) from None
     # hide_parameters: an error's text (and so its log line) never carries a statement's values,
     # which include webhook bodies, signatures and ciphertexts.
     kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            directory = Path(database).expanduser().parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise DatabaseUnreachable(
+                    f"DATABASE_URL: cannot create the directory {str(directory)!r} for {mask_password(url)!r} "
+                    f"({_one_line(error, url)}); make sure this user can create and write it, or point "
+                    "DATABASE_URL elsewhere"
+                ) from error
         kwargs["async_creator"] = sqlite_inline.creator(
             database or ":memory:", timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, uri=bool(parsed.query.get("uri"))
         )

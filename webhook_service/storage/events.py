@@ -8,6 +8,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from webhook_service.storage.models import Event
 
 
+async def get(session: AsyncSession, event_id: str) -> Event | None:
+    return await session.get(Event, event_id)
+
+
 async def list_events(
     session: AsyncSession, *, tenant_id: str | None = None, event_type: str | None = None, limit: int = 100
 ) -> list[Event]:

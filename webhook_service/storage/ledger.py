@@ -9,14 +9,17 @@ an operator's ``backfill``) cannot both miss each other.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from webhook_service.storage.models import ObjectVersion
+from webhook_service.storage.bulk import insert_rows
+from webhook_service.storage.models import Delivery, Event, ObjectVersion
+from webhook_service.storage.session import conflicts
 
 ObjectKey = tuple[str, str, str]
 """tenant id, resource, object id."""
@@ -80,6 +83,23 @@ async def lock_objects(session: AsyncSession, keys: Iterable[ObjectKey]) -> None
     await session.execute(
         text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) AS k"), {"ids": ids}
     )
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    versions: Sequence[dict[str, Any]],
+    events: Sequence[dict[str, Any]],
+    deliveries: Sequence[dict[str, Any]],
+) -> None:
+    """Insert ledger rows, the events they stand for and the events' deliveries, one statement each.
+
+    A version the ledger already holds (another transaction got in first, despite the locks)
+    raises :class:`~webhook_service.storage.session.Conflict`: the version was emitted already.
+    """
+    with conflicts():
+        for model, rows in ((ObjectVersion, versions), (Event, events), (Delivery, deliveries)):
+            await insert_rows(session, model, rows)
 
 
 def _lock_id(key: ObjectKey) -> int:

@@ -52,7 +52,7 @@ async def pending_revisions(db: Database) -> list[str]:
     def _current(connection: Connection) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
-    async with db.engine.connect() as connection:
+    async with db.connect() as connection:  # unreachable: DatabaseUnreachable, naming DATABASE_URL
         current = await connection.run_sync(_current)
     if current == head:
         return []

@@ -9,11 +9,13 @@ for, and returns whether it matched: a ``False`` means the lease was lost (see
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from webhook_service.storage.columns import new_id
 from webhook_service.storage.models import Tenant, TenantStatus
 
 
@@ -24,6 +26,24 @@ async def get(session: AsyncSession, tenant_id: str) -> Tenant | None:
 async def get_by_business(session: AsyncSession, business_id: int) -> Tenant | None:
     result = await session.execute(select(Tenant).where(Tenant.business_id == business_id))
     return result.scalar_one_or_none()
+
+
+async def by_ids(session: AsyncSession, tenant_ids: Iterable[str]) -> dict[str, Tenant]:
+    """The tenants of these ids that exist, by id."""
+    found = await session.execute(select(Tenant).where(Tenant.id.in_(set(tenant_ids))))
+    return {tenant.id: tenant for tenant in found.scalars()}
+
+
+async def for_business(session: AsyncSession, business_id: int, *, now: datetime) -> Tenant:
+    """The business's tenant with its ``token_version`` moved on, to be given a new grant: the one
+    there is, or a new one (version 1, added to the session). The caller fills in the rest."""
+    tenant = await get_by_business(session, business_id)
+    if tenant is None:
+        tenant = Tenant(id=new_id("ten"), business_id=business_id, token_version=1, created_at=now)
+        session.add(tenant)
+    else:
+        tenant.token_version = tenant.token_version + 1
+    return tenant
 
 
 async def list_all(session: AsyncSession, *, status: str | None = None) -> list[Tenant]:

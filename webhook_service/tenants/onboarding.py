@@ -11,13 +11,12 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete
-
 from webhook_service.core.logs import get_logger
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.oauth import Identity, Membership, TokenPair
 from webhook_service.inbound import registrar
 from webhook_service.runtime import Runtime
+from webhook_service.storage import pending as pending_store
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import new_id, utcnow
 from webhook_service.storage.models import PendingConnection, Tenant, TenantStatus
@@ -72,8 +71,7 @@ async def hold_pair(runtime: Runtime, pair: TokenPair) -> str:
         expires_at=now + PENDING_TTL,
     )
     async with runtime.db.sessions() as session:
-        session.add(pending)
-        await session.execute(delete(PendingConnection).where(PendingConnection.expires_at < now))
+        await pending_store.hold(session, pending, now=now)
         await session.commit()
     return pending.id
 
@@ -143,7 +141,7 @@ def choose_membership(identity: Identity, business_id: int | None) -> Membership
 
 async def _load_pending(runtime: Runtime, pending_id: str) -> TokenPair:
     async with runtime.db.sessions() as session:
-        pending = await session.get(PendingConnection, pending_id)
+        pending = await pending_store.get(session, pending_id)
     if pending is None or pending.expires_at < utcnow():
         raise OnboardingError("This connection attempt has expired or was already completed; start again.")
     held = json.loads(runtime.box.decrypt(pending.token_enc))
@@ -159,12 +157,7 @@ async def _upsert_tenant(
     assert membership.account_id is not None
     now = utcnow()
     async with runtime.db.sessions() as session:
-        tenant = await tenant_store.get_by_business(session, membership.business_id)
-        if tenant is None:
-            tenant = Tenant(id=new_id("ten"), business_id=membership.business_id, token_version=1, created_at=now)
-            session.add(tenant)
-        else:
-            tenant.token_version = tenant.token_version + 1
+        tenant = await tenant_store.for_business(session, membership.business_id, now=now)
         tenant.account_id = membership.account_id
         tenant.business_uuid = membership.business_uuid
         tenant.name = membership.name
@@ -180,7 +173,7 @@ async def _upsert_tenant(
         tenant.refresh_lease_until = None
         tenant.last_refreshed_at = now
         tenant.updated_at = now
-        await session.execute(delete(PendingConnection).where(PendingConnection.id == pending_id))
+        await pending_store.drop(session, pending_id)
         await session.commit()
     return tenant
 

@@ -1,221 +1,66 @@
 """The admin HTTP API under ``/admin/v1``: subscriptions, read-only views, delivery replay.
 
 Every route but the OpenAPI document needs ``Authorization: Bearer <ADMIN_TOKEN>`` (compared in
-constant time); without ``ADMIN_TOKEN`` the API is disabled and answers 503. Handlers are thin:
-they parse the request with the helpers below, call the package function and return a view from
-:mod:`webhook_service.web.views`, so no token, verifier or secret leaves here, except a subscription's
-new secret in the answers to create and rotate-secret. Every refusal is an :func:`error_response`,
-and no input leads to a 500. :mod:`webhook_service.web.admin_openapi` documents all of it.
+constant time); without ``ADMIN_TOKEN`` the API is disabled and answers 503.
+
+Each handler below is one entry of the operations table (:mod:`webhook_service.web.operations`): its
+decorator gives the method, path, answer model and status, its docstring the summary, its signature
+the path ids it takes and the query and body models (:mod:`webhook_service.web.schemas`) its input is
+validated with. The routes and the OpenAPI document (``DOCUMENT``, served at
+``GET /admin/v1/openapi.json``) are both made from that table. Handlers are thin: they call the
+package function and return a view from :mod:`webhook_service.web.views`, so no token, verifier or
+secret leaves here, except a subscription's new secret in the answers to create and rotate-secret.
 """
 
 from __future__ import annotations
 
-import functools
 import hmac
-import json
-import math
-import re
 from collections.abc import Awaitable, Callable
-from datetime import MAXYEAR, UTC, datetime, timedelta
-from enum import StrEnum
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
+from webhook_service import __version__
 from webhook_service.core.logs import get_logger
 from webhook_service.delivery import replay, subscriptions
-from webhook_service.inbound.receiver import Refusal
 from webhook_service.runtime import Runtime
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import events as event_store
 from webhook_service.storage import inbox as inbox_store
 from webhook_service.storage import tenants as tenant_store
-from webhook_service.storage.models import DeliveryStatus, Event, InboxStatus
-from webhook_service.web.admin_openapi import (
-    DEFAULT_LIMIT,
-    MAX_BODY_BYTES,
-    MAX_GRACE_HOURS,
-    MAX_LIMIT,
-    PREFIX,
-    build_document,
-)
+from webhook_service.web import schemas
 from webhook_service.web.errors import error_response
+from webhook_service.web.openapi import build_document
+from webhook_service.web.operations import ApiError, Operations
 from webhook_service.web.views import (
     callback_view,
     delivery_view,
     event_view,
     inbox_view,
+    page,
     subscription_view,
     tenant_view,
 )
-from webhook_service.web.webhooks import _read_capped
 
 log = get_logger("webhook_service.admin")
 
-Handler = Callable[[Request], Awaitable[Response]]
-DOCUMENT = build_document(PREFIX)
-
-
-class AdminError(Exception):
-    """A refusal raised by the parsing helpers: the status, error slug and message for the client."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-
-
-# --- request parsing ---------------------------------------------------------------------------
-
-
-async def read_json_object(request: Request, *, optional: bool = False) -> dict[str, Any]:
-    """The body as a JSON object, read with a cap (413); ``optional``: an empty body is ``{}``."""
-    try:
-        body = await _read_capped(request, MAX_BODY_BYTES)
-    except Refusal as refusal:
-        raise AdminError(refusal.status, refusal.reason, refusal.message) from refusal
-    if optional and not body.strip():
-        return {}
-    try:
-        value = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge numbers, deep nesting
-        raise AdminError(400, "bad_json", "The body is not valid JSON.") from exc
-    if not isinstance(value, dict):
-        raise AdminError(400, "bad_json", "The body must be a JSON object.")
-    if not _storable(value):
-        raise AdminError(422, "invalid_text", "Strings must not contain NUL characters or unpaired surrogates.")
-    return value
-
-
-def parse_limit(request: Request) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not _SMALL_NUMBER.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise AdminError(422, "invalid_limit", f"limit must be an integer from 1 to {MAX_LIMIT}.")
-    return int(raw)
-
-
-def parse_choice(request: Request, name: str, choices: type[StrEnum]) -> str | None:
-    """An optional query parameter that must be one of ``choices``."""
-    raw = request.query_params.get(name)
-    if raw is None:
-        return None
-    allowed = [choice.value for choice in choices]
-    if raw not in allowed:
-        raise AdminError(422, f"invalid_{name}", f"{name} must be one of: {', '.join(allowed)}.")
-    return raw
-
-
-def text_query(request: Request, name: str) -> str | None:
-    """An optional free-text filter; NUL cannot be stored, so a filter holding one is refused."""
-    raw = request.query_params.get(name)
-    if raw is not None and "\x00" in raw:
-        raise AdminError(422, f"invalid_{name}", f"{name} must not contain NUL characters.")
-    return raw
-
-
-def parse_time(value: object, name: str) -> datetime:
-    """An RFC 3339 / ISO 8601 time with an offset or ``Z``, as an aware UTC datetime.
-
-    A time without an offset is refused: guessing its zone would silently shift the window.
-    """
-    problem = f"{name} must be an ISO 8601 time with an offset, like 2026-01-31T09:30:00Z or ...+01:00."
-    if not isinstance(value, str) or (match := _RFC3339.fullmatch(value)) is None:
-        raise AdminError(422, f"invalid_{name}", problem)
-    text, leap = value.upper(), match["second"] == "60"
-    if leap:  # 23:59:60 is the second after 23:59:59
-        text = text[: match.start("second")] + "59" + text[match.end("second") :]
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:  # no such date, or an offset of 24 hours or more
-        raise AdminError(422, f"invalid_{name}", problem) from exc
-    try:
-        return (moment + timedelta(seconds=int(leap))).astimezone(UTC)
-    except OverflowError:  # within a day of the ends of the calendar: as early or as late as can be
-        return (datetime.max if moment.year == MAXYEAR else datetime.min).replace(tzinfo=UTC)
-
-
-def path_id(request: Request, name: str) -> str:
-    """A path id; one holding NUL cannot exist (and cannot be queried on PostgreSQL)."""
-    value: str = request.path_params[name]
-    if "\x00" in value:
-        raise AdminError(404, "not_found", f"No record with id {value!r}.")
-    return value
-
-
-_SMALL_NUMBER = re.compile(r"0*[0-9]{1,5}")
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:(?P<second>\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _storable(value: object) -> bool:
-    """No string in ``value`` (keys included) holds NUL or an unpaired surrogate."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return False
-            try:
-                item.encode()
-            except UnicodeEncodeError:
-                return False
-        elif isinstance(item, dict):
-            pending.extend(item)
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return True
-
-
-def _subscription_fields(body: dict[str, Any]) -> dict[str, Any]:
-    """The body for ``delivery.subscriptions``: JSON Schema counts 5.0 as an integer, so this API does too."""
-    limit = body.get("rate_limit_per_second")
-    if isinstance(limit, float) and limit.is_integer():
-        return {**body, "rate_limit_per_second": int(limit)}
-    return body
-
-
-def _grace(body: dict[str, Any]) -> timedelta | None:
-    unknown = set(body) - {"grace_hours"}
-    if unknown:
-        raise AdminError(422, "invalid_request", f"unknown fields: {', '.join(sorted(unknown))}")
-    if "grace_hours" not in body:
-        return None
-    hours = body["grace_hours"]
-    if (
-        isinstance(hours, bool)
-        or not isinstance(hours, int | float)
-        or not math.isfinite(hours)
-        or not 0 <= hours <= MAX_GRACE_HOURS
-    ):
-        raise AdminError(422, "invalid_grace_hours", f"grace_hours must be a number from 0 to {MAX_GRACE_HOURS:g}.")
-    return timedelta(hours=hours)
-
-
-def _recover_request(body: dict[str, Any]) -> tuple[str, datetime]:
-    unknown = set(body) - {"subscription_id", "since"}
-    if unknown:
-        raise AdminError(422, "invalid_request", f"unknown fields: {', '.join(sorted(unknown))}")
-    subscription_id = body.get("subscription_id")
-    if not isinstance(subscription_id, str):
-        raise AdminError(422, "invalid_subscription_id", "subscription_id must be a string.")
-    return subscription_id, parse_time(body.get("since"), "since")
-
-
-# --- authentication and error mapping ----------------------------------------------------------
+PREFIX = "/admin/v1"
+INFO = {
+    "title": "webhook-service admin API",
+    "version": __version__,
+    "description": "Manage subscriptions, look at tenants, callbacks, events and deliveries, and replay "
+    "deliveries. Every operation but this document needs `Authorization: Bearer <ADMIN_TOKEN>`; "
+    "without ADMIN_TOKEN the API answers 503. Errors are `{error, message, request_id}`.",
+}
+Json = dict[str, Any]
+RecordT = TypeVar("RecordT")
 
 
 def _refusal(request: Request) -> Response | None:
     """503 while ADMIN_TOKEN is unset, 401 unless the bearer token matches; None to go on."""
-    expected = _runtime(request).settings.admin_token
+    expected = request.app.state.runtime.settings.admin_token
     where = {"method": request.method, "path": request.url.path[:120]}
     if expected is None or not expected.get_secret_value():
         log.warning("admin_refused", reason="admin_disabled", **where)
@@ -230,215 +75,163 @@ def _refusal(request: Request) -> Response | None:
     return response
 
 
-def _admin(handler: Handler, query: frozenset[str] = frozenset()) -> Handler:
-    """Authenticate, then run ``handler``, turning the package's refusals into error responses.
-
-    ``query``: the query parameters the operation documents. Any other one is refused (422) rather
-    than ignored, so a misspelt filter (``?staus=dead``) cannot silently list every row.
-    """
-
-    @functools.wraps(handler)
-    async def guarded(request: Request) -> Response:
-        refused = _refusal(request)
-        if refused is not None:
-            return refused
-        unknown = sorted(set(request.query_params) - query)
-        if unknown:
-            names = ", ".join(repr(name[:40]) for name in unknown[:5])
-            return error_response(request, 422, "unknown_query_parameter", f"Unknown query parameters: {names}.")
-        try:
-            return await handler(request)
-        except AdminError as exc:
-            return error_response(request, exc.status, exc.error, exc.message)
-        except subscriptions.SubscriptionError as exc:
-            return error_response(request, 422, "invalid_subscription", str(exc))
-        except subscriptions.SubscriptionNotFound as exc:
-            return error_response(request, 404, "not_found", f"No subscription {exc}.")
-        except replay.DeliveryNotFound as exc:  # a delivery's or, for recover, a subscription's id
-            return error_response(request, 404, "not_found", f"No record with id {exc}.")
-        except replay.ReplayError as exc:
-            return error_response(request, 409, "not_replayable", str(exc))
-
-    return guarded
+def _translate(exc: Exception) -> ApiError | None:
+    """The package's refusals as answers."""
+    if isinstance(exc, subscriptions.SubscriptionError):
+        return ApiError(422, "invalid_subscription", str(exc))
+    if isinstance(exc, subscriptions.SubscriptionNotFound):
+        return ApiError(404, "not_found", f"No subscription {exc}.")
+    if isinstance(exc, replay.DeliveryNotFound):  # a delivery's or, for recover, a subscription's id
+        return ApiError(404, "not_found", f"No record with id {exc}.")
+    if isinstance(exc, replay.ReplayError):
+        return ApiError(409, "not_replayable", str(exc))
+    return None
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+async def _one(
+    runtime: Runtime, kind: str, record_id: str, read: Callable[[Any, str], Awaitable[RecordT | None]]
+) -> RecordT:
+    """The record ``read`` finds by its id, or a 404."""
+    async with runtime.db.sessions() as session:
+        record = await read(session, record_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"No {kind} {record_id}.")
+    return record
 
 
-def _data(rows: list[dict[str, Any]]) -> JSONResponse:
-    return JSONResponse({"data": rows})
+operation = Operations(PREFIX, authorize=_refusal, translate=_translate)
 
 
-def _not_found(kind: str, record_id: str) -> AdminError:
-    return AdminError(404, "not_found", f"No {kind} {record_id}.")
+@operation("GET", "/openapi.json", schemas.OpenAPIDocument, tag="meta", public=True, operation_id="getOpenAPI")
+async def get_openapi(runtime: Runtime) -> Json:
+    """This document (no authentication)."""
+    return DOCUMENT
 
 
-# --- handlers ----------------------------------------------------------------------------------
+# --- subscriptions -----------------------------------------------------------------------------
 
 
-async def openapi_document(request: Request) -> Response:
-    return JSONResponse(DOCUMENT)
+@operation("GET", "/subscriptions", schemas.SubscriptionList, tag="subscriptions")
+async def list_subscriptions(runtime: Runtime) -> Json:
+    """Every subscription, oldest first."""
+    return page(map(subscription_view, await subscriptions.list_all(runtime)))
 
 
-async def list_subscriptions(request: Request) -> Response:
-    return _data([subscription_view(s) for s in await subscriptions.list_all(_runtime(request))])
-
-
-async def create_subscription(request: Request) -> Response:
-    body = _subscription_fields(await read_json_object(request))
-    created = await subscriptions.create(_runtime(request), body)
+@operation("POST", "/subscriptions", schemas.SubscriptionWithSecret, status=201, tag="subscriptions")
+async def create_subscription(runtime: Runtime, body: schemas.SubscriptionCreate) -> Json:
+    """Create a subscription; its secret is shown once, in this answer."""
+    created = await subscriptions.create(runtime, body.model_dump(exclude_unset=True))
     log.info("admin_subscription_created", subscription_id=created.subscription.id)
-    return JSONResponse({**subscription_view(created.subscription), "secret": created.secret}, status_code=201)
+    return subscription_view(created.subscription, created.secret)
 
 
-async def get_subscription(request: Request) -> Response:
-    subscription = await subscriptions.get(_runtime(request), path_id(request, "subscription_id"))
-    return JSONResponse(subscription_view(subscription))
+@operation("GET", "/subscriptions/{subscription_id}", schemas.Subscription, tag="subscriptions")
+async def get_subscription(runtime: Runtime, subscription_id: str) -> Json:
+    """One subscription (never its secret)."""
+    return subscription_view(await subscriptions.get(runtime, subscription_id))
 
 
-async def update_subscription(request: Request) -> Response:
-    subscription_id = path_id(request, "subscription_id")
-    body = _subscription_fields(await read_json_object(request))
-    subscription = await subscriptions.modify(_runtime(request), subscription_id, body)
-    log.info("admin_subscription_updated", subscription_id=subscription_id, fields=sorted(body))
-    return JSONResponse(subscription_view(subscription))
+@operation("PATCH", "/subscriptions/{subscription_id}", schemas.Subscription, tag="subscriptions")
+async def update_subscription(runtime: Runtime, subscription_id: str, body: schemas.SubscriptionUpdate) -> Json:
+    """Change any subset of the fields."""
+    fields = body.model_dump(exclude_unset=True)
+    subscription = await subscriptions.modify(runtime, subscription_id, fields)
+    log.info("admin_subscription_updated", subscription_id=subscription_id, fields=sorted(fields))
+    return subscription_view(subscription)
 
 
-async def delete_subscription(request: Request) -> Response:
-    subscription_id = path_id(request, "subscription_id")
-    await subscriptions.remove(_runtime(request), subscription_id)
+@operation("DELETE", "/subscriptions/{subscription_id}", None, status=204, tag="subscriptions")
+async def delete_subscription(runtime: Runtime, subscription_id: str) -> None:
+    """Delete the subscription and its deliveries."""
+    await subscriptions.remove(runtime, subscription_id)
     log.info("admin_subscription_deleted", subscription_id=subscription_id)
-    return Response(status_code=204)
 
 
-async def rotate_secret(request: Request) -> Response:
-    subscription_id = path_id(request, "subscription_id")
-    grace = _grace(await read_json_object(request, optional=True))
-    rotated = await subscriptions.rotate_secret(_runtime(request), subscription_id, grace)
+@operation(
+    "POST", "/subscriptions/{subscription_id}/rotate-secret", schemas.SubscriptionWithSecret, tag="subscriptions"
+)
+async def rotate_subscription_secret(runtime: Runtime, subscription_id: str, body: schemas.RotateSecretRequest) -> Json:
+    """A new secret (shown once, here); the old one keeps signing beside it for the grace period."""
+    grace = None if body.grace_hours is None else timedelta(hours=body.grace_hours)
+    rotated = await subscriptions.rotate_secret(runtime, subscription_id, grace)
     log.info("admin_subscription_secret_rotated", subscription_id=subscription_id)
-    return JSONResponse({**subscription_view(rotated.subscription), "secret": rotated.secret})
+    return subscription_view(rotated.subscription, rotated.secret)
 
 
-async def list_tenants(request: Request) -> Response:
-    async with _runtime(request).db.sessions() as session:
-        tenants = await tenant_store.list_all(session)
-    return _data([tenant_view(t) for t in tenants])
+# --- tenants, callbacks and events -------------------------------------------------------------
 
 
-async def get_tenant(request: Request) -> Response:
-    tenant_id = path_id(request, "tenant_id")
-    async with _runtime(request).db.sessions() as session:
-        tenant = await tenant_store.get(session, tenant_id)
-    if tenant is None:
-        raise _not_found("tenant", tenant_id)
-    return JSONResponse(tenant_view(tenant))
+@operation("GET", "/tenants", schemas.TenantList, tag="tenants")
+async def list_tenants(runtime: Runtime) -> Json:
+    """Every tenant (never its tokens)."""
+    async with runtime.db.sessions() as session:
+        return page(map(tenant_view, await tenant_store.list_all(session)))
 
 
-async def list_callbacks(request: Request) -> Response:
-    tenant_id = text_query(request, "tenant_id")
-    async with _runtime(request).db.sessions() as session:
-        callbacks = await callback_store.list_all(session, tenant_id=tenant_id)
-    return _data([callback_view(c) for c in callbacks])
+@operation("GET", "/tenants/{tenant_id}", schemas.Tenant, tag="tenants")
+async def get_tenant(runtime: Runtime, tenant_id: str) -> Json:
+    """One tenant (never its tokens)."""
+    return tenant_view(await _one(runtime, "tenant", tenant_id, tenant_store.get))
 
 
-async def list_inbox_events(request: Request) -> Response:
-    tenant_id, status = text_query(request, "tenant_id"), parse_choice(request, "status", InboxStatus)
-    limit = parse_limit(request)
-    async with _runtime(request).db.sessions() as session:
-        events = await inbox_store.list_events(session, tenant_id=tenant_id, status=status, limit=limit)
-    return _data([inbox_view(e) for e in events])
+@operation("GET", "/callbacks", schemas.CallbackList, tag="tenants")
+async def list_callbacks(runtime: Runtime, query: schemas.TenantFilter) -> Json:
+    """Active FreshBooks callbacks with their state (never a verifier or endpoint key)."""
+    async with runtime.db.sessions() as session:
+        return page(map(callback_view, await callback_store.list_all(session, **query.model_dump(mode="json"))))
 
 
-async def list_events(request: Request) -> Response:
-    tenant_id, event_type = text_query(request, "tenant_id"), text_query(request, "type")
-    async with _runtime(request).db.sessions() as session:
-        events = await event_store.list_events(
-            session, tenant_id=tenant_id, event_type=event_type, limit=parse_limit(request)
-        )
-    return _data([event_view(e, with_payload=False) for e in events])
+@operation("GET", "/inbox-events", schemas.InboxEventList, tag="events")
+async def list_inbox_events(runtime: Runtime, query: schemas.InboxEventQuery) -> Json:
+    """Received FreshBooks deliveries, newest first."""
+    async with runtime.db.sessions() as session:
+        return page(map(inbox_view, await inbox_store.list_events(session, **query.model_dump(mode="json"))))
 
 
-async def get_event(request: Request) -> Response:
-    event_id = path_id(request, "event_id")
-    async with _runtime(request).db.sessions() as session:
-        event = await session.get(Event, event_id)
-    if event is None:
-        raise _not_found("event", event_id)
-    return JSONResponse(event_view(event))
+@operation("GET", "/events", schemas.EventList, tag="events")
+async def list_events(runtime: Runtime, query: schemas.EventQuery) -> Json:
+    """Normalized events without their payloads, newest first."""
+    async with runtime.db.sessions() as session:
+        events = await event_store.list_events(session, **query.model_dump(mode="json"))
+        return page(event_view(event, with_payload=False) for event in events)
 
 
-async def list_deliveries(request: Request) -> Response:
-    deliveries = await replay.list_deliveries(
-        _runtime(request),
-        status=parse_choice(request, "status", DeliveryStatus),
-        subscription_id=text_query(request, "subscription_id"),
-        event_id=text_query(request, "event_id"),
-        limit=parse_limit(request),
-    )
-    return _data([delivery_view(d) for d in deliveries])
+@operation("GET", "/events/{event_id}", schemas.EventWithPayload, tag="events")
+async def get_event(runtime: Runtime, event_id: str) -> Json:
+    """One event with its payload."""
+    return event_view(await _one(runtime, "event", event_id, event_store.get))
 
 
-async def get_delivery(request: Request) -> Response:
-    delivery_id = path_id(request, "delivery_id")
-    try:
-        delivery, attempts = await replay.get_with_attempts(_runtime(request), delivery_id)
-    except replay.DeliveryNotFound:
-        raise _not_found("delivery", delivery_id) from None
-    return JSONResponse(delivery_view(delivery, attempts))
+# --- deliveries --------------------------------------------------------------------------------
 
 
-async def replay_delivery(request: Request) -> Response:
-    delivery_id = path_id(request, "delivery_id")
-    delivery = await replay.replay(_runtime(request), delivery_id)
+@operation("GET", "/deliveries", schemas.DeliveryList, tag="deliveries")
+async def list_deliveries(runtime: Runtime, query: schemas.DeliveryQuery) -> Json:
+    """Deliveries, newest first."""
+    return page(map(delivery_view, await replay.list_deliveries(runtime, **query.model_dump(mode="json"))))
+
+
+@operation("POST", "/deliveries/recover", schemas.RecoverResult, status=202, errors=(404, 409), tag="deliveries")
+async def recover_deliveries(runtime: Runtime, body: schemas.RecoverRequest) -> Json:
+    """Queue again every failed or dead delivery of an enabled subscription created at or after `since`."""
+    recovered = await replay.recover(runtime, body.subscription_id, body.since)
+    log.info("admin_deliveries_recovered", subscription_id=body.subscription_id, count=len(recovered))
+    return schemas.RecoverResult(recovered=recovered, count=len(recovered)).model_dump(mode="json")
+
+
+@operation("GET", "/deliveries/{delivery_id}", schemas.DeliveryWithAttempts, tag="deliveries")
+async def get_delivery(runtime: Runtime, delivery_id: str) -> Json:
+    """One delivery with its attempt log."""
+    return delivery_view(*await replay.get_with_attempts(runtime, delivery_id))
+
+
+@operation("POST", "/deliveries/{delivery_id}/replay", schemas.Delivery, status=202, errors=(409,), tag="deliveries")
+async def replay_delivery(runtime: Runtime, delivery_id: str) -> Json:
+    """Send a failed, dead or succeeded delivery again (same event and body, a fresh retry schedule)."""
+    delivery = await replay.replay(runtime, delivery_id)
     log.info("admin_delivery_replayed", delivery_id=delivery_id)
-    return JSONResponse(delivery_view(delivery), status_code=202)
+    return delivery_view(delivery)
 
 
-async def recover_deliveries(request: Request) -> Response:
-    subscription_id, since = _recover_request(await read_json_object(request))
-    recovered = await replay.recover(_runtime(request), subscription_id, since)
-    log.info("admin_deliveries_recovered", subscription_id=subscription_id, count=len(recovered))
-    return JSONResponse({"recovered": recovered, "count": len(recovered)}, status_code=202)
-
-
-def _one_route(path: str, handlers: dict[str, Handler], *, guarded: bool = True) -> Route:
-    """One route per path, so a wrong method gets a 405 whose ``Allow`` lists every method there.
-
-    ``guarded`` handlers run behind :func:`_admin`, with the query parameters the document lists.
-    """
-    if guarded:
-        handlers = {method: _admin(handler, _documented_query(path, method)) for method, handler in handlers.items()}
-
-    async def dispatch(request: Request) -> Response:
-        return await handlers["GET" if request.method == "HEAD" else request.method](request)
-
-    dispatch.__name__ = "_".join(handler.__name__ for handler in handlers.values())
-    return Route(path, dispatch, methods=list(handlers))
-
-
-def _documented_query(path: str, method: str) -> frozenset[str]:
-    operation = DOCUMENT["paths"][path][method.lower()]
-    return frozenset(p["name"] for p in operation.get("parameters", []) if p["in"] == "query")
-
-
-routes = [
-    _one_route(f"{PREFIX}/openapi.json", {"GET": openapi_document}, guarded=False),
-    _one_route(f"{PREFIX}/subscriptions", {"GET": list_subscriptions, "POST": create_subscription}),
-    _one_route(
-        f"{PREFIX}/subscriptions/{{subscription_id}}",
-        {"GET": get_subscription, "PATCH": update_subscription, "DELETE": delete_subscription},
-    ),
-    _one_route(f"{PREFIX}/subscriptions/{{subscription_id}}/rotate-secret", {"POST": rotate_secret}),
-    _one_route(f"{PREFIX}/tenants", {"GET": list_tenants}),
-    _one_route(f"{PREFIX}/tenants/{{tenant_id}}", {"GET": get_tenant}),
-    _one_route(f"{PREFIX}/callbacks", {"GET": list_callbacks}),
-    _one_route(f"{PREFIX}/inbox-events", {"GET": list_inbox_events}),
-    _one_route(f"{PREFIX}/events", {"GET": list_events}),
-    _one_route(f"{PREFIX}/events/{{event_id}}", {"GET": get_event}),
-    _one_route(f"{PREFIX}/deliveries", {"GET": list_deliveries}),
-    _one_route(f"{PREFIX}/deliveries/recover", {"POST": recover_deliveries}),
-    _one_route(f"{PREFIX}/deliveries/{{delivery_id}}", {"GET": get_delivery}),
-    _one_route(f"{PREFIX}/deliveries/{{delivery_id}}/replay", {"POST": replay_delivery}),
-]
+DOCUMENT = build_document(operation.table, INFO)
+routes = operation.routes()

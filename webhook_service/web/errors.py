@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -11,11 +12,20 @@ from webhook_service.core.logs import get_logger
 log = get_logger("webhook_service.http")
 
 
+class Error(BaseModel):
+    """Every refusal and failure: what went wrong, in a stable slug and in words."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str = Field(description="A stable slug: unauthorized, not_found, bad_json, invalid_<field>, ...")
+    message: str = Field(description="What is wrong, for a person; it names the field or parameter at fault.")
+    request_id: str | None = Field(description="The X-Request-ID of the request, to find it in the logs.")
+
+
 def error_response(request: Request, status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": error, "message": message, "request_id": request.scope.get("state", {}).get("request_id")},
-        status_code=status,
-    )
+    request_id = request.scope.get("state", {}).get("request_id")
+    body = Error(error=error, message=message, request_id=request_id)
+    return JSONResponse(body.model_dump(), status_code=status)
 
 
 async def http_exception(request: Request, exc: Exception) -> Response:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from webhook_service.runtime import Runtime
-from webhook_service.storage import migrate
+from webhook_service.storage import migrate, probes
 from webhook_service.storage.database import unavailable
 
 PROBE_SECONDS = 2.0
@@ -30,8 +29,7 @@ async def readyz(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.runtime
     try:
         async with asyncio.timeout(PROBE_SECONDS):
-            async with runtime.db.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
+            await probes.ping(runtime.db)
             pending = await migrate.pending_revisions(runtime.db)
         if not pending:
             await runtime.db.probe_write(PROBE_SECONDS)

@@ -113,6 +113,31 @@ class _Cycle(Protocol):
     message_event: asyncio.Event
 
 
+class _Timer:
+    """One pending call at a time: armed anew (replacing the one pending), disarmed, or run."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+
+    @property
+    def armed(self) -> bool:
+        return self._handle is not None
+
+    def arm(self, delay: float, expired: Callable[[], None]) -> None:
+        self.disarm()
+        self._handle = self._loop.call_later(delay, self._run, expired)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _run(self, expired: Callable[[], None]) -> None:
+        self._handle = None  # a handle that ran is spent: not armed while ``expired`` runs
+        expired()
+
+
 class Deadlines:
     """A connection's two deadlines, and what happens when one passes; one per connection."""
 
@@ -120,35 +145,28 @@ class Deadlines:
         if not isinstance(config, ServerConfig):
             raise TypeError("the service's HTTP protocols need a ServerConfig (see build_config)")
         self._config = config
-        self._loop = loop
         self._transport = transport
-        self._head: asyncio.TimerHandle | None = None
-        self._body: asyncio.TimerHandle | None = None
+        self._head = _Timer(loop)
+        self._body = _Timer(loop)
 
     @property
     def awaiting_head(self) -> bool:
-        return self._head is not None
+        return self._head.armed
 
     def await_head(self, began: Callable[[], bool]) -> None:
         """From now the next request head has ``HTTP_HEADER_TIMEOUT``; ``began()`` says whether
         part of it has arrived when that runs out (then the client is told 408)."""
-        self.head_received()
-        self._head = self._loop.call_later(self._config.header_timeout, self._head_expired, began)
+        self._head.arm(self._config.header_timeout, lambda: self._head_expired(began))
 
     def head_received(self) -> None:
-        if self._head is not None:
-            self._head.cancel()
-            self._head = None
+        self._head.disarm()
 
     def await_body(self, cycle: _Cycle) -> None:
         """``cycle``'s app is running and its body still arriving: it has ``HTTP_BODY_TIMEOUT``."""
-        self.body_received()
-        self._body = self._loop.call_later(self._config.body_timeout, self._body_expired, cycle)
+        self._body.arm(self._config.body_timeout, lambda: self._body_expired(cycle))
 
     def body_received(self) -> None:
-        if self._body is not None:
-            self._body.cancel()
-            self._body = None
+        self._body.disarm()
 
     def cancel(self) -> None:
         self.head_received()
@@ -163,7 +181,6 @@ class Deadlines:
             self._transport.close()
 
     def _head_expired(self, began: Callable[[], bool]) -> None:
-        self._head = None
         if self._transport.is_closing():
             return
         if began():
@@ -172,7 +189,6 @@ class Deadlines:
         self._transport.close()
 
     def _body_expired(self, cycle: _Cycle) -> None:
-        self._body = None
         if self._transport.is_closing():
             return
         log.warning(

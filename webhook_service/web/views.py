@@ -1,152 +1,77 @@
 """What operators may see of each record, shared by the admin API and the CLI.
 
-Nothing here ever includes a token, verifier, secret or endpoint key.
+Each view is the record read through its answer model in :mod:`webhook_service.web.schemas` (the
+model's fields taken from the record's attributes of the same name, the rest given here) and dumped to
+JSON-ready values, so the admin API answers exactly what its document describes. Nothing here ever
+includes a token, verifier, secret or endpoint key: the models have no field for one.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
-from webhook_service.storage.models import (
-    BackfillState,
-    Callback,
-    Delivery,
-    DeliveryAttempt,
-    Event,
-    InboxEvent,
-    Subscription,
-    Tenant,
-)
+from webhook_service.storage import models
+from webhook_service.web import schemas
+
+ViewT = TypeVar("ViewT", bound=schemas.View)
 
 
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+def read(model: type[ViewT], record: object, **computed: Any) -> ViewT:
+    """``model`` with its fields from ``computed`` or else from ``record``'s attributes of the same names."""
+    values = {name: getattr(record, name) for name in model.model_fields if name not in computed}
+    return model.model_validate({**values, **computed})
 
 
-def tenant_view(tenant: Tenant) -> dict[str, Any]:
-    return {
-        "id": tenant.id,
-        "name": tenant.name,
-        "account_id": tenant.account_id,
-        "business_id": tenant.business_id,
-        "business_uuid": tenant.business_uuid,
-        "role": tenant.role,
-        "identity_id": tenant.identity_id,
-        "status": tenant.status,
-        "status_reason": tenant.status_reason,
-        "scopes": tenant.scopes.split(),
-        "access_expires_at": iso(tenant.access_expires_at),
-        "last_refreshed_at": iso(tenant.last_refreshed_at),
-        "created_at": iso(tenant.created_at),
-    }
+def view(model: type[schemas.View], record: object, **computed: Any) -> dict[str, Any]:
+    """:func:`read`, as JSON-ready values."""
+    return read(model, record, **computed).model_dump(mode="json")
 
 
-def callback_view(callback: Callback) -> dict[str, Any]:
-    return {
-        "id": callback.id,
-        "tenant_id": callback.tenant_id,
-        "event": callback.event,
-        "state": callback.status,
-        "active": callback.active,
-        "freshbooks_callback_id": callback.freshbooks_callback_id,
-        "verified_at": iso(callback.verified_at),
-        "last_event_at": iso(callback.last_event_at),
-        "last_error": callback.last_error,
-        "created_at": iso(callback.created_at),
-    }
+def page(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """A list answer: ``{"data": [...]}`` (a :class:`~webhook_service.web.schemas.Page`)."""
+    return {"data": list(rows)}
 
 
-def inbox_view(event: InboxEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "tenant_id": event.tenant_id,
-        "callback_id": event.callback_id,
-        "event_name": event.event_name,
-        "object_id": event.object_id,
-        "account_id": event.account_id,
-        "business_id": event.business_id,
-        "status": event.status,
-        "duplicate_of": event.duplicate_of,
-        "attempts": event.attempts,
-        "last_error": event.last_error,
-        "received_at": iso(event.received_at),
-        "processed_at": iso(event.processed_at),
-    }
+def tenant_view(tenant: models.Tenant) -> dict[str, Any]:
+    return view(schemas.Tenant, tenant, scopes=tenant.scopes.split())
 
 
-def event_view(event: Event, *, with_payload: bool = True) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "id": event.id,
-        "type": event.type,
-        "tenant_id": event.tenant_id,
-        "resource": event.resource,
-        "object_id": event.object_id,
-        "origin": event.origin,
-        "occurred_at": iso(event.occurred_at),
-        "created_at": iso(event.created_at),
-        "inbox_event_id": event.inbox_event_id,
-    }
+def callback_view(callback: models.Callback) -> dict[str, Any]:
+    return view(schemas.Callback, callback, state=callback.status)
+
+
+def inbox_view(event: models.InboxEvent) -> dict[str, Any]:
+    return view(schemas.InboxEvent, event)
+
+
+def event_view(event: models.Event, *, with_payload: bool = True) -> dict[str, Any]:
     if with_payload:
-        view["payload"] = json.loads(event.payload)
-    return view
+        return view(schemas.EventWithPayload, event, payload=json.loads(event.payload))
+    return view(schemas.Event, event)
 
 
-def delivery_view(delivery: Delivery, attempts: list[DeliveryAttempt] | None = None) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "id": delivery.id,
-        "event_id": delivery.event_id,
-        "subscription_id": delivery.subscription_id,
-        "status": delivery.status,
-        "attempts": delivery.attempts,
-        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.status in ("pending", "failed") else None,
-        "last_status_code": delivery.last_status_code,
-        "last_error": delivery.last_error,
-        "created_at": iso(delivery.created_at),
-        "completed_at": iso(delivery.completed_at),
-    }
-    if attempts is not None:
-        view["attempt_log"] = [
-            {
-                "number": a.number,
-                "started_at": iso(a.started_at),
-                "status_code": a.status_code,
-                "latency_ms": a.latency_ms,
-                "error": a.error,
-                "response_body": a.response_body,
-            }
-            for a in attempts
-        ]
-    return view
+def delivery_view(delivery: models.Delivery, attempts: list[models.DeliveryAttempt] | None = None) -> dict[str, Any]:
+    waiting = delivery.status in (models.DeliveryStatus.PENDING, models.DeliveryStatus.FAILED)
+    next_attempt_at = delivery.next_attempt_at if waiting else None
+    if attempts is None:
+        return view(schemas.Delivery, delivery, next_attempt_at=next_attempt_at)
+    attempt_log = [read(schemas.DeliveryAttempt, attempt) for attempt in attempts]
+    return view(schemas.DeliveryWithAttempts, delivery, next_attempt_at=next_attempt_at, attempt_log=attempt_log)
 
 
-def subscription_view(subscription: Subscription) -> dict[str, Any]:
-    return {
-        "id": subscription.id,
-        "url": subscription.url,
-        "event_types": json.loads(subscription.event_types),
-        "tenant_id": subscription.tenant_id,
-        "description": subscription.description,
-        "enabled": subscription.enabled,
-        "disabled_reason": subscription.disabled_reason,
-        "rate_limit_per_second": subscription.rate_limit_per_second,
-        "previous_secret_valid_until": iso(subscription.previous_secret_until),
-        "failing_since": iso(subscription.failing_since),
-        "created_at": iso(subscription.created_at),
-        "updated_at": iso(subscription.updated_at),
-    }
+def subscription_view(subscription: models.Subscription, secret: str | None = None) -> dict[str, Any]:
+    """With ``secret`` (only right after create or rotate-secret), the view that shows it."""
+    shown = {} if secret is None else {"secret": secret}
+    return view(
+        schemas.Subscription if secret is None else schemas.SubscriptionWithSecret,
+        subscription,
+        event_types=json.loads(subscription.event_types),
+        previous_secret_valid_until=subscription.previous_secret_until,
+        **shown,
+    )
 
 
-def backfill_state_view(state: BackfillState) -> dict[str, Any]:
-    return {
-        "tenant_id": state.tenant_id,
-        "resource": state.resource,
-        "watermark": iso(state.watermark),
-        "last_run_at": iso(state.last_run_at),
-        "last_run_status": state.last_run_status,
-        "last_error": state.last_error,
-        "last_scanned": state.last_scanned,
-        "last_emitted": state.last_emitted,
-        "recovered_by_polling": state.recovered_total,
-    }
+def backfill_state_view(state: models.BackfillState) -> dict[str, Any]:
+    return view(schemas.BackfillState, state, recovered_by_polling=state.recovered_total)

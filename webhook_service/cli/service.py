@@ -1,0 +1,179 @@
+"""Running and keeping the service: ``serve``, ``migrate``, the keys, ``purge``, and the trial tools
+(``simulator``, ``demo``: the sandbox is imported only inside their handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from webhook_service.cli.common import EXIT_FAILED, EXIT_OK, check_database, open_runtime, program
+from webhook_service.cli.output import print_json, print_rows
+from webhook_service.cli.spec import JSON, Command, arg
+from webhook_service.config import Settings
+from webhook_service.core.crypto import generate_key
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import contextlib
+
+    import uvicorn
+
+    from webhook_service.app import create_app
+    from webhook_service.web.server import build_config
+
+    asyncio.run(check_database(settings))  # a bad key or database fails here, before the port is bound
+    config = build_config(
+        settings,
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port if args.port is not None else settings.port,
+    )
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutting down
+        server.run()
+    return EXIT_OK if server.started else EXIT_FAILED
+
+
+async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_runtime(settings, migrate_schema=True):
+        pass
+    print("database is at the latest migration")
+    return EXIT_OK
+
+
+def _simulator(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.sandbox.simulator.server import run
+
+    run(
+        args.host,
+        args.port,
+        seed_invoices=args.seed_invoices,
+        seed_clients=args.seed_clients,
+        delivery_senders=args.delivery_senders,
+    )
+    return EXIT_OK
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.sandbox import demo
+
+    return demo.run(demo.Options(keep_running=args.keep_running, as_json=args.json, program=program()))
+
+
+def _generate_secret_key(settings: Settings, args: argparse.Namespace) -> int:
+    print(generate_key())
+    return EXIT_OK
+
+
+async def _rotate_secret_key(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.storage.rekey import reencrypt_all
+
+    async with open_runtime(settings) as runtime:
+        count = await reencrypt_all(runtime.db, runtime.box)
+    print(f"re-encrypted {count} secrets under the first SECRET_KEY key")
+    return EXIT_OK
+
+
+async def _purge(settings: Settings, args: argparse.Namespace) -> int:
+    from webhook_service.maintenance.retention import policy
+    from webhook_service.storage import retention
+
+    async with open_runtime(settings) as runtime:
+        report = await retention.purge(runtime.db, policy(settings), dry_run=args.dry_run)
+    if args.json:
+        print_json(report.as_dict())
+        return EXIT_OK
+    expiring = {"pending_connections", "leases"}  # gone once expired; the rest after RETENTION_DAYS
+    rows = [
+        {"table": table, "rows": count, "before": (report.now if table in expiring else report.cutoff).isoformat()}
+        for table, count in report.deleted.items()
+    ]
+    rows.append(
+        {
+            "table": "delivery_attempts.response_body",
+            "rows": report.response_bodies_cleared,
+            "before": report.response_body_cutoff.isoformat(),
+        }
+    )
+    print_rows(rows, False, ("table", "rows", "before"))
+    verb = ("would delete", "clear") if args.dry_run else ("deleted", "cleared")
+    print(f"{verb[0]} {report.total} rows and {verb[1]} {report.response_bodies_cleared} response bodies")
+    if report.sqlite_pages_freed:
+        print(f"gave {report.sqlite_pages_freed} free pages back to the file system")
+    return EXIT_OK
+
+
+PURGE = (
+    "Delete what the service keeps no longer: succeeded and dead deliveries completed more than RETENTION_DAYS ago "
+    "with their attempts, events nothing holds any more, settled inbox events, superseded ledger rows, expired "
+    "pending connections and leases; clear response bodies older than RETENTION_RESPONSE_BODY_DAYS. Nothing pending "
+    "or retrying is touched. In batches of RETENTION_BATCH_SIZE rows, beside a running service."
+)
+DEMO = (
+    "Start the FreshBooks simulator, a local subscriber and the service (temporary SQLite), connect a tenant, make "
+    "changes and show the normalized, signed events arriving, then a dropped webhook recovered by the backfill. "
+    "Everything is removed at the end."
+)
+
+COMMANDS = (
+    Command(
+        "serve",
+        _serve,
+        "run the HTTP service",
+        "Run the HTTP service. On SQLite the schema is migrated on start (AUTO_MIGRATE).",
+        (
+            arg("--host", help="bind address (default: HOST, 127.0.0.1)"),
+            arg("--port", type=int, help="port (default: PORT, 8000)"),
+        ),
+    ),
+    Command("migrate", _migrate, "apply database migrations", "Apply every pending migration to DATABASE_URL."),
+    Command(
+        "simulator",
+        _simulator,
+        "run the FreshBooks simulator (for trials and tests)",
+        "Serve a FreshBooks stand-in: OAuth, users/me, accounting and projects endpoints, with seeded data.",
+        (
+            arg("--host", default="127.0.0.1"),
+            arg("--port", type=int, default=8100),
+            arg("--seed-invoices", type=int, default=25, help="invoices to seed in account ABC123"),
+            arg("--seed-clients", type=int, default=10, help="clients to seed in account ABC123"),
+            arg(
+                "--delivery-senders",
+                type=int,
+                default=1,
+                help="webhook deliveries posted at once (1 keeps FIFO order; more for load tests)",
+            ),
+        ),
+    ),
+    Command(
+        "demo",
+        _demo,
+        "see the whole pipeline run locally in a few seconds",
+        DEMO,
+        (
+            arg(
+                "--keep-running",
+                action="store_true",
+                help="afterwards, leave everything up (URLs, admin token) until Ctrl-C",
+            ),
+            arg("--json", action="store_true", help="one JSON object per line instead of text"),
+        ),
+    ),
+    Command(
+        "generate-secret-key", _generate_secret_key, "print a new SECRET_KEY", "Print a new Fernet key for SECRET_KEY."
+    ),
+    Command(
+        "rotate-secret-key",
+        _rotate_secret_key,
+        "re-encrypt every stored secret under the first SECRET_KEY key",
+        "Key rotation: set SECRET_KEY=NEW,OLD, run this, then drop OLD from SECRET_KEY.",
+    ),
+)
+
+PURGE_COMMAND = Command(
+    "purge",
+    _purge,
+    "delete what is past its retention (RETENTION_DAYS), now",
+    PURGE,
+    (arg("--dry-run", action="store_true", help="count what would go; change nothing"), JSON),
+)
