@@ -2,7 +2,9 @@
 
 The database is a temporary SQLite file, or, when ``TEST_DATABASE_URL`` names a PostgreSQL server
 (``postgresql+asyncpg://user@host:port/postgres``), a database created for the test and dropped
-after it: the same suite runs on both backends.
+after it: the same suite runs on both backends. Either is a copy of one database migrated once per
+run (a file copy; ``CREATE DATABASE ... TEMPLATE``), so the migrations run once, not in every test;
+the service still runs its migration check on start, and finds the schema at head.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -29,7 +32,9 @@ from webhook_service.runtime import Runtime
 from webhook_service.sandbox.serving import BackgroundServer, bind_socket
 from webhook_service.sandbox.simulator import SimulatorServer, SimulatorState
 from webhook_service.sandbox.sink import SinkServer
+from webhook_service.storage import migrate
 from webhook_service.storage.columns import utcnow
+from webhook_service.storage.database import Database
 from webhook_service.storage.deliveries import backlog
 from webhook_service.storage.models import Tenant
 from webhook_service.tenants import onboarding
@@ -49,13 +54,39 @@ TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
 ON_POSTGRES = TEST_DATABASE_URL.startswith("postgresql")
 
 
-@pytest.fixture
-def database_url(tmp_path) -> Iterator[str]:
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database migrated to head, once per run: the SQLite file's path, or the PostgreSQL database's name."""
     if not ON_POSTGRES:
+        path = tmp_path_factory.mktemp("migrated") / "service.db"
+        asyncio.run(_migrate(f"sqlite+aiosqlite:///{path}"))
+        yield str(path)
+        return
+    name = f"test_template_{secrets.token_hex(6)}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        asyncio.run(_migrate(make_url(TEST_DATABASE_URL).set(database=name).render_as_string(hide_password=False)))
+        yield name
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _migrate(url: str) -> None:
+    db = Database(url)
+    try:
+        await migrate.upgrade(db)
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture
+def database_url(tmp_path, migrated_database: str) -> Iterator[str]:
+    if not ON_POSTGRES:
+        shutil.copyfile(migrated_database, tmp_path / "service.db")  # closed cleanly: no -wal file to copy
         yield f"sqlite+aiosqlite:///{tmp_path}/service.db"
         return
     name = f"test_{secrets.token_hex(6)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_database}"'))
     try:
         yield make_url(TEST_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
     finally:
