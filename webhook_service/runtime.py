@@ -16,7 +16,7 @@ import httpx
 from httpx_aiohttp import HttpxAiohttpClient
 
 from webhook_service import __version__
-from webhook_service.config import Settings
+from webhook_service.config import ConfigurationError, Settings
 from webhook_service.core.batching import Batcher
 from webhook_service.core.crypto import SecretBox, SecretKeyError, dev_key
 from webhook_service.core.egress import EgressPolicy, guarded_session
@@ -36,17 +36,30 @@ from webhook_service.storage.models import InboxEvent
 
 
 def secret_box_from_settings(settings: Settings) -> SecretBox:
-    """Build the box, or refuse clearly: without a key, secrets would sit in the database in clear."""
+    """Build the box, or refuse clearly with a :class:`ConfigurationError` naming the setting:
+    without a key, secrets would sit in the database in clear."""
     if settings.secret_key is not None and settings.secret_key.get_secret_value().strip():
-        return SecretBox(settings.secret_key.get_secret_value().split(","))
+        try:
+            return SecretBox(settings.secret_key.get_secret_value().split(","))
+        except SecretKeyError as exc:
+            raise ConfigurationError(str(exc), setting="SECRET_KEY") from exc
     if not settings.dev_mode:
-        raise SecretKeyError(
+        raise ConfigurationError(
             "SECRET_KEY is not set. Tokens and verifiers are encrypted at rest, so the service "
             "refuses to start without a key. Set SECRET_KEY (generate one with "
             "`webhook-service generate-secret-key`), or set DEV_MODE=true to use a development "
-            f"key stored in {settings.dev_secret_key_file} (never in production)."
+            f"key stored in {settings.dev_secret_key_file} (never in production).",
+            setting="SECRET_KEY",
         )
-    return SecretBox([dev_key(Path(settings.dev_secret_key_file))])
+    try:
+        return SecretBox([dev_key(Path(settings.dev_secret_key_file))])
+    except OSError as exc:
+        reason = f"{exc.strerror}: {exc.filename!r}" if exc.strerror and exc.filename else str(exc)
+        raise ConfigurationError(
+            f"DEV_SECRET_KEY_FILE: cannot create or read the development key {settings.dev_secret_key_file!r} "
+            f"({reason}); make its directory writable, point DEV_SECRET_KEY_FILE elsewhere, or set SECRET_KEY",
+            setting="DEV_SECRET_KEY_FILE",
+        ) from exc
 
 
 class Signals:

@@ -1,9 +1,10 @@
 """What every command shares: exit statuses, the errors a handler raises, opening the runtime.
 
-A command that touches the database opens it through :func:`open_runtime`, which checks the
-configuration before any work (:func:`check_settings`, then one connection to ``DATABASE_URL``): a setting
-the service cannot run with is a :class:`~webhook_service.config.ConfigurationError`, which
-:func:`webhook_service.cli.main.main` prints on one line and exits 2 with.
+A command that touches the database opens it through :func:`open_runtime`: the runtime checks the
+configuration before any work (the secret key, ``FRESHBOOKS_EVENTS``), then one connection to
+``DATABASE_URL``. A setting the service cannot run with is a
+:class:`~webhook_service.config.ConfigurationError`, which :func:`webhook_service.cli.main.main`
+prints on one line and exits 2 with.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from webhook_service.cli.output import print_json, print_rows, print_view
-from webhook_service.config import ConfigurationError, Settings
-from webhook_service.core.crypto import SecretKeyError
+from webhook_service.config import Settings
 
 if TYPE_CHECKING:
     from webhook_service.runtime import Runtime
@@ -44,7 +44,6 @@ class UsageError(Exception):
 async def open_runtime(settings: Settings, *, migrate_schema: bool | None = None) -> AsyncIterator[Runtime]:
     from webhook_service.runtime import Runtime
 
-    check_settings(settings)
     async with Runtime.open(settings, migrate_schema=migrate_schema) as runtime:
         await runtime.db.check()
         yield runtime
@@ -108,30 +107,14 @@ async def check_database(settings: Settings) -> None:
 
 
 def check_settings(settings: Settings) -> None:
-    """What :class:`~webhook_service.runtime.Runtime` refuses to start with, as a
-    :class:`ConfigurationError` naming the setting, in the same order: ``SECRET_KEY`` (or, with
-    ``DEV_MODE``, the development key file), then ``FRESHBOOKS_EVENTS`` (nouns of the catalogue, which
-    config.py, a layer below, cannot read)."""
+    """What :meth:`Runtime.open <webhook_service.runtime.Runtime.open>` checks first, in the same
+    order, for ``serve`` to refuse before it binds its port: each raises a :class:`ConfigurationError`
+    naming the setting (``SECRET_KEY`` or the development key file, then ``FRESHBOOKS_EVENTS``)."""
     from webhook_service.freshbooks.catalogue import subscribed_nouns
     from webhook_service.runtime import secret_box_from_settings
 
-    try:
-        secret_box_from_settings(settings)
-    except SecretKeyError as exc:
-        raise ConfigurationError(str(exc), setting="SECRET_KEY") from exc
-    except OSError as exc:
-        reason = f"{exc.strerror}: {exc.filename!r}" if exc.strerror and exc.filename else str(exc)
-        raise ConfigurationError(
-            f"DEV_SECRET_KEY_FILE: cannot create or read the development key {settings.dev_secret_key_file!r} "
-            f"({reason}); make its directory writable, point DEV_SECRET_KEY_FILE elsewhere, or set SECRET_KEY",
-            setting="DEV_SECRET_KEY_FILE",
-        ) from exc
-
-    try:
-        subscribed_nouns(settings.freshbooks_events)
-    except ValueError as exc:
-        problem = str(exc).removeprefix("FRESHBOOKS_EVENTS ")
-        raise ConfigurationError(f"FRESHBOOKS_EVENTS: {problem}", setting="FRESHBOOKS_EVENTS") from exc
+    secret_box_from_settings(settings)
+    subscribed_nouns(settings.freshbooks_events)
 
 
 def program() -> str:

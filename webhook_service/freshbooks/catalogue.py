@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Protocol
 
+from webhook_service.config import ConfigurationError
 from webhook_service.freshbooks.timestamps import EASTERN, eastern_date, isoformat_utc, parse_timestamp
 
 
@@ -305,5 +306,8 @@ def subscribed_nouns(setting: str) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(setting.replace(",", " ").split())) or tuple(CATALOGUE)
     unknown = [noun for noun in chosen if noun not in CATALOGUE]
     if unknown:
-        raise ValueError(f"FRESHBOOKS_EVENTS names unknown nouns {unknown}; known: {', '.join(CATALOGUE)}")
+        raise ConfigurationError(
+            f"FRESHBOOKS_EVENTS: names unknown nouns {unknown}; known: {', '.join(CATALOGUE)}",
+            setting="FRESHBOOKS_EVENTS",
+        )
     return chosen
