@@ -56,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -576,22 +576,36 @@ async def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: floa
 
 
 @contextlib.asynccontextmanager
-async def latency_stack(databases: Databases, procs: Children) -> AsyncIterator[Stack]:
+async def pipeline_stack(
+    databases: Databases,
+    procs: Children,
+    name: str,
+    *,
+    settings: Mapping[str, str] | None = None,
+    simulator_args: Sequence[str] = (),
+) -> AsyncIterator[Stack]:
+    """Simulator, sink and service on a database of their own (``name``), migrated and ready;
+    ``settings``: environment variables for the service beyond :func:`service_env`'s."""
     sim_port, service_port = free_port(), free_port()
     simulator_url, service_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{service_port}"
-    database_url = await databases.create("latency")
+    database_url = await databases.create(name)
     env = service_env(database_url, simulator_url, service_port)
+    env.update(settings or {})
     await run_cli(["migrate"], env, procs.log_dir)
     procs.start(
         "simulator",
-        [*service_command(), "simulator", "--port", str(sim_port), "--seed-invoices", "0", "--delivery-senders", "8"],
+        [*service_command(), "simulator", "--port", str(sim_port), "--seed-invoices", "0", *simulator_args],
     )
-    _, sink_url = start_sink(procs, "sink-latency")
+    _, sink_url = start_sink(procs, f"sink-{name}")
     procs.start("service", [*service_command(), "serve", "--port", str(service_port)], env=env)
     await wait_for_port(sim_port, procs, "simulator")
     await wait_for_port(int(sink_url.rsplit(":", 1)[1]), procs, "sink")
     await wait_for_ok(f"{service_url}/readyz", procs, "service")
     yield Stack(simulator_url, sink_url, service_url, database_url, env, procs)
+
+
+def latency_stack(databases: Databases, procs: Children) -> contextlib.AbstractAsyncContextManager[Stack]:
+    return pipeline_stack(databases, procs, "latency", simulator_args=("--delivery-senders", "8"))
 
 
 async def connect_tenant(stack: Stack, client: httpx.AsyncClient) -> str:

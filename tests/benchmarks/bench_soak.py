@@ -45,7 +45,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
@@ -63,18 +63,12 @@ from bench_delivery import (
     add_database_argument,
     checked_database_argument,
     connect_tenant,
-    free_port,
     pid_of,
+    pipeline_stack,
     run_benchmark,
-    run_cli,
     seed_invoices,
-    service_command,
-    service_env,
     sink_count,
-    start_sink,
     subscribe_sink,
-    wait_for_ok,
-    wait_for_port,
 )
 from bench_inbound import FORM_TYPE, SIGNATURE_HEADER, invoice_callback
 from procstats import hwm_mb, rss_mb
@@ -127,27 +121,17 @@ class Progress:
 
 
 # -- the stack --------------------------------------------------------------------------------
-@contextlib.asynccontextmanager
-async def soak_stack(args: argparse.Namespace, databases: Databases, procs: Children) -> AsyncIterator[Stack]:
+def soak_stack(
+    args: argparse.Namespace, databases: Databases, procs: Children
+) -> contextlib.AbstractAsyncContextManager[Stack]:
     """Simulator, sink and service (retention in minutes, no backfill sweeps), migrated and ready."""
-    sim_port, service_port = free_port(), free_port()
-    simulator_url, service_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{service_port}"
-    database_url = await databases.create("soak")
-    env = service_env(database_url, simulator_url, service_port)
-    env.update(
-        RETENTION_DAYS=str(args.retention_days),
-        RETENTION_RESPONSE_BODY_DAYS=str(args.body_days),
-        RETENTION_INTERVAL=str(args.interval),
-        BACKFILL_ENABLED="false",  # every change arrives as a webhook; sweeps would only re-list
-    )
-    await run_cli(["migrate"], env, procs.log_dir)
-    procs.start("simulator", [*service_command(), "simulator", "--port", str(sim_port), "--seed-invoices", "0"])
-    _, sink_url = start_sink(procs, "sink-soak")
-    procs.start("service", [*service_command(), "serve", "--port", str(service_port)], env=env)
-    await wait_for_port(sim_port, procs, "simulator")
-    await wait_for_port(int(sink_url.rsplit(":", 1)[1]), procs, "sink")
-    await wait_for_ok(f"{service_url}/readyz", procs, "service")
-    yield Stack(simulator_url, sink_url, service_url, database_url, env, procs)
+    settings = {
+        "RETENTION_DAYS": str(args.retention_days),
+        "RETENTION_RESPONSE_BODY_DAYS": str(args.body_days),
+        "RETENTION_INTERVAL": str(args.interval),
+        "BACKFILL_ENABLED": "false",  # every change arrives as a webhook; sweeps would only re-list
+    }
+    return pipeline_stack(databases, procs, "soak", settings=settings)
 
 
 def webhook(object_id: int, user_id: int, verifier: str) -> tuple[bytes, dict[str, str]]:
