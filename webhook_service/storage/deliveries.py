@@ -41,6 +41,7 @@ from webhook_service.storage.models import (
 log = get_logger(__name__)
 
 DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value)
+"""A delivery in one of these is still to be sent (now or at its next attempt)."""
 
 Leased = type[Delivery] | type[InboxEvent]
 

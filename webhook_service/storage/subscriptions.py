@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from webhook_service.storage.deliveries import DUE
 from webhook_service.storage.models import Delivery, DeliveryStatus, Subscription
 
 
@@ -49,7 +50,7 @@ async def disable(session: AsyncSession, subscription_id: str, reason: str, *, n
         update(Delivery)
         .where(
             Delivery.subscription_id == subscription_id,
-            Delivery.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value]),
+            Delivery.status.in_(DUE),
         )
         .values(
             status=DeliveryStatus.DEAD.value,

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from webhook_service.storage import models
+from webhook_service.storage.deliveries import DUE
 from webhook_service.web import schemas
 
 ViewT = TypeVar("ViewT", bound=schemas.View)
@@ -53,8 +54,7 @@ def event_view(event: models.Event, *, with_payload: bool = True) -> dict[str, A
 
 
 def delivery_view(delivery: models.Delivery, attempts: list[models.DeliveryAttempt] | None = None) -> dict[str, Any]:
-    waiting = delivery.status in (models.DeliveryStatus.PENDING, models.DeliveryStatus.FAILED)
-    next_attempt_at = delivery.next_attempt_at if waiting else None
+    next_attempt_at = delivery.next_attempt_at if delivery.status in DUE else None
     if attempts is None:
         return view(schemas.Delivery, delivery, next_attempt_at=next_attempt_at)
     attempt_log = [read(schemas.DeliveryAttempt, attempt) for attempt in attempts]
