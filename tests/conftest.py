@@ -14,9 +14,11 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+import event_contract
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -98,6 +100,47 @@ async def _admin(statement: str) -> None:
     try:
         async with engine.connect() as connection:
             await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def events_match_the_catalogue(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that had a service database, every event stored in it matches the published
+    schema of its type (see tests/event_contract.py); a test without one costs nothing.
+
+    It asks for ``database_url`` first, so everything that writes to the database is torn down
+    before the check, and the database is removed only after it.
+    """
+    if "database_url" not in request.fixturenames or request.node.get_closest_marker(event_contract.MARKER):
+        yield
+        return
+    url: str = request.getfixturevalue("database_url")
+    yield
+    stored = _stored_events_sqlite(url) if not ON_POSTGRES else asyncio.run(_stored_events_postgres(url))
+    event_contract.check(
+        {event_id: (kind, event_contract.parsed(payload)) for event_id, kind, payload in stored},
+        "stored in the test's database",
+    )
+
+
+def _stored_events_sqlite(url: str) -> list[tuple[str, str, str]]:
+    connection = sqlite3.connect(f"file:{make_url(url).database}?mode=ro", uri=True)
+    try:
+        return connection.execute("SELECT id, type, payload FROM events").fetchall()
+    except sqlite3.OperationalError:  # no events table: the test took the schema below it
+        return []
+    finally:
+        connection.close()
+
+
+async def _stored_events_postgres(url: str) -> list[tuple[str, str, str]]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            if (await connection.execute(text("SELECT to_regclass('events')"))).scalar() is None:
+                return []
+            return [tuple(row) for row in await connection.execute(text("SELECT id, type, payload FROM events"))]
     finally:
         await engine.dispose()
 
@@ -197,9 +240,16 @@ def cli_env(settings, simulator):
 
 
 @pytest.fixture
-def sink() -> Iterator[SinkServer]:
+def sink(request: pytest.FixtureRequest) -> Iterator[SinkServer]:
+    """A subscriber endpoint; every body it received is checked against the catalogue afterwards."""
     with SinkServer() as server:
         yield server
+    if not request.node.get_closest_marker(event_contract.MARKER):
+        received = server.sink.received
+        event_contract.check(
+            {f"request {n} to {r.path}": (None, event_contract.parsed(r.body)) for n, r in enumerate(received, 1)},
+            "the subscriber sink received",
+        )
 
 
 @pytest.fixture

@@ -102,7 +102,9 @@ def test_json_lines_then_ctrl_c_while_kept_running_shuts_everything_down(tmp_pat
         events = httpx.get(
             f"{up['service_url']}/admin/v1/events", headers={"Authorization": f"Bearer {up['admin_token']}"}
         )
-        assert len(events.json()["data"]) == LIVE_CHANGES + 1  # still up, and its admin API answers
+        listed = events.json()["data"]  # still up, and its admin API answers
+        assert len([e for e in listed if e["origin"] != "service"]) == LIVE_CHANGES + 1
+        assert [e["type"] for e in listed if e["origin"] == "service"] == ["backfill.recovered"]
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=TIMEOUT_SECONDS) == 0

@@ -78,6 +78,7 @@ async def seeded(service, runtime, tenant) -> dict[str, str]:
         "tenant_id": tenant.id,
         "event_id": ids["event"],
         "delivery_id": ids["fresh"],
+        "type": "invoice.updated",
     }
 
 

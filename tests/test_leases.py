@@ -169,7 +169,7 @@ async def test_no_more_deliveries_are_handed_over_than_can_start(settings, runti
     grant = runtime.signals.delivery_lane.lease(now, 100)
     assert grant is not None and grant.count == 2
     async with runtime.db.sessions() as session:
-        _, items = await emit.stage_leased(session, [(event, tenant.id, None)], now=now, lease=grant)
+        _, items, _ = await emit.stage_leased(session, [(event, tenant.id, None)], now=now, lease=grant)
         await session.commit()
     runtime.signals.delivery_lane.hand_over(grant, items)
     leased = [d async for d in _all_deliveries(runtime) if d.lease_owner is not None]

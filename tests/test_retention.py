@@ -179,7 +179,7 @@ async def test_final_states_past_the_window_go_and_whatever_is_in_flight_stays(r
     assert report.deleted == {
         "delivery_attempts": 4,  # one each for invoice 101's two states, two for client 1
         "deliveries": 3,
-        "events": 4,  # and the old estimate, which had none
+        "events": 5,  # and the old estimate, which had none, and the delivery.dead announcing client 1's
         "inbox_events": 0,
         "object_versions": 2,  # the first states of invoice 101 and estimate 5
         "pending_connections": 0,
@@ -188,7 +188,11 @@ async def test_final_states_past_the_window_go_and_whatever_is_in_flight_stays(r
     assert report.cutoff == t0 + DAY and report.response_body_cutoff == t0 + 24 * DAY
     assert await _ids(runtime, Delivery.id) == kept_deliveries
     assert await _ids(runtime, DeliveryAttempt.id) == kept_attempts
-    assert await _ids(runtime, Event.id) == {dead_recent, estimate_new, recent, retrying, pending}
+    kept = await _ids(runtime, Event.id)
+    assert kept - {dead_recent, estimate_new, recent, retrying, pending} == await _ids(
+        runtime, Event.id, Event.type == "delivery.dead", Event.created_at > t0 + DAY
+    )  # and the delivery.dead announcing client 2's (two days old)
+    assert len(kept) == 6
     ledger = await _ids(runtime, ObjectVersion.id)
     assert not ledger & first_version and len(ledger) == 7  # each object's newest row stays
     # Client 2's attempts are older than the body window: bodies cleared, attempts kept.
@@ -299,7 +303,7 @@ async def test_a_sweep_after_a_purge_emits_nothing_already_emitted(runtime, tena
     report = await _dry_then_real(runtime, now=datetime.now(UTC) + 31 * DAY)
 
     assert report.deleted["object_versions"] == 50  # every state but each object's newest
-    assert report.deleted["events"] == 200  # no subscriptions: nothing holds them
+    assert report.deleted["events"] == 200 + 2  # and the two sweeps' backfill.recovered: nothing holds them
     async with runtime.db.sessions() as session:
         per_object = (
             (
@@ -347,7 +351,8 @@ async def test_old_response_bodies_are_cleared_and_the_attempt_stays_until_its_d
     assert [tuple(row) for row in attempts] == [(1, None, 500), (2, "second", 500)]
 
     gone = await store.purge(runtime.db, service_retention.policy(runtime.settings), now=t0 + 56 * DAY)
-    assert (gone.deleted["deliveries"], gone.deleted["delivery_attempts"], gone.deleted["events"]) == (1, 2, 1)
+    deleted = (gone.deleted["deliveries"], gone.deleted["delivery_attempts"], gone.deleted["events"])
+    assert deleted == (1, 2, 3)  # the event; delivery.dead, and subscription.disabled after 25 days of failures
 
 
 async def test_purge_command_dry_run_reports_and_the_real_run_deletes(runtime, tenant, sink, cli_env, tmp_path):

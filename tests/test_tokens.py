@@ -107,7 +107,7 @@ async def test_dead_token_stays_unused_even_when_flagging_fails(runtime, tenant,
         raise OSError("database gone")
 
     monkeypatch.setattr(tenant_store, "store_rotated_pair", broken)
-    monkeypatch.setattr(tenant_store, "set_status", broken)
+    monkeypatch.setattr(tenant_store, "leave_active", broken)
     await _expire_in_db(runtime, tenant.id)
     with pytest.raises(TokenPersistError):
         await runtime.tokens.access_token(tenant.id)

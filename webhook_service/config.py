@@ -183,6 +183,10 @@ class Settings(BaseSettings):
     def allowed_cidrs(self) -> tuple[str, ...]:
         return tuple(self.outbound_allowed_cidrs.replace(",", " ").split())
 
+    def reconnect_url(self, business_id: int) -> str:
+        """Where to send a customer to connect (or reconnect) this business: the OAuth flow's start."""
+        return f"{self.public_base_url}/oauth/freshbooks/start?business_id={business_id}"
+
     @property
     def webhook_base_url(self) -> str:
         """Callback URIs are this plus an endpoint key; anything under it is the service's own."""

@@ -374,6 +374,11 @@ async def drain(runtime: Runtime, workers: int) -> None:
     await asyncio.wait_for(asyncio.gather(*(loop() for _ in range(workers))), DRAIN_DEADLINE_S)
 
 
+def numbered(document: dict) -> dict:
+    """The body the service sends for a staged event (its first, so ``sequence`` 1)."""
+    return {**document, "data": {**document["data"], "sequence": 1}}
+
+
 async def direct_posts(url: str, payloads: list[bytes], concurrency: int) -> float:
     """The baseline: POST every payload from one client, ``concurrency`` in flight. Returns seconds."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -423,7 +428,7 @@ async def throughput_trial(
         stage_s = time.perf_counter() - started
 
         await sink_reset(control, sink_url)
-        payloads = [event.payload.encode() for event in events]
+        payloads = [json.dumps(numbered(event.document)).encode() for event in events]
         baseline_s = await direct_posts(f"{sink_url}/baseline", payloads, concurrency)
         baseline_received = await sink_count(control, sink_url)
         await sink_reset(control, sink_url)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from webhook_service.contract import operational
 from webhook_service.core.logs import get_logger
 from webhook_service.core.metrics import BACKFILL_RECOVERED
 from webhook_service.freshbooks.catalogue import CATALOGUE, Page, Resource
@@ -26,7 +27,7 @@ from webhook_service.freshbooks.tokens import TenantUnavailable
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_BACKFILL, NormalizedEvent, build
 from webhook_service.runtime import Runtime
-from webhook_service.storage import backfill_state, ledger
+from webhook_service.storage import backfill_state, ledger, outbox
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import BackfillState, Tenant
 from webhook_service.storage.session import Conflict
@@ -76,6 +77,7 @@ async def backfill_tenant(
     clock: Callable[[], datetime] = utcnow,
 ) -> TenantReport:
     report = TenantReport(tenant.id, dry_run)
+    started = clock()
     for name in resources or list(CATALOGUE):
         resource = CATALOGUE[name]
         part = ResourceReport(name)
@@ -101,7 +103,21 @@ async def backfill_tenant(
             log.warning("backfill_failed", tenant_id=tenant.id, resource=name, error=part.error)
             if not dry_run:
                 await _record_run(runtime, tenant.id, name, part, clock(), watermark=None)
+    recovered = {part.resource: part.emitted for part in report.resources if part.emitted}
+    if recovered and not dry_run:
+        await _announce(runtime, tenant.id, recovered, started, clock())
     return report
+
+
+async def _announce(
+    runtime: Runtime, tenant_id: str, recovered: dict[str, int], started: datetime, now: datetime
+) -> None:
+    """``backfill.recovered``: one per sweep that found versions no webhook had brought."""
+    async with runtime.db.sessions() as session:
+        event = operational.backfill_recovered(tenant_id, recovered=recovered, started_at=started, at=now)
+        await outbox.emit(session, event, now=now)
+        await session.commit()
+    runtime.signals.deliveries_ready()
 
 
 async def _scan(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from webhook_service.cli.common import found, in_session, list_command, show_command
 from webhook_service.cli.spec import JSON, LIMIT, TENANT_FILTER, Command, Group, arg
+from webhook_service.contract.types import EventOrigin
 from webhook_service.storage import events as event_store
 from webhook_service.storage import inbox as inbox_store
 from webhook_service.storage.models import Event, InboxEvent
@@ -25,7 +26,12 @@ def _limit(args: argparse.Namespace) -> int:
 
 async def _events(runtime: Runtime, args: argparse.Namespace) -> list[Event]:
     return await in_session(
-        runtime, event_store.list_events, tenant_id=args.tenant, event_type=args.type, limit=_limit(args)
+        runtime,
+        event_store.list_events,
+        tenant_id=args.tenant,
+        event_type=args.type,
+        origin=args.origin,
+        limit=_limit(args),
     )
 
 
@@ -54,7 +60,17 @@ GROUPS = (
                 list_command(_events, _listed_event, EVENT_COLUMNS),
                 "events, newest first",
                 "List normalized events.",
-                (TENANT_FILTER, arg("--type", metavar="TYPE", help="e.g. invoice.updated"), LIMIT, JSON),
+                (
+                    TENANT_FILTER,
+                    arg("--type", metavar="TYPE", help="e.g. invoice.updated"),
+                    arg(
+                        "--origin",
+                        choices=[origin.value for origin in EventOrigin],
+                        help="webhook, backfill, or service (operational events)",
+                    ),
+                    LIMIT,
+                    JSON,
+                ),
             ),
             Command(
                 "show",

@@ -74,6 +74,23 @@ def print_rows(views: Sequence[Mapping[str, Any]], as_json: bool, columns: Seque
     console.print(table)
 
 
+def print_lines(rows: Sequence[Sequence[str]]) -> None:
+    """One line per row, its columns aligned: a summary to scan, not a record to copy from. On a
+    terminal the last column is cut to the width (``…``) so each row stays one line; piped, it is
+    whole, so ``| grep`` sees everything."""
+    console = _console()
+    widths = [max(cell_len(row[n]) for row in rows) for n in range(len(rows[0]) - 1)] if rows else []
+    for *cells, last in rows:
+        line = "  ".join(
+            [*(cell + " " * (width - cell_len(cell)) for cell, width in zip(cells, widths, strict=True)), last]
+        )
+        if console.is_terminal and cell_len(line) > console.width:
+            cut = Text(line)
+            cut.truncate(console.width, overflow="ellipsis")
+            line = cut.plain
+        print(line)
+
+
 def print_secret(secret: str, warning: str) -> None:
     """A secret alone on its line, as plain text: no table or terminal width ever shortens it."""
     print("secret (shown once):")
@@ -166,6 +183,8 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, list):
         return " ".join(map(str, value))
+    if isinstance(value, dict):  # a payload filter: as JSON, ready to paste into --filter
+        return json.dumps(value, ensure_ascii=False)
     return str(value)
 
 

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from webhook_service import __version__
-from webhook_service.cli import backfill, callbacks, deliveries, events, service, subscriptions, tenants
+from webhook_service.cli import backfill, callbacks, deliveries, event_types, events, service, subscriptions, tenants
 from webhook_service.cli.spec import Arg, Command, Group, OneOf
 
 #: Every command, in the order ``--help`` lists them.
@@ -15,6 +15,7 @@ COMMANDS: tuple[Command | Group, ...] = (
     callbacks.GROUP,
     backfill.COMMAND,
     *events.GROUPS,
+    event_types.GROUP,
     subscriptions.GROUP,
     deliveries.GROUP,
     service.PURGE_COMMAND,

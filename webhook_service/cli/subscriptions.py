@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -11,6 +12,7 @@ from webhook_service.cli.common import EXIT_OK, CommandError, list_command, open
 from webhook_service.cli.output import print_json, print_record, print_secret, print_view
 from webhook_service.cli.spec import JSON, Command, Group, arg, one_of
 from webhook_service.config import Settings
+from webhook_service.contract.filters import FilterError, canonical
 from webhook_service.storage.models import Subscription
 from webhook_service.web.views import subscription_view
 
@@ -25,6 +27,7 @@ FIELDS = (  # option -> field of delivery/subscriptions.py
     ("tenant", "tenant_id"),
     ("description", "description"),
     ("rate_limit", "rate_limit_per_second"),
+    ("filter", "filter"),
 )
 
 
@@ -32,6 +35,7 @@ async def _create(settings: Settings, args: argparse.Namespace) -> int:
     from webhook_service.delivery import subscriptions
 
     values = _fields(args) | ({"enabled": False} if args.disabled else {})
+    values |= {"strict_order": True} if args.strict_order else {}
     async with open_runtime(settings) as runtime:
         created = await _call(subscriptions.create(runtime, values))
     _print_with_secret(created, args.json, "Keep the secret now: it is not shown again.")
@@ -99,7 +103,30 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
         values["rate_limit_per_second"] = None
     if args.enable or args.disable:
         values["enabled"] = bool(args.enable)
+    if args.no_filter:
+        values["filter"] = None
+    if args.strict_order or args.no_strict_order:
+        values["strict_order"] = bool(args.strict_order)
     return values
+
+
+def payload_filter(text: str) -> dict[str, Any]:
+    """``--filter``: a filter argparse refuses (exit 2, naming the problem) before any work."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give a JSON object (on update, --no-filter removes the filter)")
+    try:
+        spec = json.loads(text, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    try:
+        canonical(spec)
+    except FilterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return spec
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _nothing_to_change(args: argparse.Namespace) -> str | None:
@@ -125,6 +152,13 @@ EVENTS = arg(
 TENANT = arg("--tenant", metavar="ID", help="only this tenant's events")
 DESCRIPTION = arg("--description")
 RATE_LIMIT = arg("--rate-limit", type=int, metavar="N", help="at most N deliveries per second")
+FILTER = arg(
+    "--filter",
+    type=payload_filter,
+    metavar="JSON",
+    help="""only events whose body matches this payload filter, e.g. '{"data.object.v3_status": {"$in": ["paid"]}}'""",
+)
+STRICT_ORDER = arg("--strict-order", action="store_true", help="deliver each object's events one at a time, in order")
 
 GROUP = Group(
     "subscriptions",
@@ -142,6 +176,8 @@ GROUP = Group(
                 TENANT,
                 DESCRIPTION,
                 RATE_LIMIT,
+                FILTER,
+                STRICT_ORDER,
                 arg("--disabled", action="store_true", help="create it disabled"),
                 JSON,
             ),
@@ -172,6 +208,8 @@ GROUP = Group(
                 one_of(TENANT, arg("--all-tenants", action="store_true", help="remove the tenant scope")),
                 DESCRIPTION,
                 one_of(RATE_LIMIT, arg("--no-rate-limit", action="store_true", help="remove the rate limit")),
+                one_of(FILTER, arg("--no-filter", action="store_true", help="remove the payload filter")),
+                one_of(STRICT_ORDER, arg("--no-strict-order", action="store_true", help="deliver without ordering")),
                 one_of(arg("--enable", action="store_true"), arg("--disable", action="store_true")),
                 JSON,
             ),

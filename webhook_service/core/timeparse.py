@@ -1,4 +1,5 @@
-"""Reading the times operators type: ISO 8601 with an offset, or "how long ago" (``90m``, ``2h``, ``7d``)."""
+"""Times in and out: reading what operators type (ISO 8601 with an offset, or "how long ago": ``90m``,
+``2h``, ``7d``), and the one way the service writes a UTC time."""
 
 from __future__ import annotations
 
@@ -25,3 +26,8 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone; add Z or an offset such as +00:00")
     return moment.astimezone(UTC)
+
+
+def isoformat_utc(moment: datetime) -> str:
+    """``2026-11-21T15:04:05Z``: the one way the service writes a UTC time."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from webhook_service.contract.operational import Operational, delivery_dead
+from webhook_service.contract.types import is_operational
 from webhook_service.core.logs import get_logger
 from webhook_service.core.metrics import DELIVERIES_FINISHED, INBOUND_TO_DELIVERED_SECONDS
 from webhook_service.storage.models import DeliveryStatus
@@ -29,6 +31,9 @@ class Outcome:
     subscription_failing: bool = False  # as last read: a success must clear ``failing_since``
     origin: str | None = None
     received_at: datetime | None = None  # when the change reached the service (for the metric)
+    event_id: str = ""
+    event_type: str = ""
+    tenant_id: str | None = None  # the event's
 
     @property
     def succeeded(self) -> bool:
@@ -64,6 +69,33 @@ def log_failures(updates: list[dict[str, object]], outcomes: list[Outcome]) -> N
                 **failure,
                 next_attempt_at=next_at.isoformat() if isinstance(next_at, datetime) else None,
             )
+
+
+def exhausted(values: dict[str, object], outcome: Outcome) -> bool:
+    """Whether this recorded attempt made its delivery dead by using up the retry schedule: what
+    ``delivery.dead`` announces. Not for a 410 (``subscription.disabled`` says it), nor for a
+    delivery of an operational event (a dead ``delivery.dead`` announcing itself would never end).
+    """
+    return (
+        values.get("status") == DeliveryStatus.DEAD.value
+        and outcome.skip_reason is None
+        and outcome.status_code != 410
+        and not is_operational(outcome.event_type)
+    )
+
+
+def dead_event(values: dict[str, object], outcome: Outcome, now: datetime) -> Operational:
+    return delivery_dead(
+        delivery_id=outcome.delivery_id,
+        event_id=outcome.event_id,
+        event_type=outcome.event_type,
+        tenant_id=outcome.tenant_id,
+        subscription_id=outcome.subscription_id,
+        attempts=outcome.number,
+        last_status_code=outcome.status_code,
+        last_error=str(values["last_error"]) if values.get("last_error") else None,
+        at=now,
+    )
 
 
 def outcome_class(outcome: Outcome) -> str:

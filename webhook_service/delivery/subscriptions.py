@@ -9,17 +9,29 @@ from typing import Any
 
 import httpx
 
+from webhook_service.contract import operational
+from webhook_service.contract.filters import FilterError, canonical
+from webhook_service.contract.matching import invalid_patterns
+from webhook_service.contract.types import FRESHBOOKS_NOUNS, OPERATIONAL_NOUNS
 from webhook_service.core.egress import BLOCKED_NETWORKS, EgressPolicy, IPAddress, parse_address
-from webhook_service.delivery.matching import invalid_patterns
 from webhook_service.delivery.signing import generate_secret
-from webhook_service.freshbooks.catalogue import CATALOGUE
 from webhook_service.runtime import Runtime
+from webhook_service.storage import outbox
 from webhook_service.storage import subscriptions as store
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import new_id, utcnow
 from webhook_service.storage.models import Subscription
 
-EDITABLE = ("url", "event_types", "tenant_id", "description", "enabled", "rate_limit_per_second")
+EDITABLE = (
+    "url",
+    "event_types",
+    "tenant_id",
+    "description",
+    "enabled",
+    "rate_limit_per_second",
+    "filter",
+    "strict_order",
+)
 
 
 class SubscriptionError(ValueError):
@@ -61,6 +73,8 @@ async def create(runtime: Runtime, fields: dict[str, Any]) -> Created:
         description=values.get("description", ""),
         enabled=values.get("enabled", True),
         rate_limit_per_second=values.get("rate_limit_per_second"),
+        filter=values.get("filter"),
+        strict_order=values.get("strict_order", False),
         rate_window_count=0,
         secret_enc=runtime.box.encrypt(secret),
         created_at=now,
@@ -126,11 +140,17 @@ async def rotate_secret(runtime: Runtime, subscription_id: str, grace: timedelta
 
 
 async def disable(runtime: Runtime, subscription_id: str, reason: str) -> None:
-    """Stop delivering: what is still queued becomes dead (``recover`` brings it back later)."""
+    """Stop delivering: what is still queued becomes dead (``recover`` brings it back later). The
+    first time, ``subscription.disabled`` goes to the other subscriptions that ask for it."""
     now = utcnow()
     async with runtime.db.sessions() as session:
-        await store.disable(session, subscription_id, reason, now=now)
+        subscription = await store.disable(session, subscription_id, reason, now=now)
+        if subscription is not None:
+            event = operational.subscription_disabled(subscription, reason=reason, at=now)
+            await outbox.emit(session, event, now=now, exclude={subscription_id})
         await session.commit()
+    if subscription is not None:
+        runtime.signals.deliveries_ready()
 
 
 async def _validated(runtime: Runtime, fields: dict[str, Any], *, creating: bool) -> dict[str, Any]:
@@ -151,11 +171,11 @@ async def _validated(runtime: Runtime, fields: dict[str, Any], *, creating: bool
         if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) for p in patterns):
             raise SubscriptionError("event_types must be a non-empty list of strings")
         bad = invalid_patterns(patterns)
-        unknown_nouns = [p for p in patterns if p != "*" and p.split(".", 1)[0] not in CATALOGUE]
-        if bad or unknown_nouns:
+        if bad:
             raise SubscriptionError(
-                f"event_types: {', '.join(bad + unknown_nouns)} not understood; use '*', '<noun>.*' or "
-                f"'<noun>.<verb>' with a noun among {', '.join(CATALOGUE)}"
+                f"event_types: {', '.join(bad)} not understood; use '*' (every FreshBooks event), "
+                f"'<noun>.*' or a type listed by GET /admin/v1/event-types, with a noun among "
+                f"{', '.join((*FRESHBOOKS_NOUNS, *OPERATIONAL_NOUNS))}"
             )
         values["event_types"] = list(dict.fromkeys(patterns))
     if "tenant_id" in fields:
@@ -178,6 +198,15 @@ async def _validated(runtime: Runtime, fields: dict[str, Any], *, creating: bool
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000):
             raise SubscriptionError("rate_limit_per_second must be an integer from 1 to 10000, or null")
         values["rate_limit_per_second"] = limit
+    if "filter" in fields:  # stored as canonical JSON text; the message names the field at fault
+        try:
+            values["filter"] = None if fields["filter"] is None else canonical(fields["filter"])
+        except FilterError as exc:
+            raise SubscriptionError(str(exc)) from None
+    if "strict_order" in fields:
+        if not isinstance(fields["strict_order"], bool):
+            raise SubscriptionError("strict_order must be true or false")
+        values["strict_order"] = fields["strict_order"]
     return values
 
 

@@ -4,7 +4,9 @@ Outcomes: 2xx succeeds; anything else (3xx included: redirects are never followe
 retried on the schedule (``DELIVERY_RETRY_SCHEDULE``, each delay ±``DELIVERY_RETRY_JITTER``);
 429/502/503/504 wait at least as long as ``Retry-After`` asks; ``410 Gone`` disables the
 subscription; a subscription failing without a single success for
-``SUBSCRIPTION_DISABLE_AFTER_HOURS`` is disabled; after the last attempt a delivery is dead.
+``SUBSCRIPTION_DISABLE_AFTER_HOURS`` is disabled; after the last attempt a delivery is dead. The
+operational events these changes announce (``delivery.dead``, ``subscription.disabled``) are
+committed with the change itself.
 Scheduling uses the injected clock (tests simulate time); the signature timestamp is always the
 real send time, because subscribers check it against theirs.
 """
@@ -26,11 +28,20 @@ from webhook_service.core.logs import get_logger
 from webhook_service.core.metrics import DELIVERY_ATTEMPT_SECONDS, DELIVERY_ATTEMPTS
 from webhook_service.core.retry_after import parse_retry_after
 from webhook_service.delivery import signing
-from webhook_service.delivery.outcomes import Outcome, attempt_row, count_finished, log_failures, outcome_class
+from webhook_service.delivery.outcomes import (
+    Outcome,
+    attempt_row,
+    count_finished,
+    dead_event,
+    exhausted,
+    log_failures,
+    outcome_class,
+)
 from webhook_service.delivery.subscriptions import disable, secrets_for_signing
 from webhook_service.runtime import Runtime
 from webhook_service.storage import deliveries as claims
 from webhook_service.storage import delivery_records as records
+from webhook_service.storage import outbox
 from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.deliveries import HandedDelivery
@@ -172,6 +183,7 @@ class DeliveryWorker:
     ) -> Outcome | None:
         """One send, or None when what is left of the lease cannot cover it (then nothing is sent)."""
         outcome = Outcome(delivery.id, subscription.id, delivery.attempts + 1, now)
+        outcome.event_id, outcome.event_type, outcome.tenant_id = event.id, event.type, event.tenant_id
         outcome.subscription_failing = subscription.failing_since is not None
         if delivery.schedule_base == 0:  # a replay's latency says nothing about the pipeline
             outcome.origin, outcome.received_at = event.origin, event.received_at
@@ -250,10 +262,16 @@ class DeliveryWorker:
                 if outcome.status_code == 410:
                     to_disable[outcome.subscription_id] = "the endpoint answered 410 Gone"
             await records.record_outcomes(session, updates, attempts)  # a few statements for the batch
+            for values, outcome in zip(updates, outcomes, strict=True):
+                if exhausted(values, outcome):
+                    await outbox.emit(session, dead_event(values, outcome, now), now=now)
             failing = await self._track_health(session, outcomes, now)
             await session.commit()
         count_finished(updates, outcomes)
         log_failures(updates, outcomes)
+        ordered = (deliveries[o.delivery_id].ordering_key for o in outcomes)
+        if any(key and v.get("completed_at") for key, v in zip(ordered, updates, strict=True)):
+            self._runtime.signals.deliveries_ready()  # the next of a strict-order object may go now
         for subscription_id, since in failing.items():
             hours = self._settings.subscription_disable_after_hours
             if since <= now - timedelta(hours=hours):

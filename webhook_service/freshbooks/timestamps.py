@@ -10,6 +10,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, tzinfo
 from zoneinfo import ZoneInfo
 
+from webhook_service.core.timeparse import isoformat_utc
+
+__all__ = ["EASTERN", "eastern_date", "isoformat_utc", "parse_timestamp"]
+
 EASTERN = ZoneInfo("America/New_York")
 
 
@@ -29,8 +33,3 @@ def parse_timestamp(value: str | None, zone: tzinfo) -> datetime | None:
 def eastern_date(moment: datetime) -> date:
     """The US/Eastern calendar day of an aware moment (what ``search[updated_min]`` compares)."""
     return moment.astimezone(EASTERN).date()
-
-
-def isoformat_utc(moment: datetime) -> str:
-    """``2026-11-21T15:04:05Z``: the one way the service writes a UTC time."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -22,9 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from webhook_service.contract import operational
 from webhook_service.core.crypto import SecretBox
 from webhook_service.core.logs import get_logger
 from webhook_service.freshbooks.oauth import TokenPair
+from webhook_service.storage import outbox
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import Tenant, TenantStatus
@@ -61,10 +63,13 @@ class TokenPersistError(RuntimeError):
 class TokenRows:
     """Reads of the tenant row as tokens, the per-tenant hint, and the versions spent for nothing."""
 
-    def __init__(self, db: Database, box: SecretBox, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, db: Database, box: SecretBox, clock: Callable[[], datetime], *, reconnect_url: Callable[[int], str]
+    ) -> None:
         self._db = db
         self._box = box
         self._clock = clock
+        self._reconnect_url = reconnect_url
         #: (tenant_id, token_version) whose refresh token was spent but whose successor was lost.
         self._spent: set[tuple[str, int]] = set()
         #: The last token read or stored per tenant (a hint; see the module docstring).
@@ -132,8 +137,16 @@ class TokenRows:
         self.forget(tenant_id)
 
     async def mark_reauth_required(self, tenant_id: str, reason: str) -> None:
+        """Stop using an active tenant until a person reconnects it, and tell the subscribers to
+        ``tenant.reauth_required`` (once: a tenant already waiting is left as it is)."""
         self.forget(tenant_id)
+        now = self._clock()
         async with self._db.sessions() as session:
-            await tenant_store.set_status(session, tenant_id, TenantStatus.REAUTH_REQUIRED, reason, now=self._clock())
+            tenant = await tenant_store.leave_active(session, tenant_id, TenantStatus.REAUTH_REQUIRED, reason, now=now)
+            if tenant is not None:
+                url = self._reconnect_url(tenant.business_id)
+                event = operational.reauth_required(tenant, reason=reason, reconnect_url=url, at=now)
+                await outbox.emit(session, event, now=now)
             await session.commit()
-        log.error("tenant_reauth_required", tenant_id=tenant_id, reason=reason)
+        if tenant is not None:
+            log.error("tenant_reauth_required", tenant_id=tenant_id, reason=reason)

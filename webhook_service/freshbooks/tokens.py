@@ -88,7 +88,7 @@ class TokenManager:
         self._settings = settings
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
-        self._rows = TokenRows(db, box, clock)
+        self._rows = TokenRows(db, box, clock, reconnect_url=settings.reconnect_url)
         self._leases = RefreshLeases(db, settings, clock)
         self._rotations = Rotations(oauth, settings, rows=self._rows, leases=self._leases)
 

@@ -14,13 +14,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from webhook_service.contract import operational
 from webhook_service.core.logs import get_logger
 from webhook_service.freshbooks.callbacks import CallbacksAPI, RemoteCallback
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.tokens import TenantUnavailable
+from webhook_service.inbound import verification
 from webhook_service.runtime import Runtime
 from webhook_service.storage import callbacks as callback_store
-from webhook_service.storage import leases
+from webhook_service.storage import leases, outbox
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import new_id, utcnow
 from webhook_service.storage.models import Callback, CallbackStatus, Tenant, TenantStatus
@@ -114,11 +116,10 @@ async def _reconcile(runtime: Runtime, tenant: Tenant, report: SyncReport) -> No
         matches = [r for r in remote if callback is not None and r.uri == callback.uri and r.event == event]
         if callback is None or not matches:
             if callback is not None:  # FreshBooks dropped it: start again at a new URI
-                await _save_retired(runtime, callback)
                 report.replaced.append(event)
             else:
                 report.created.append(event)
-            created = await _create(runtime, api, tenant, event)
+            created = await _create(runtime, api, tenant, event, replacing=callback)
             keep_ids.add(created)
             continue
         keep = next((r for r in matches if r.verified), matches[0])
@@ -140,8 +141,14 @@ async def _reconcile(runtime: Runtime, tenant: Tenant, report: SyncReport) -> No
             report.deleted.append(stale.callback_id)
 
 
-async def _create(runtime: Runtime, api: CallbacksAPI, tenant: Tenant, event: str) -> int:
-    """Commit the local row first: FreshBooks POSTs the verification before create even returns."""
+async def _create(
+    runtime: Runtime, api: CallbacksAPI, tenant: Tenant, event: str, *, replacing: Callback | None = None
+) -> int:
+    """Commit the local row first: FreshBooks POSTs the verification before create even returns.
+
+    ``replacing``: the callback FreshBooks dropped, retired in the same transaction, which also
+    commits ``callback.replaced``.
+    """
     key = secrets.token_urlsafe(32)
     now = utcnow()
     callback = Callback(
@@ -156,12 +163,16 @@ async def _create(runtime: Runtime, api: CallbacksAPI, tenant: Tenant, event: st
         updated_at=now,
     )
     async with runtime.db.sessions() as session:
+        if replacing is not None and await callback_store.retire(session, replacing.id) is not None:
+            reason = "FreshBooks no longer lists it (dropped or deleted there)"
+            replaced = operational.callback_replaced(replacing, replacement_id=callback.id, reason=reason, at=now)
+            await outbox.emit(session, replaced, now=now)
         callback_store.add(session, callback)
         await session.commit()
     try:
         remote: RemoteCallback = await api.create(tenant, event, callback.uri)
     except FreshBooksError as exc:
-        await _update(runtime, callback.id, status=CallbackStatus.FAILED.value, last_error=f"create failed: {exc}")
+        await verification.record_failure(runtime, callback.id, f"create failed: {exc}")
         raise
     await _update(runtime, callback.id, freshbooks_callback_id=remote.callback_id)
     return remote.callback_id

@@ -12,12 +12,14 @@ import asyncio
 import random
 from datetime import timedelta
 
+from webhook_service.contract import operational
 from webhook_service.core.logs import get_logger
 from webhook_service.freshbooks.callbacks import CallbacksAPI
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.tokens import TenantUnavailable
 from webhook_service.runtime import Runtime
 from webhook_service.storage import callbacks as callback_store
+from webhook_service.storage import outbox
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import CallbackStatus
@@ -63,7 +65,7 @@ async def complete_handshake(runtime: Runtime, callback_id: str, freshbooks_call
             last_error = "FreshBooks accepted the verifier but reports the callback unverified"
         if attempt < attempts:
             await asyncio.sleep(random.uniform(0.5, 1.5) * 2 ** (attempt - 1))
-    await _record_failure(runtime, callback_id, last_error)
+    await record_failure(runtime, callback_id, f"verification failed: {last_error}")
     return False
 
 
@@ -87,14 +89,20 @@ async def _store_verifier(runtime: Runtime, callback_id: str, freshbooks_callbac
     log.info("callback_verified", callback_id=callback_id, freshbooks_callback_id=freshbooks_callback_id)
 
 
-async def _record_failure(runtime: Runtime, callback_id: str, error: str) -> None:
+async def record_failure(runtime: Runtime, callback_id: str, error: str) -> None:
+    """Mark a callback FreshBooks refused as failed (a verified one keeps working and only notes the
+    error); the first time, ``callback.failed`` tells the subscribers that ask for it."""
+    now = utcnow()
     async with runtime.db.sessions() as session:
         callback = await callback_store.get(session, callback_id)
         if callback is None:
             return
+        newly_failed = callback.status == CallbackStatus.PENDING_VERIFICATION.value
         if callback.status != CallbackStatus.VERIFIED.value:
             callback.status = CallbackStatus.FAILED.value
-        callback.last_error = f"verification failed: {error}"
-        callback.updated_at = utcnow()
+        callback.last_error = error
+        callback.updated_at = now
+        if newly_failed:
+            await outbox.emit(session, operational.callback_failed(callback, reason=error, at=now), now=now)
         await session.commit()
-    log.error("callback_verification_failed", callback_id=callback_id, error=error)
+    log.error("callback_failed", callback_id=callback_id, error=error)

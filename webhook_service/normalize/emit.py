@@ -9,24 +9,29 @@ request sent after another one finished is certainly newer, and when two request
 wrong call can only hold back the newer state, which the ledger then lacks and the next sweep
 emits, never leave the subscriber on the older one. Replicas' clocks are assumed in step (NTP).
 
-Many events go in a handful of statements (one ledger lookup, three bulk inserts), which is what
-keeps the per-event cost of a busy inbox low.
+Each added event is numbered in its object's sequence (``data.sequence``) here, in the same
+transaction, so numbers follow the order in which states are committed. Many events go in a handful
+of statements (one ledger lookup, one sequence upsert, three bulk inserts), which is what keeps the
+per-event cost of a busy inbox low.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from webhook_service.core.logs import get_logger
 from webhook_service.core.signals import Grant
-from webhook_service.delivery.fanout import delivery_rows
 from webhook_service.normalize.events import NormalizedEvent
 from webhook_service.storage import ledger as ledger_store
+from webhook_service.storage import sequences
 from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.deliveries import HandedDelivery
 from webhook_service.storage.models import Delivery, Event
+from webhook_service.storage.outbox import delivery_rows, ordering_key
 from webhook_service.storage.session import Session
 
 log = get_logger(__name__)
@@ -51,13 +56,19 @@ async def stage_many(session: Session, items: Sequence[Staged], *, now: datetime
     version still get in, the ledger's insert raises :class:`~webhook_service.storage.session.Conflict`,
     which means the same.
     """
-    added, _ = await stage_leased(session, items, now=now, lease=None)
-    return added
+    return (await stage_leased(session, items, now=now, lease=None)).added
 
 
-async def stage_leased(
-    session: Session, items: Sequence[Staged], *, now: datetime, lease: Grant | None
-) -> tuple[list[bool], list[HandedDelivery]]:
+class Staging(NamedTuple):
+    added: list[bool]
+    """Per item, whether it was added."""
+    handed: list[HandedDelivery]
+    """The deliveries leased under the grant, for the caller to hand over once committed."""
+    waiting: int
+    """New deliveries left unleased, for a claim to take (past the grant's room, or in strict order)."""
+
+
+async def stage_leased(session: Session, items: Sequence[Staged], *, now: datetime, lease: Grant | None) -> Staging:
     """:func:`stage_many`, with up to ``lease.count`` of the new deliveries leased under it when given.
 
     Also returns those deliveries with their event and subscription, for the caller to hand to its
@@ -66,12 +77,8 @@ async def stage_leased(
     objects = {(tenant_id, e.resource, e.object_id) for e, tenant_id, _ in items if e.version is not None}
     await ledger_store.lock_objects(session, objects)
     emitted = await ledger_store.emitted(session, objects)
-    subscriptions = await subscription_store.enabled(session)
-    by_id = {subscription.id: subscription for subscription in subscriptions}
-    handed: list[HandedDelivery] = []
+    kept: list[Staged] = []
     ledger: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    deliveries: list[dict[str, Any]] = []
     added: list[bool] = []
     for event, tenant_id, inbox_event_id in items:
         observed = event.observed_at or now
@@ -98,6 +105,32 @@ async def stage_leased(
                     "observed_at": observed,
                 }
             )
+        kept.append((event, tenant_id, inbox_event_id))
+        added.append(True)
+    events, deliveries, handed = await _fan_out(session, kept, now=now, lease=lease)
+    await ledger_store.record(session, versions=ledger, events=events, deliveries=deliveries)
+    return Staging(added, handed, len(deliveries) - len(handed))
+
+
+async def _fan_out(
+    session: Session, kept: Sequence[Staged], *, now: datetime, lease: Grant | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[HandedDelivery]]:
+    """The rows of the events to add, numbered in their objects' sequences, and of their deliveries.
+
+    A strict-order subscription's deliveries are never handed over: a claim is what checks that
+    the object's earlier deliveries are final.
+    """
+    numbers = await sequences.advance(session, Counter((tid, e.resource, e.object_id) for e, tid, _ in kept))
+    subscriptions = await subscription_store.enabled(session) if kept else []
+    by_id = {subscription.id: subscription for subscription in subscriptions}
+    handed: list[HandedDelivery] = []
+    events: list[dict[str, Any]] = []
+    deliveries: list[dict[str, Any]] = []
+    for event, tenant_id, inbox_event_id in kept:
+        key = (tenant_id, event.resource, event.object_id)
+        sequence = numbers[key]
+        numbers[key] += 1
+        document = {**event.document, "data": {**event.document["data"], "sequence": sequence}}
         events.append(
             {
                 "id": event.id,
@@ -107,20 +140,26 @@ async def stage_leased(
                 "object_id": event.object_id,
                 "origin": event.origin,
                 "occurred_at": event.occurred_at,
-                "payload": event.payload,
+                "payload": json.dumps(document, separators=(",", ":"), ensure_ascii=False),
                 "inbox_event_id": inbox_event_id,
                 "created_at": now,
                 "received_at": event.received_at or now,
             }
         )
-        new = delivery_rows(subscriptions, event_id=event.id, event_type=event.type, tenant_id=tenant_id, now=now)
+        new = delivery_rows(
+            subscriptions,
+            event_id=event.id,
+            event_type=event.type,
+            tenant_id=tenant_id,
+            document=document,
+            ordered_as=(ordering_key(*key), sequence),
+            now=now,
+        )
         if lease is not None:
-            for row in new:  # past the grant's room they wait unleased for a claim
-                leased = len(handed) < lease.count
+            for row in new:  # past the grant's room (or in strict order) they wait unleased for a claim
+                leased = len(handed) < lease.count and row["ordering_key"] is None
                 row["lease_owner"], row["lease_until"] = (lease.token, lease.until) if leased else (None, None)
                 if leased:
                     handed.append((Delivery(**row), Event(**events[-1]), by_id[row["subscription_id"]]))
         deliveries.extend(new)
-        added.append(True)
-    await ledger_store.record(session, versions=ledger, events=events, deliveries=deliveries)
-    return added, handed
+    return events, deliveries, handed

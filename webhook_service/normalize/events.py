@@ -4,30 +4,30 @@ Standard Webhooks shape::
 
     {"id": "evt_...", "type": "invoice.updated", "timestamp": "2026-11-21T15:04:05Z",
      "data": {"tenant_id", "account_id", "business_id", "resource", "object_id", "origin",
-              "freshbooks_event", "version", "object"}}
+              "freshbooks_event", "version", "sequence", "object"}}
 
 ``object`` is the object as FreshBooks returns it with the catalogue's includes (an invoice with its
 lines), every known timestamp converted to UTC ISO 8601; money stays as FreshBooks sends it, decimal
 strings with a currency code. A deleted object carries its last state (with ``vis_state``); one that
 has vanished (404) yields ``object: null``. ``version`` names the state ``object`` is in (see
-:mod:`~webhook_service.normalize.versions`); null with a null object.
+:mod:`~webhook_service.normalize.versions`); null with a null object. ``sequence`` is numbered when
+the event is committed (:mod:`~webhook_service.storage.sequences`); the published schema of each
+type is in :mod:`~webhook_service.contract.schemas`.
 """
 
 from __future__ import annotations
 
-import json
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from webhook_service.contract.types import ORIGIN_BACKFILL, ORIGIN_WEBHOOK, VERSION_VERBS, event_type, split_name
 from webhook_service.freshbooks.catalogue import Resource
 from webhook_service.freshbooks.timestamps import isoformat_utc
-from webhook_service.normalize.types import VERSION_VERBS, event_type, split_name
 from webhook_service.normalize.versions import content_version
+from webhook_service.storage.outbox import new_event_id
 
-ORIGIN_WEBHOOK = "webhook"
-ORIGIN_BACKFILL = "backfill"
+__all__ = ["ORIGIN_BACKFILL", "ORIGIN_WEBHOOK", "NormalizedEvent", "build", "normalize_object"]
 
 
 @dataclass(frozen=True)
@@ -38,17 +38,14 @@ class NormalizedEvent:
     object_id: str
     origin: str
     occurred_at: datetime
-    payload: str
+    document: dict[str, Any]
+    """The body, but for ``data.sequence`` (None here), which is numbered when it is committed."""
     version: str | None
     """The object version this event carries, for the ledger; None for action verbs (always emitted)."""
     received_at: datetime | None = None
     """When the webhook reached the service (None: when it is staged, as for the backfill)."""
     observed_at: datetime | None = None
     """When the request that read ``object`` from FreshBooks was sent (None: when it is staged)."""
-
-
-def new_event_id() -> str:
-    return f"evt_{secrets.token_hex(12)}"
 
 
 def normalize_object(resource: Resource, obj: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +89,7 @@ def build(
             "origin": origin,
             "freshbooks_event": freshbooks_event,
             "version": version if normalized is not None else None,
+            "sequence": None,
             "object": normalized,
         },
     }
@@ -102,7 +100,7 @@ def build(
         object_id=object_id,
         origin=origin,
         occurred_at=occurred_at,
-        payload=json.dumps(document, separators=(",", ":"), ensure_ascii=False),
+        document=document,
         version=version if verb in VERSION_VERBS else None,
         received_at=received_at,
         observed_at=observed_at,

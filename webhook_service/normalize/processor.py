@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from webhook_service.contract.types import FRESHBOOKS_VERBS, split_name
 from webhook_service.core.batching import Batcher
 from webhook_service.core.logs import get_logger
 from webhook_service.core.signals import Capacity
@@ -24,7 +25,6 @@ from webhook_service.freshbooks.signature import parse_form
 from webhook_service.freshbooks.tokens import TenantUnavailable
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, NormalizedEvent, build
-from webhook_service.normalize.types import split_name
 from webhook_service.runtime import Runtime
 from webhook_service.storage import deliveries as claims
 from webhook_service.storage import tenants as tenant_store
@@ -179,12 +179,15 @@ class InboxProcessor:
     async def _prepare(self, row: InboxEvent, tenant: Tenant | None) -> Ready | None:
         """Hydrate and normalize one inbox event; anything but an event to commit is settled here."""
         runtime = self._runtime
-        noun, _ = split_name(row.event_name)
+        noun, verb = split_name(row.event_name)
         resource = CATALOGUE.get(noun)
         if resource is None or not row.object_id:
             await self._finish(
                 row, InboxStatus.FAILED, f"cannot normalize {row.event_name!r} without a known noun and object_id"
             )
+            return None
+        if verb not in FRESHBOOKS_VERBS[noun]:  # kept as received; its object's state reaches the backfill
+            await self._finish(row, InboxStatus.FAILED, f"{row.event_name!r} is no event of the published catalogue")
             return None
         if tenant is None:
             await self._finish(row, InboxStatus.FAILED, "tenant no longer exists")
@@ -243,7 +246,7 @@ class InboxProcessor:
             async with self._runtime.db.sessions() as session:
                 kept = await claims.fence(session, InboxEvent, {r.row.id: r.row.lease_owner for r in ready})
                 held = [r for r in ready if r.row.id in kept]
-                added, handed = await emit.stage_leased(
+                added, handed, waiting = await emit.stage_leased(
                     session, [(r.event, r.row.tenant_id, r.row.id) for r in held], now=now, lease=grant
                 )
                 await update_by_id(session, InboxEvent, [_finished_row(r.row.id, r.outcome, None, now) for r in held])
@@ -254,7 +257,7 @@ class InboxProcessor:
             raise
         if grant is not None:
             lane.hand_over(grant, handed)
-        if any(added) and (grant is None or len(handed) == grant.count):  # some may wait unleased
+        if waiting:  # left for a claim: wake one now
             self._runtime.signals.deliveries_ready()
         outcome = dict(zip((r.row.id for r in held), added, strict=True))
         return [outcome.get(r.row.id) for r in ready]

@@ -47,12 +47,19 @@ class Sink:
         self._held = False
         self._delay = 0.0
         self._waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._responder: Callable[[str, bytes], Reply | None] | None = None
         self.app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=["POST", "GET"])])
 
     def script(self, *replies: Reply | int) -> None:
         """The next responses, in order; after them, 200."""
         with self._lock:
             self._script.extend(r if isinstance(r, Reply) else Reply(r) for r in replies)
+
+    def respond(self, responder: Callable[[str, bytes], Reply | None] | None) -> None:
+        """Answer each request for which ``responder(path, body)`` gives a reply with that reply
+        (before the script): a subscriber that fails some events and takes others. None: stop."""
+        with self._lock:
+            self._responder = responder
 
     def hold(self) -> None:
         """From now on, record each request as it arrives but answer it only after ``release``.
@@ -93,7 +100,8 @@ class Sink:
         held: asyncio.Future[None] | None = None
         with self._arrived:
             self.received.append(Received(request.url.path, {k.lower(): v for k, v in request.headers.items()}, body))
-            reply = self._script.popleft() if self._script else Reply()
+            chosen = self._responder(request.url.path, body) if self._responder else None
+            reply = chosen or (self._script.popleft() if self._script else Reply())
             if self._held:
                 loop = asyncio.get_running_loop()
                 held = loop.create_future()

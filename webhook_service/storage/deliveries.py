@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, or_, select, update
+from sqlalchemy import Select, and_, case, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from webhook_service.core.logs import get_logger
@@ -68,7 +68,7 @@ async def claim_deliveries(
 ) -> list[tuple[Delivery, Event, Subscription]]:
     due = (
         select(Delivery.id)
-        .where(_delivery_due(now), _unleased(Delivery.lease_until, now))
+        .where(_delivery_due(now), _unleased(Delivery.lease_until, now), _next_in_order())
         .order_by(Delivery.next_attempt_at)
         .limit(limit)
     )
@@ -191,6 +191,22 @@ async def backlog(session: AsyncSession, now: datetime) -> tuple[int, int]:
         await session.execute(select(func.count()).select_from(Delivery).where(_delivery_due(now)))
     ).scalar_one()
     return int(inbox_count), int(delivery_count)
+
+
+def _next_in_order() -> ColumnElement[bool]:
+    """Not held back by strict order: no earlier delivery of its object to its subscription is still
+    due (only strict-order deliveries carry an ``ordering_key``; a failing object stalls itself only).
+    """
+    earlier = aliased(Delivery)
+    return or_(
+        Delivery.ordering_key.is_(None),
+        ~exists().where(
+            earlier.subscription_id == Delivery.subscription_id,
+            earlier.ordering_key == Delivery.ordering_key,
+            earlier.sequence < Delivery.sequence,
+            earlier.status.in_(DUE),
+        ),
+    )
 
 
 def _delivery_due(now: datetime) -> ColumnElement[bool]:

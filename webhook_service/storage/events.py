@@ -13,9 +13,16 @@ async def get(session: AsyncSession, event_id: str) -> Event | None:
 
 
 async def list_events(
-    session: AsyncSession, *, tenant_id: str | None = None, event_type: str | None = None, limit: int = 100
+    session: AsyncSession,
+    *,
+    tenant_id: str | None = None,
+    event_type: str | None = None,
+    origin: str | None = None,
+    limit: int = 100,
 ) -> list[Event]:
     query = select(Event).order_by(Event.created_at.desc(), Event.id).limit(limit)
+    if origin is not None:
+        query = query.where(Event.origin == origin)
     if tenant_id is not None:
         query = query.where(Event.tenant_id == tenant_id)
     if event_type is not None:

@@ -178,6 +178,10 @@ class Subscription(Base):
     rate_limit_per_second: Mapped[int | None] = mapped_column(Integer)
     rate_window: Mapped[int | None] = mapped_column(BigInteger)
     rate_window_count: Mapped[int] = mapped_column(Integer, default=0)
+    filter: Mapped[str | None] = mapped_column(Text)
+    """A payload filter (JSON, :mod:`~webhook_service.contract.filters`); None delivers every chosen type."""
+    strict_order: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    """Deliver each object's events one at a time, in sequence (a failing object stalls only itself)."""
     failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -193,7 +197,8 @@ class Event(Base):
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    """None only for an operational event about something of no tenant (a subscription to all)."""
     type: Mapped[str] = mapped_column(String(128))
     resource: Mapped[str] = mapped_column(String(64))
     object_id: Mapped[str] = mapped_column(String(64))
@@ -231,6 +236,22 @@ class ObjectVersion(Base):
     """When the request that read this state from FreshBooks was sent."""
 
 
+class ObjectSequence(Base):
+    """The last sequence number given to an object's events (``data.sequence``).
+
+    Never purged (one small row per object), so a sequence never goes back. ``tenant_id`` is ``""``
+    for an operational event of no tenant; it is no foreign key, so a deleted tenant's objects keep
+    their counters.
+    """
+
+    __tablename__ = "object_sequences"
+
+    tenant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(64), primary_key=True)
+    object_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last: Mapped[int] = mapped_column(BigInteger)
+
+
 class DeliveryStatus(enum.StrEnum):
     PENDING = "pending"
     FAILED = "failed"  # the last attempt failed; another is scheduled
@@ -246,6 +267,14 @@ class Delivery(Base):
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_subscription", "subscription_id", "created_at"),
         Index("ix_deliveries_completed", "status", "completed_at"),  # retention (migration 0007)
+        Index(  # strict order: is an earlier delivery of this object still due? (migration 0009)
+            "ix_deliveries_ordering",
+            "subscription_id",
+            "ordering_key",
+            "sequence",
+            sqlite_where=text("ordering_key IS NOT NULL"),
+            postgresql_where=text("ordering_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -263,6 +292,10 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ordering_key: Mapped[str | None] = mapped_column(String(200))
+    """``tenant/resource/object_id`` of the event, for a strict-order subscription only."""
+    sequence: Mapped[int | None] = mapped_column(BigInteger)
+    """The event's per-object sequence, for a strict-order subscription only."""
 
 
 class DeliveryAttempt(Base):

@@ -39,13 +39,17 @@ async def delete(session: AsyncSession, subscription_id: str) -> bool:
     return True
 
 
-async def disable(session: AsyncSession, subscription_id: str, reason: str, *, now: datetime) -> None:
-    """Disable the subscription and make what is still queued for it dead."""
-    await session.execute(
+async def disable(session: AsyncSession, subscription_id: str, reason: str, *, now: datetime) -> Subscription | None:
+    """Disable the subscription and make what is still queued for it dead. Returns it when this
+    call is what disabled it (it was enabled), None when it was disabled already or is gone."""
+    changed = await session.execute(
         update(Subscription)
-        .where(Subscription.id == subscription_id)
+        .where(Subscription.id == subscription_id, Subscription.enabled.is_(True))
         .values(enabled=False, disabled_reason=reason, updated_at=now)
+        .returning(Subscription.id)
+        .execution_options(synchronize_session=False)
     )
+    disabled = changed.scalar_one_or_none() is not None
     await session.execute(
         update(Delivery)
         .where(
@@ -62,6 +66,7 @@ async def disable(session: AsyncSession, subscription_id: str, reason: str, *, n
         )
         .execution_options(synchronize_session=False)
     )
+    return await session.get(Subscription, subscription_id, populate_existing=True) if disabled else None
 
 
 async def clear_failing(session: AsyncSession, subscription_ids: Iterable[str]) -> None:

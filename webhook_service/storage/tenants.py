@@ -150,12 +150,18 @@ async def store_rotated_pair(
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
 
-async def set_status(
-    session: AsyncSession, tenant_id: str, status: TenantStatus, reason: str | None, *, now: datetime
-) -> None:
-    await session.execute(
+async def leave_active(
+    session: AsyncSession, tenant_id: str, status: TenantStatus, reason: str, *, now: datetime
+) -> Tenant | None:
+    """Move an active tenant to ``status``; returns it when this call moved it, None when it was
+    not active (so what announces the change happens once)."""
+    changed = await session.execute(
         update(Tenant)
-        .where(Tenant.id == tenant_id)
+        .where(Tenant.id == tenant_id, Tenant.status == TenantStatus.ACTIVE.value)
         .values(status=status.value, status_reason=reason, updated_at=now)
+        .returning(Tenant.id)
         .execution_options(synchronize_session=False)
     )
+    if changed.scalar_one_or_none() is None:
+        return None
+    return await session.get(Tenant, tenant_id, populate_existing=True)

@@ -11,11 +11,13 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from webhook_service.contract import operational
 from webhook_service.core.logs import get_logger
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.oauth import Identity, Membership, TokenPair
 from webhook_service.inbound import registrar
 from webhook_service.runtime import Runtime
+from webhook_service.storage import outbox
 from webhook_service.storage import pending as pending_store
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import new_id, utcnow
@@ -158,6 +160,7 @@ async def _upsert_tenant(
     now = utcnow()
     async with runtime.db.sessions() as session:
         tenant = await tenant_store.for_business(session, membership.business_id, now=now)
+        previous_status = tenant.status  # None for a new tenant
         tenant.account_id = membership.account_id
         tenant.business_uuid = membership.business_uuid
         tenant.name = membership.name
@@ -174,6 +177,10 @@ async def _upsert_tenant(
         tenant.last_refreshed_at = now
         tenant.updated_at = now
         await pending_store.drop(session, pending_id)
+        if previous_status in (TenantStatus.REAUTH_REQUIRED.value, TenantStatus.DISCONNECTED.value):
+            assert previous_status is not None
+            event = operational.reconnected(tenant, previous_status=previous_status, at=now)
+            await outbox.emit(session, event, now=now)
         await session.commit()
     return tenant
 
@@ -203,12 +210,16 @@ async def disconnect(runtime: Runtime, tenant_id: str) -> tuple[Tenant, str | No
     async with runtime.db.sessions() as session:
         tenant = await tenant_store.get(session, tenant_id)
         assert tenant is not None
+        newly = tenant.status != TenantStatus.DISCONNECTED.value  # not by a concurrent disconnect
         tenant.status = TenantStatus.DISCONNECTED.value
         tenant.status_reason = "disconnected by operator"
         tenant.access_token_enc = ""
         tenant.refresh_token_enc = ""
         tenant.token_version += 1
         tenant.updated_at = now
+        if newly:
+            event = operational.disconnected(tenant, reason=tenant.status_reason, revoked=revoke_error is None, at=now)
+            await outbox.emit(session, event, now=now)
         await session.commit()
     log.info("tenant_disconnected", tenant_id=tenant_id, revoked=revoke_error is None)
     return tenant, revoke_error

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from webhook_service import __version__
+from webhook_service.contract import schemas as catalogue
 from webhook_service.core.logs import get_logger
 from webhook_service.delivery import replay, subscriptions
 from webhook_service.runtime import Runtime
@@ -37,6 +38,7 @@ from webhook_service.web.operations import ApiError, Operations
 from webhook_service.web.views import (
     callback_view,
     delivery_view,
+    event_type_view,
     event_view,
     inbox_view,
     page,
@@ -200,6 +202,21 @@ async def list_events(runtime: Runtime, query: schemas.EventQuery) -> Json:
 async def get_event(runtime: Runtime, event_id: str) -> Json:
     """One event with its payload."""
     return event_view(await _one(runtime, "event", event_id, event_store.get))
+
+
+@operation("GET", "/event-types", schemas.EventTypeList, tag="events")
+async def list_event_types(runtime: Runtime) -> Json:
+    """Every event type the service can emit: FreshBooks-derived first, then the service's own."""
+    return page(event_type_view(kind, detail=False) for kind in catalogue.EVENT_TYPES.values())
+
+
+@operation("GET", "/event-types/{type}", schemas.EventTypeDetail, tag="events")
+async def get_event_type(runtime: Runtime, type: str) -> Json:
+    """One event type with its JSON Schema (draft 2020-12) and an example event."""
+    try:
+        return event_type_view(catalogue.get(type))
+    except KeyError:
+        raise ApiError(404, "not_found", f"No event type {type!r}.") from None
 
 
 # --- deliveries --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from webhook_service.freshbooks.catalogue import CATALOGUE
+from webhook_service.contract.types import ALL_TYPES, FRESHBOOKS_NOUNS, OPERATIONAL_NOUNS
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -25,8 +25,14 @@ NO_NUL = "^[^\\u0000]*$"
 """Text the admin API stores or filters on must not contain NUL (PostgreSQL cannot store it)."""
 
 URL_PATTERN = "^[Hh][Tt][Tt][Pp][Ss]?://"
-EVENT_TYPE_PATTERN = r"^(\*|(" + "|".join(re.escape(noun) for noun in CATALOGUE) + r")\.(\*|[a-z0-9_]+))$"
-"""What ``delivery.subscriptions`` accepts: ``*``, ``<noun>.*`` or ``<noun>.<verb>`` of a known noun."""
+EVENT_TYPE_PATTERN = (
+    r"^(\*|("
+    + "|".join(re.escape(noun) for noun in (*FRESHBOOKS_NOUNS, *OPERATIONAL_NOUNS))
+    + r")\.\*|"
+    + "|".join(re.escape(kind) for kind in ALL_TYPES)
+    + ")$"
+)
+"""What ``delivery.subscriptions`` accepts: ``*``, ``<noun>.*``, or a type the service emits."""
 
 
 def omittable(**constraints: Any) -> Any:
@@ -108,5 +114,6 @@ PATH_IDS = {
     "tenant_id": "A tenant id (ten_...).",
     "event_id": "An event id (evt_...).",
     "delivery_id": "A delivery id.",
+    "type": "An event type (invoice.updated); GET /admin/v1/event-types lists them.",
 }
 """Every id a path may hold (each a :data:`RecordId`), described."""

@@ -13,6 +13,8 @@ from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from webhook_service.contract.schemas import Origin
+from webhook_service.contract.types import EventOrigin
 from webhook_service.storage.models import CallbackStatus, DeliveryStatus, InboxStatus, TenantStatus
 from webhook_service.web.fields import (
     DEFAULT_LIMIT,
@@ -28,6 +30,11 @@ from webhook_service.web.fields import (
 )
 
 RowT = TypeVar("RowT", bound=BaseModel)
+FILTER = (
+    'A payload filter on the event body, e.g. {"data.object.v3_status": {"$in": ["paid"]}}: paths to '
+    "conditions with $eq $ne $in $nin $gt $gte $lt $lte $exists $and $or $not (README → Payload filters)."
+)
+STRICT_ORDER = "Deliver each object's events one at a time, in sequence (README → Subscriptions and delivery)."
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -54,10 +61,13 @@ class SubscriptionUpdate(Body):
     description: Text = omittable(max_length=1000)
     enabled: bool = omittable(description="Enabling clears disabled_reason and failing_since.")
     rate_limit_per_second: RateLimit | None = omittable(description="Most deliveries a second; null for no limit.")
+    filter: dict[str, Any] | None = omittable(description=FILTER + " Null for none; an invalid filter is a 422.")
+    strict_order: bool = omittable(description=STRICT_ORDER)
 
 
 class SubscriptionCreate(SubscriptionUpdate):
-    """A new subscription. Left out: event_types ["*"], description "", enabled, every tenant, no rate limit."""
+    """A new subscription. Left out: event_types ["*"], description "", enabled, every tenant, no rate
+    limit, no filter, not strict_order."""
 
     url: Url
 
@@ -99,6 +109,7 @@ class InboxEventQuery(TenantFilter):
 
 class EventQuery(TenantFilter):
     event_type: Text = omittable(alias="type", description="Only events of this exact type (invoice.updated).")
+    origin: EventOrigin = omittable(description="Only events of this origin (`service`: operational events).")
     limit: Limit = DEFAULT_LIMIT
 
 
@@ -135,6 +146,8 @@ class Subscription(View):
     enabled: bool
     disabled_reason: str | None
     rate_limit_per_second: int | None
+    filter: dict[str, Any] | None = Field(description=FILTER + " Null: every event of the chosen types.")
+    strict_order: bool = Field(description=STRICT_ORDER)
     previous_secret_valid_until: Time | None = Field(
         description="Until when the secret before the last rotation still signs."
     )
@@ -208,10 +221,10 @@ class Event(View):
 
     id: str
     type: str
-    tenant_id: str
+    tenant_id: str | None
     resource: str
     object_id: str
-    origin: str
+    origin: EventOrigin
     occurred_at: Time
     created_at: Time
     inbox_event_id: int | None
@@ -276,6 +289,27 @@ class BackfillState(View):
     recovered_by_polling: int
 
 
+class EventTypeSummary(View):
+    """An event type the service can emit."""
+
+    type: str
+    origin: Origin = Field(description="freshbooks: a change in a FreshBooks business; service: the service's own.")
+    description: str = Field(description="What happened, and what a subscriber does about it.")
+
+
+class EventTypeDetail(EventTypeSummary):
+    """An event type with its JSON Schema and an example event."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, serialize_by_alias=True)
+
+    schema_: dict[str, Any] = Field(
+        alias="schema",
+        description="The JSON Schema (draft 2020-12) every event of this type validates against; "
+        "closed: a field it does not list is never sent.",
+    )
+    example: dict[str, Any] = Field(description="An event of this type, as a subscriber receives it.")
+
+
 class SubscriptionList(Page[Subscription]):
     """Subscriptions, oldest first."""
 
@@ -298,6 +332,10 @@ class EventList(Page[Event]):
 
 class DeliveryList(Page[Delivery]):
     """Deliveries, newest first."""
+
+
+class EventTypeList(Page[EventTypeSummary]):
+    """Event types, FreshBooks-derived first, then the service's own."""
 
 
 class OpenAPIDocument(RootModel[dict[str, Any]]):

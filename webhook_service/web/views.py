@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+from webhook_service.contract.schemas import EventType
 from webhook_service.storage import models
 from webhook_service.storage.deliveries import DUE
 from webhook_service.web import schemas
@@ -68,9 +69,17 @@ def subscription_view(subscription: models.Subscription, secret: str | None = No
         schemas.Subscription if secret is None else schemas.SubscriptionWithSecret,
         subscription,
         event_types=json.loads(subscription.event_types),
+        filter=None if subscription.filter is None else json.loads(subscription.filter),
         previous_secret_valid_until=subscription.previous_secret_until,
         **shown,
     )
+
+
+def event_type_view(kind: EventType, *, detail: bool = True) -> dict[str, Any]:
+    """A catalogue entry; without ``detail``, as listed (no schema or example)."""
+    if not detail:
+        return view(schemas.EventTypeSummary, kind)
+    return view(schemas.EventTypeDetail, kind, schema_=kind.schema)
 
 
 def backfill_state_view(state: models.BackfillState) -> dict[str, Any]:

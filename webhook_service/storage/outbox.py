@@ -1,0 +1,126 @@
+"""Events into the database with their deliveries, in the caller's transaction: fan-out, and the
+operational events each state change commits with itself.
+
+Fan-out chooses, per enabled subscription, by tenant scope, type pattern
+(:mod:`~webhook_service.contract.matching`) and payload filter
+(:mod:`~webhook_service.contract.filters`). A strict-order subscription's deliveries carry the
+object's key and sequence, which is what a claim orders them by.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from webhook_service.contract.filters import from_json
+from webhook_service.contract.matching import matches
+from webhook_service.contract.operational import Operational
+from webhook_service.contract.types import ORIGIN_SERVICE
+from webhook_service.core.timeparse import isoformat_utc
+from webhook_service.storage import sequences
+from webhook_service.storage import subscriptions as subscription_store
+from webhook_service.storage.bulk import insert_rows
+from webhook_service.storage.models import Delivery, DeliveryStatus, Event, Subscription
+
+
+def new_event_id() -> str:
+    return f"evt_{secrets.token_hex(12)}"
+
+
+def new_delivery_id() -> str:
+    return f"dlv_{secrets.token_hex(12)}"
+
+
+def ordering_key(tenant_id: str | None, resource: str, object_id: str) -> str:
+    return f"{tenant_id or ''}/{resource}/{object_id}"
+
+
+def delivery_rows(
+    subscriptions: Sequence[Subscription],
+    *,
+    event_id: str,
+    event_type: str,
+    tenant_id: str | None,
+    document: Mapping[str, Any],
+    ordered_as: tuple[str, int],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """A pending delivery of the event for each subscription that scopes, types and filters it in.
+
+    ``ordered_as``: the event's ordering key and sequence, kept on strict-order deliveries.
+    """
+    rows = []
+    for subscription in subscriptions:
+        if subscription.tenant_id not in (None, tenant_id):
+            continue
+        if not matches(json.loads(subscription.event_types), event_type):
+            continue
+        if subscription.filter is not None and not from_json(subscription.filter)(document):
+            continue
+        key, sequence = ordered_as if subscription.strict_order else (None, None)
+        rows.append(
+            {
+                "id": new_delivery_id(),
+                "event_id": event_id,
+                "subscription_id": subscription.id,
+                "status": DeliveryStatus.PENDING.value,
+                "attempts": 0,
+                "schedule_base": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+                "ordering_key": key,
+                "sequence": sequence,
+            }
+        )
+    return rows
+
+
+async def emit(session: AsyncSession, event: Operational, *, now: datetime, exclude: Collection[str] = ()) -> str:
+    """Commit-with-the-caller an operational event and its deliveries; returns the event's id.
+
+    ``exclude``: subscriptions never to send it to (the one ``subscription.disabled`` is about).
+    """
+    key = (event.tenant_id or "", event.resource, event.object_id)
+    sequence = (await sequences.advance(session, {key: 1}))[key]
+    event_id = new_event_id()
+    data = {
+        "tenant_id": event.tenant_id,
+        "resource": event.resource,
+        "object_id": event.object_id,
+        "origin": ORIGIN_SERVICE,
+        "sequence": sequence,
+        **event.data,
+    }
+    document = {"id": event_id, "type": event.type, "timestamp": isoformat_utc(event.occurred_at), "data": data}
+    subscriptions = [s for s in await subscription_store.enabled(session) if s.id not in exclude]
+    deliveries = delivery_rows(
+        subscriptions,
+        event_id=event_id,
+        event_type=event.type,
+        tenant_id=event.tenant_id,
+        document=document,
+        ordered_as=(ordering_key(event.tenant_id, event.resource, event.object_id), sequence),
+        now=now,
+    )
+    row = {
+        "id": event_id,
+        "tenant_id": event.tenant_id,
+        "type": event.type,
+        "resource": event.resource,
+        "object_id": event.object_id,
+        "origin": ORIGIN_SERVICE,
+        "occurred_at": event.occurred_at,
+        "payload": json.dumps(document, separators=(",", ":"), ensure_ascii=False),
+        "inbox_event_id": None,
+        "created_at": now,
+        "received_at": now,
+    }
+    await insert_rows(session, Event, [row])
+    await insert_rows(session, Delivery, deliveries)
+    return event_id

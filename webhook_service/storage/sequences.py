@@ -1,0 +1,45 @@
+"""Per-object sequence numbers: ``data.sequence`` of every event.
+
+One counter row per (tenant, resource, object), advanced by an upsert in the transaction that
+commits the events: the row stays locked until that commit, so two transactions writing events of
+one object get their numbers in the order they commit, and a consumer that keeps the highest
+sequence it has seen per object never goes back to an older state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from webhook_service.storage.models import ObjectSequence
+
+ObjectKey = tuple[str, str, str]
+"""tenant id (``""`` for none), resource, object id."""
+
+
+async def advance(session: AsyncSession, counts: Mapping[ObjectKey, int]) -> dict[ObjectKey, int]:
+    """Reserve ``counts[key]`` consecutive numbers for each object; returns the first of each.
+
+    One statement for the lot, its rows in one order (two transactions never lock two counters in
+    opposite orders).
+    """
+    if not counts:
+        return {}
+    keys = sorted(counts)
+    rows: list[dict[str, Any]] = [
+        {"tenant_id": tenant_id, "resource": resource, "object_id": object_id, "last": counts[key]}
+        for key in keys
+        for tenant_id, resource, object_id in (key,)
+    ]
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    table = ObjectSequence.__table__
+    statement = dialect.insert(table).values(rows)
+    statement = statement.on_conflict_do_update(
+        index_elements=["tenant_id", "resource", "object_id"],
+        set_={"last": table.c.last + statement.excluded.last},
+    ).returning(table.c.tenant_id, table.c.resource, table.c.object_id, table.c.last)
+    result = await session.execute(statement)
+    return {(t, r, o): last - counts[(t, r, o)] + 1 for t, r, o, last in result.all()}
