@@ -183,3 +183,15 @@ async def test_sequences_increase_per_object(runtime, tenant):
     assert stored[first.id]["data"]["sequence"] == 1
     assert stored[second.id]["data"]["sequence"] == 2
     assert stored[other.id]["data"]["sequence"] == 1
+
+
+async def test_an_operator_disabling_a_subscription_is_announced_once(runtime, sink):
+    target, _ = await _subscribe(runtime, f"{sink.base_url}/target", "*", "subscription.*")
+    await _subscribe(runtime, f"{sink.base_url}/watcher", "subscription.*")
+    await subscriptions.modify(runtime, target.id, {"enabled": False})
+    await subscriptions.modify(runtime, target.id, {"enabled": False, "description": "still off"})
+    await _deliver_all(runtime)
+    [body] = _bodies(sink, "/watcher")
+    assert (body["data"]["subscription_id"], body["data"]["reason"]) == (target.id, "disabled by an operator")
+    assert _bodies(sink, "/target") == []
+    assert (await subscriptions.get(runtime, target.id)).disabled_reason == "disabled by an operator"

@@ -34,6 +34,9 @@ EDITABLE = (
 )
 
 
+OPERATOR_DISABLED = "disabled by an operator"
+
+
 class SubscriptionError(ValueError):
     """The request cannot be applied; the message says why (shown to the caller)."""
 
@@ -105,12 +108,18 @@ async def modify(runtime: Runtime, subscription_id: str, fields: dict[str, Any])
         subscription = await store.get(session, subscription_id)
         if subscription is None:
             raise SubscriptionNotFound(subscription_id)
+        now = utcnow()
+        turned_off = values.get("enabled") is False and subscription.enabled
         for name, value in values.items():
             setattr(subscription, name, json.dumps(value) if name == "event_types" else value)
         if values.get("enabled") is True:
             subscription.disabled_reason = None
             subscription.failing_since = None
-        subscription.updated_at = utcnow()
+        subscription.updated_at = now
+        if turned_off:
+            subscription.disabled_reason = OPERATOR_DISABLED
+            event = operational.subscription_disabled(subscription, reason=OPERATOR_DISABLED, at=now)
+            await outbox.emit(session, event, now=now, exclude={subscription_id})
         await session.commit()
     return subscription
 
