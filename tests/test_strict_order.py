@@ -10,6 +10,7 @@ from test_delivery import Clock, _deliveries, _emit
 from webhook_service.delivery import subscriptions
 from webhook_service.delivery.worker import DeliveryWorker
 from webhook_service.sandbox.sink import Reply
+from webhook_service.storage import sequences
 
 
 def _seen(sink, path):
@@ -80,3 +81,16 @@ async def test_a_dead_first_version_releases_the_next(runtime, tenant, sink):
     statuses = [(d.sequence, d.status) for d in await _deliveries(runtime, strict.subscription.id)]
     assert sorted(statuses) == [(1, "dead"), (2, "succeeded")]
     assert _seen(sink, "/strict")[-1] == ("5", 2)
+
+
+async def test_a_batch_reserves_consecutive_sequences_per_object(runtime):
+    a, b, c = ("t", "invoice", "1"), ("t", "invoice", "2"), ("", "subscription", "sub_1")
+    async with runtime.db.sessions() as session:
+        assert await sequences.advance(session, {b: 2, a: 3, c: 1}) == {a: 1, b: 1, c: 1}
+        assert await sequences.advance(session, {a: 1, b: 1}) == {a: 4, b: 3}
+        await session.commit()
+    async with runtime.db.sessions() as session:
+        assert await sequences.advance(session, {c: 2, ("t", "invoice", "3"): 1}) == {c: 2, ("t", "invoice", "3"): 1}
+        await session.rollback()  # numbers reserved by a transaction that rolls back are not taken
+    async with runtime.db.sessions() as session:
+        assert await sequences.advance(session, {c: 1}) == {c: 2}

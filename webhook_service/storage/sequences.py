@@ -23,8 +23,8 @@ ObjectKey = tuple[str, str, str]
 async def advance(session: AsyncSession, counts: Mapping[ObjectKey, int]) -> dict[ObjectKey, int]:
     """Reserve ``counts[key]`` consecutive numbers for each object; returns the first of each.
 
-    One statement for the lot, its rows in one order (two transactions never lock two counters in
-    opposite orders).
+    One statement for the lot (an executemany that SQLAlchemy sends as one multi-row upsert), its
+    rows in one order (two transactions never lock two counters in opposite orders).
     """
     if not counts:
         return {}
@@ -34,12 +34,19 @@ async def advance(session: AsyncSession, counts: Mapping[ObjectKey, int]) -> dic
         for key in keys
         for tenant_id, resource, object_id in (key,)
     ]
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    result = await session.execute(_UPSERT[session.get_bind().dialect.name], rows)
+    return {key: last - counts[key] + 1 for key, last in zip(keys, result.scalars(), strict=True)}
+
+
+def _upsert(dialect: Any) -> Any:
+    """Built once per dialect, so SQLAlchemy compiles it once (a statement with the rows in its
+    VALUES would be compiled anew on every call)."""
     table = ObjectSequence.__table__
-    statement = dialect.insert(table).values(rows)
-    statement = statement.on_conflict_do_update(
+    statement = dialect.insert(table)
+    return statement.on_conflict_do_update(
         index_elements=["tenant_id", "resource", "object_id"],
         set_={"last": table.c.last + statement.excluded.last},
-    ).returning(table.c.tenant_id, table.c.resource, table.c.object_id, table.c.last)
-    result = await session.execute(statement)
-    return {(t, r, o): last - counts[(t, r, o)] + 1 for t, r, o, last in result.all()}
+    ).returning(table.c.last, sort_by_parameter_order=True)
+
+
+_UPSERT = {"postgresql": _upsert(postgresql), "sqlite": _upsert(sqlite)}
