@@ -151,6 +151,16 @@ async def test_a_failed_verification_and_a_replaced_callback_are_announced(
     data = replaced[0]["data"]
     assert data["callback_id"] == callback.id and data["replacement_callback_id"] != callback.id
 
+    async with runtime.db.sessions() as session:
+        [replacement] = await callback_store.active_for_tenant(session, tenant.id)
+    simulator.state.disable_callback(replacement.freshbooks_callback_id)  # FreshBooks gave up on its URI
+    assert (await registrar.sync_tenant(runtime, tenant)).resent == ["invoice"]
+    await asyncio.to_thread(service.settle)
+    await _deliver_all(runtime)
+    disabled = _bodies(sink, "/ops")[2:]
+    assert [(b["type"], b["data"]["callback_id"]) for b in disabled] == [("callback.failed", replacement.id)]
+    assert "disabled" in disabled[0]["data"]["reason"]
+
 
 async def test_a_sweep_that_recovers_versions_announces_how_many_per_resource(runtime, tenant, simulator, sink):
     await _subscribe(runtime, f"{sink.base_url}/ops", "backfill.recovered")

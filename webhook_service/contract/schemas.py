@@ -227,9 +227,10 @@ _OPERATIONAL = {
     "it is enabled again. Sent to the other subscriptions that ask for it.",
     types.DELIVERY_DEAD: "A delivery used up its retries without a 2xx answer (`data.last_status_code`, "
     "`data.last_error`). It stays replayable: `deliveries replay` or `POST /admin/v1/deliveries/{id}/replay`.",
-    types.CALLBACK_FAILED: "FreshBooks refused to verify a webhook callback: no webhook of its noun "
-    "(`data.event`) arrives until a callback sync succeeds; the polling backfill still finds changes.",
-    types.CALLBACK_REPLACED: "FreshBooks dropped or disabled a webhook callback and the service registered "
+    types.CALLBACK_FAILED: "FreshBooks refused a webhook callback (its creation or its verification) or "
+    "disabled it: no webhook of its noun (`data.event`) arrives until a callback sync succeeds; the polling "
+    "backfill still finds changes.",
+    types.CALLBACK_REPLACED: "FreshBooks dropped a webhook callback and the service registered "
     "`data.replacement_callback_id` instead; changes made meanwhile are recovered by the backfill.",
     types.BACKFILL_RECOVERED: "A polling sweep found object versions no webhook had brought and emitted "
     "them (`data.recovered`, per resource): FreshBooks' webhooks are being lost.",

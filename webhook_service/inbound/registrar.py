@@ -130,6 +130,8 @@ async def _reconcile(runtime: Runtime, tenant: Tenant, report: SyncReport) -> No
                 await _update(runtime, callback.id, status=CallbackStatus.VERIFIED.value)
             report.unchanged.append(event)
         else:  # pending, failed, disabled by FreshBooks, or verified there without our having the verifier
+            if callback.status == CallbackStatus.VERIFIED.value and not keep.verified:
+                await _announce_disabled(runtime, callback)
             await _update(runtime, callback.id, status=CallbackStatus.PENDING_VERIFICATION.value)
             await api.resend_verification(tenant, keep.callback_id)
             report.resent.append(event)
@@ -176,6 +178,21 @@ async def _create(
         raise
     await _update(runtime, callback.id, freshbooks_callback_id=remote.callback_id)
     return remote.callback_id
+
+
+async def _announce_disabled(runtime: Runtime, callback: Callback) -> None:
+    """A verified callback FreshBooks now reports unverified (it disables one whose URI kept
+    failing): ``callback.failed``, committed with the status that takes it out of service."""
+    now = utcnow()
+    reason = "FreshBooks disabled it (it reports the callback unverified); verification resent"
+    async with runtime.db.sessions() as session:
+        current = await callback_store.get(session, callback.id, lock=True)
+        if current is not None and current.status == CallbackStatus.VERIFIED.value:  # once per change
+            await callback_store.update(
+                session, callback.id, status=CallbackStatus.PENDING_VERIFICATION.value, last_error=reason
+            )
+            await outbox.emit(session, operational.callback_failed(current, reason=reason, at=now), now=now)
+            await session.commit()
 
 
 async def _update(runtime: Runtime, callback_id: str, **values: Any) -> None:
