@@ -18,6 +18,7 @@ from webhook_service.delivery import subscriptions
 from webhook_service.delivery.worker import DeliveryWorker
 from webhook_service.freshbooks.tokens import TenantUnavailable
 from webhook_service.inbound import registrar
+from webhook_service.sandbox.sink import Reply
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import events as event_store
 from webhook_service.storage.models import CallbackStatus
@@ -205,3 +206,18 @@ async def test_an_operator_disabling_a_subscription_is_announced_once(runtime, s
     assert (body["data"]["subscription_id"], body["data"]["reason"]) == (target.id, "disabled by an operator")
     assert _bodies(sink, "/target") == []
     assert (await subscriptions.get(runtime, target.id)).disabled_reason == "disabled by an operator"
+
+
+async def test_deliveries_dying_in_one_batch_are_each_announced(runtime, tenant, sink):
+    runtime.settings.delivery_retry_jitter = 0  # the three stay in step: every attempt is one batch
+    clock = Clock()
+    await _subscribe(runtime, f"{sink.base_url}/down", "*")
+    await _subscribe(runtime, f"{sink.base_url}/ops", "delivery.dead")
+    sink.sink.respond(lambda path, body: Reply(500) if path == "/down" else None)
+    events = [await _emit(runtime, tenant, clock.now, object_id=str(n)) for n in (1, 2, 3)]
+    await _run_until_settled(DeliveryWorker(runtime, clock=clock), clock, runtime)
+
+    bodies = _bodies(sink, "/ops")
+    assert sorted(b["data"]["event_id"] for b in bodies) == sorted(e.id for e in events)
+    assert len({b["data"]["delivery_id"] for b in bodies}) == 3
+    assert all(b["data"]["sequence"] == 1 for b in bodies)  # each about its own delivery

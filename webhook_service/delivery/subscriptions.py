@@ -21,6 +21,7 @@ from webhook_service.storage import subscriptions as store
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import new_id, utcnow
 from webhook_service.storage.models import Subscription
+from webhook_service.storage.session import Session
 
 EDITABLE = (
     "url",
@@ -118,8 +119,7 @@ async def modify(runtime: Runtime, subscription_id: str, fields: dict[str, Any])
         subscription.updated_at = now
         if turned_off:
             subscription.disabled_reason = OPERATOR_DISABLED
-            event = operational.subscription_disabled(subscription, reason=OPERATOR_DISABLED, at=now)
-            await outbox.emit(session, event, now=now, exclude={subscription_id})
+            await _announce_disabled(session, subscription, OPERATOR_DISABLED, now)
         await session.commit()
     return subscription
 
@@ -155,11 +155,16 @@ async def disable(runtime: Runtime, subscription_id: str, reason: str) -> None:
     async with runtime.db.sessions() as session:
         subscription = await store.disable(session, subscription_id, reason, now=now)
         if subscription is not None:
-            event = operational.subscription_disabled(subscription, reason=reason, at=now)
-            await outbox.emit(session, event, now=now, exclude={subscription_id})
+            await _announce_disabled(session, subscription, reason, now)
         await session.commit()
     if subscription is not None:
         runtime.signals.deliveries_ready()
+
+
+async def _announce_disabled(session: Session, subscription: Subscription, reason: str, now: datetime) -> None:
+    """``subscription.disabled``, in the transaction that disables it, to the others only."""
+    event = operational.subscription_disabled(subscription, reason=reason, at=now)
+    await outbox.emit(session, event, now=now, exclude={subscription.id})
 
 
 async def _validated(runtime: Runtime, fields: dict[str, Any], *, creating: bool) -> dict[str, Any]:

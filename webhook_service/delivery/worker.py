@@ -262,9 +262,8 @@ class DeliveryWorker:
                 if outcome.status_code == 410:
                     to_disable[outcome.subscription_id] = "the endpoint answered 410 Gone"
             await records.record_outcomes(session, updates, attempts)  # a few statements for the batch
-            for values, outcome in zip(updates, outcomes, strict=True):
-                if exhausted(values, outcome):
-                    await outbox.emit(session, dead_event(values, outcome, now), now=now)
+            dead = [dead_event(v, o, now) for v, o in zip(updates, outcomes, strict=True) if exhausted(v, o)]
+            await outbox.emit(session, *dead, now=now)
             failing = await self._track_health(session, outcomes, now)
             await session.commit()
         count_finished(updates, outcomes)

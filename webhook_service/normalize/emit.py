@@ -17,7 +17,6 @@ per-event cost of a busy inbox low.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
@@ -31,7 +30,7 @@ from webhook_service.storage import sequences
 from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.deliveries import HandedDelivery
 from webhook_service.storage.models import Delivery, Event
-from webhook_service.storage.outbox import delivery_rows, ordering_key
+from webhook_service.storage.outbox import delivery_rows, event_row, ordering_key
 from webhook_service.storage.session import Session
 
 log = get_logger(__name__)
@@ -132,19 +131,17 @@ async def _fan_out(
         numbers[key] += 1
         document = {**event.document, "data": {**event.document["data"], "sequence": sequence}}
         events.append(
-            {
-                "id": event.id,
-                "tenant_id": tenant_id,
-                "type": event.type,
-                "resource": event.resource,
-                "object_id": event.object_id,
-                "origin": event.origin,
-                "occurred_at": event.occurred_at,
-                "payload": json.dumps(document, separators=(",", ":"), ensure_ascii=False),
-                "inbox_event_id": inbox_event_id,
-                "created_at": now,
-                "received_at": event.received_at or now,
-            }
+            event_row(
+                document,
+                tenant_id=tenant_id,
+                resource=event.resource,
+                object_id=event.object_id,
+                origin=event.origin,
+                occurred_at=event.occurred_at,
+                inbox_event_id=inbox_event_id,
+                now=now,
+                received_at=event.received_at,
+            )
         )
         new = delivery_rows(
             subscriptions,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -81,46 +82,81 @@ def delivery_rows(
     return rows
 
 
-async def emit(session: AsyncSession, event: Operational, *, now: datetime, exclude: Collection[str] = ()) -> str:
-    """Commit-with-the-caller an operational event and its deliveries; returns the event's id.
-
-    ``exclude``: subscriptions never to send it to (the one ``subscription.disabled`` is about).
-    """
-    key = (event.tenant_id or "", event.resource, event.object_id)
-    sequence = (await sequences.advance(session, {key: 1}))[key]
-    event_id = new_event_id()
-    data = {
-        "tenant_id": event.tenant_id,
-        "resource": event.resource,
-        "object_id": event.object_id,
-        "origin": ORIGIN_SERVICE,
-        "sequence": sequence,
-        **event.data,
-    }
-    document = {"id": event_id, "type": event.type, "timestamp": isoformat_utc(event.occurred_at), "data": data}
-    subscriptions = [s for s in await subscription_store.enabled(session) if s.id not in exclude]
-    deliveries = delivery_rows(
-        subscriptions,
-        event_id=event_id,
-        event_type=event.type,
-        tenant_id=event.tenant_id,
-        document=document,
-        ordered_as=(ordering_key(event.tenant_id, event.resource, event.object_id), sequence),
-        now=now,
-    )
-    row = {
-        "id": event_id,
-        "tenant_id": event.tenant_id,
-        "type": event.type,
-        "resource": event.resource,
-        "object_id": event.object_id,
-        "origin": ORIGIN_SERVICE,
-        "occurred_at": event.occurred_at,
+def event_row(
+    document: Mapping[str, Any],
+    *,
+    tenant_id: str | None,
+    resource: str,
+    object_id: str,
+    origin: str,
+    occurred_at: datetime,
+    inbox_event_id: int | None,
+    now: datetime,
+    received_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The ``events`` row of a body about to be committed: the body serialized once, here, into
+    the exact bytes every attempt signs and sends."""
+    return {
+        "id": document["id"],
+        "tenant_id": tenant_id,
+        "type": document["type"],
+        "resource": resource,
+        "object_id": object_id,
+        "origin": origin,
+        "occurred_at": occurred_at,
         "payload": json.dumps(document, separators=(",", ":"), ensure_ascii=False),
-        "inbox_event_id": None,
+        "inbox_event_id": inbox_event_id,
         "created_at": now,
-        "received_at": now,
+        "received_at": received_at or now,
     }
-    await insert_rows(session, Event, [row])
+
+
+async def emit(session: AsyncSession, *events: Operational, now: datetime, exclude: Collection[str] = ()) -> None:
+    """Commit-with-the-caller operational events and their deliveries (one subscription read, one
+    sequence upsert and two inserts for the lot; nothing at all for none).
+
+    ``exclude``: subscriptions never to send them to (the one ``subscription.disabled`` is about).
+    """
+    if not events:
+        return
+    keys = [(event.tenant_id or "", event.resource, event.object_id) for event in events]
+    numbers = await sequences.advance(session, Counter(keys))
+    subscriptions = [s for s in await subscription_store.enabled(session) if s.id not in exclude]
+    rows: list[dict[str, Any]] = []
+    deliveries: list[dict[str, Any]] = []
+    for event, key in zip(events, keys, strict=True):
+        sequence = numbers[key]
+        numbers[key] += 1
+        data = {
+            "tenant_id": event.tenant_id,
+            "resource": event.resource,
+            "object_id": event.object_id,
+            "origin": ORIGIN_SERVICE,
+            "sequence": sequence,
+            **event.data,
+        }
+        event_id = new_event_id()
+        document = {"id": event_id, "type": event.type, "timestamp": isoformat_utc(event.occurred_at), "data": data}
+        deliveries += delivery_rows(
+            subscriptions,
+            event_id=event_id,
+            event_type=event.type,
+            tenant_id=event.tenant_id,
+            document=document,
+            ordered_as=(ordering_key(*key), sequence),
+            now=now,
+        )
+        rows.append(
+            event_row(
+                document,
+                tenant_id=event.tenant_id,
+                resource=event.resource,
+                object_id=event.object_id,
+                origin=ORIGIN_SERVICE,
+                occurred_at=event.occurred_at,
+                inbox_event_id=None,
+                now=now,
+            )
+        )
+    await insert_rows(session, Event, rows)
     await insert_rows(session, Delivery, deliveries)
-    return event_id
