@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +172,23 @@ def test_the_readme_table_is_the_generated_one():
     )
     for kind in types.ALL_TYPES:
         assert f"| `{kind}` |" in readme
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`event-types list | head -1`: the CLI stops quietly when its reader goes (the status a shell
+    gives SIGPIPE), whatever command prints. The reader is gone before the first line, on purpose."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        gone = subprocess.run(
+            [sys.executable, "-m", "webhook_service", "event-types", "list"],
+            env={},
+            cwd=tmp_path,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (gone.returncode, gone.stderr) == (141, "")

@@ -30,6 +30,7 @@ Fetch = Callable[["Runtime", argparse.Namespace], Awaitable[Any]]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_CONFIGURATION = EXIT_USAGE  # the environment asked for the impossible, as a bad option does
+EXIT_BROKEN_PIPE = 128 + 13  # the reader of stdout went away (SIGPIPE's status in a shell)
 
 
 class CommandError(Exception):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import sys
 from collections.abc import Sequence
 
 from webhook_service.cli.common import (
+    EXIT_BROKEN_PIPE,
     EXIT_CONFIGURATION,
     EXIT_FAILED,
     EXIT_OK,
@@ -50,4 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `| head` read what it wanted and left: stop quietly, as a Unix tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to fail
+        return EXIT_BROKEN_PIPE
     return EXIT_USAGE  # not reached: parser.error exits
