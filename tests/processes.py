@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,10 +137,12 @@ class Child:
 
 
 class ServiceProcess(Child):
-    """``webhook-service serve --port PORT`` configured by ``env``."""
+    """``webhook-service serve --port PORT [ARGS]`` configured by ``env``."""
 
-    def __init__(self, name: str, port: int, env: dict[str, str], log_dir: Path) -> None:
-        super().__init__(name, [*service_command(), "serve", "--port", str(port)], log_dir, env)
+    def __init__(
+        self, name: str, port: int, env: dict[str, str], log_dir: Path, args: Sequence[str] = ()
+    ) -> None:
+        super().__init__(name, [*service_command(), "serve", "--port", str(port), *args], log_dir, env)
         self.port, self.env = port, env
         self.base_url = f"http://127.0.0.1:{port}"
 
@@ -169,9 +171,9 @@ class Children:
         self.started.append(child)
         return child
 
-    def start_service(self, name: str, port: int, env: dict[str, str]) -> ServiceProcess:
-        """A service process, once it is ready."""
-        process = ServiceProcess(name, port, env, self.log_dir)
+    def start_service(self, name: str, port: int, env: dict[str, str], args: Sequence[str] = ()) -> ServiceProcess:
+        """A service process (``serve --port PORT ARGS``), once it is ready."""
+        process = ServiceProcess(name, port, env, self.log_dir, args)
         self.started.append(process)
         process.wait_ready()
         return process

@@ -447,7 +447,7 @@ async def test_the_service_purges_on_its_own_one_replica_at_a_time(service, runt
         assert after == before + 2  # the service's counter (it runs in this process here)
         assert await service_retention.purge_if_free(runtime, "replica-c") is None  # the lease is held
         with lock:
-            assert set(purgers) == {"retention-purge"} and running[1] == 1
+            assert set(purgers) == {"duty:retention"} and running[1] == 1
     finally:
         second_replica.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -10,12 +10,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from webhook_service.backfill import schedule as backfill_schedule
-from webhook_service.config import Settings, get_settings
+from webhook_service.config import Role, Settings, get_settings
 from webhook_service.core.logs import get_logger
 from webhook_service.delivery.worker import DeliveryWorker
-from webhook_service.inbound import registrar
-from webhook_service.maintenance import retention
+from webhook_service.duties.holder import hold, lease_name
+from webhook_service.duties.periodic import duties
 from webhook_service.normalize.processor import InboxProcessor
 from webhook_service.runtime import Runtime
 from webhook_service.storage import deliveries as claims
@@ -25,45 +24,60 @@ from webhook_service.web.middleware import RequestContextMiddleware
 
 log = get_logger(__name__)
 
+DUTY_STAGGER = 0.25
+"""Seconds between a process's first attempts at its duties (see :func:`~webhook_service.duties.holder.hold`)."""
 DRAIN_SECONDS = 5.0
 """How long a stop waits, beyond the grace period, for commits already under way."""
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, role: Role | None = None) -> Starlette:
+    """The service as ``role`` (``SERVE_ROLE``): ``web`` answers webhooks, the admin API and OAuth
+    and does nothing else (a webhook is committed to the inbox, answered, and left for a worker);
+    ``worker`` processes the inbox, delivers and holds the periodic duties, and answers only the
+    probes and ``/metrics``; ``all`` is both in one process."""
     settings = settings or get_settings()
+    role = role or settings.serve_role
+    works = role in ("all", "worker")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with Runtime.open(settings) as runtime:
             app.state.runtime = runtime
-            refresher = asyncio.create_task(_keep_tokens_fresh(runtime), name="token-refresher")
-            syncer = asyncio.create_task(_keep_callbacks_in_sync(runtime), name="callbacks-sync")
             processor = InboxProcessor(runtime)
-            senders = [DeliveryWorker(runtime) for _ in range(settings.delivery_workers)]
-            workers = [
-                asyncio.create_task(processor.run_forever(), name="inbox-processor"),
-                *(
-                    asyncio.create_task(sender.run_forever(take_handovers=n == 0), name=f"delivery-worker-{n}")
-                    for n, sender in enumerate(senders)
-                ),
-            ]
-            if settings.backfill_enabled:
-                workers.append(asyncio.create_task(backfill_schedule.run_forever(runtime), name="backfill-sweep"))
-            workers.append(asyncio.create_task(retention.run_forever(runtime), name="retention-purge"))
+            senders = [DeliveryWorker(runtime) for _ in range(settings.delivery_workers)] if works else []
+            tasks = []
+            if works:
+                tasks = [
+                    asyncio.create_task(processor.run_forever(), name="inbox-processor"),
+                    *(
+                        asyncio.create_task(sender.run_forever(take_handovers=n == 0), name=f"delivery-worker-{n}")
+                        for n, sender in enumerate(senders)
+                    ),
+                    *(
+                        asyncio.create_task(hold(runtime, duty, first_try=n * DUTY_STAGGER), name=lease_name(duty))
+                        for n, duty in enumerate(duties(settings))
+                    ),
+                ]
             log.info(
-                "service_started", public_base_url=settings.public_base_url, database=runtime.db.engine.dialect.name
+                "service_started",
+                role=role,
+                public_base_url=settings.public_base_url,
+                database=runtime.db.engine.dialect.name,
             )
             try:
                 yield
             finally:
-                for task in (refresher, syncer, *workers):
+                for task in tasks:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                 await _wind_down(runtime, processor, senders)
 
+    routes = [*health.routes, *metrics.routes]
+    if role != "worker":
+        routes += [*oauth.routes, *webhooks.routes, *admin.routes]
     return Starlette(
-        routes=[*health.routes, *oauth.routes, *webhooks.routes, *metrics.routes, *admin.routes],
+        routes=routes,
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={HTTPException: http_exception, Exception: unhandled_exception},
         lifespan=lifespan,
@@ -92,23 +106,3 @@ async def _wind_down(runtime: Runtime, processor: InboxProcessor, senders: list[
         log.exception("lease_release_failed")
         released = 0
     log.info("service_stopped", leases_released=released)
-
-
-async def _keep_callbacks_in_sync(runtime: Runtime) -> None:
-    """Notice callbacks FreshBooks dropped or disabled, and finish pending verifications."""
-    while True:
-        try:
-            await registrar.sync_all(runtime)
-        except Exception:
-            log.exception("callbacks_sync_loop_failed")
-        await asyncio.sleep(runtime.settings.callback_sync_interval)
-
-
-async def _keep_tokens_fresh(runtime: Runtime) -> None:
-    """Refresh tokens before they expire, so a quiet tenant's first call does not wait on it."""
-    while True:
-        try:
-            await runtime.tokens.refresh_expiring()
-        except Exception:
-            log.exception("token_refresher_failed")
-        await asyncio.sleep(runtime.settings.token_check_interval)

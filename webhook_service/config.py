@@ -43,6 +43,10 @@ _EXAMPLE_URLS = {
 DATABASE_URL_EXAMPLES = " or ".join(_EXAMPLE_URLS.values())
 
 
+Role = Literal["all", "web", "worker"]
+"""What ``serve`` runs: see :func:`webhook_service.app.create_app`."""
+
+
 class ConfigurationError(ValueError):
     """A setting the service cannot run with; the message names the setting and what to do.
 
@@ -75,6 +79,14 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    # --- run modes ------------------------------------------------------------------------------
+    serve_role: Role = "all"
+    serve_workers: int = Field(default=0, ge=0, le=64)
+    duty_lease_seconds: float = Field(default=30.0, ge=2, le=3600)
+    duty_concurrency: int = Field(default=200, ge=1, le=10_000)
+    freshbooks_background_rate: float = Field(default=1.0, ge=0)
+    prometheus_multiproc_dir: str = ""
 
     # --- FreshBooks ----------------------------------------------------------------------------
     freshbooks_client_id: str = ""

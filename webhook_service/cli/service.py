@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import TYPE_CHECKING
 
-from webhook_service.cli.common import EXIT_FAILED, EXIT_OK, check_database, open_runtime, program
+from webhook_service.cli.common import EXIT_FAILED, EXIT_OK, UsageError, check_database, open_runtime, program
 from webhook_service.cli.output import print_json, print_rows
 from webhook_service.cli.spec import JSON, Command, arg
 from webhook_service.config import Settings
 from webhook_service.core.crypto import generate_key
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -18,25 +22,57 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from webhook_service.app import create_app
+    from webhook_service.app import DRAIN_SECONDS, create_app
     from webhook_service.web.server import build_config
 
+    role = args.role or settings.serve_role
+    workers = args.workers if args.workers is not None else settings.serve_workers
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    if workers and role != "all":
+        raise UsageError(
+            "--workers (SERVE_WORKERS) starts one web and N worker processes itself: leave --role (SERVE_ROLE) at all"
+        )
+    if workers < 0:
+        raise UsageError("--workers takes a number of worker processes, 0 or more")
     asyncio.run(check_database(settings))  # a bad key or database fails here, before the port is bound
-    config = build_config(
-        settings,
-        create_app(settings),
-        host=args.host or settings.host,
-        port=args.port if args.port is not None else settings.port,
-    )
-    server = uvicorn.Server(config)
+    if workers:
+        from webhook_service.cli import supervisor
+
+        if settings.should_migrate_on_start:
+            asyncio.run(_migrate_quietly(settings))
+        budget = settings.shutdown_grace_seconds * 2 + DRAIN_SECONDS + supervisor.STOP_MARGIN
+        return supervisor.run(settings, host=host, port=port, workers=workers, stop_budget=budget)
+    app = create_app(settings, role=role)
+    if args.no_listen:
+        asyncio.run(_run_headless(app))
+        return EXIT_OK
+    server = uvicorn.Server(build_config(settings, app, host=host, port=port))
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutting down
         server.run()
     return EXIT_OK if server.started else EXIT_FAILED
 
 
-async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+async def _run_headless(app: Starlette) -> None:
+    """The app's lifespan (a worker's loops) without an HTTP listener, until SIGTERM or SIGINT:
+    what ``serve --workers`` runs its workers as, so they need no port each."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with app.router.lifespan_context(app):
+        await stop.wait()
+
+
+async def _migrate_quietly(settings: Settings) -> None:
     async with open_runtime(settings, migrate_schema=True):
         pass
+
+
+async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    await _migrate_quietly(settings)
     print("database is at the latest migration")
     return EXIT_OK
 
@@ -103,6 +139,13 @@ async def _purge(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+SERVE = (
+    "Run the service. --role web answers webhooks (committing each to the inbox), the admin API and OAuth; "
+    "--role worker processes the inbox, delivers, and holds the periodic duties (callback sync, token refresh, "
+    "backfill sweeps, retention: each in one worker at a time), answering only /healthz, /readyz and /metrics; "
+    "--role all (the default) is both in one process. --workers N runs one web process and N workers on this "
+    "machine, on SQLite as on PostgreSQL. On SQLite the schema is migrated on start (AUTO_MIGRATE)."
+)
 PURGE = (
     "Delete what the service keeps no longer: succeeded and dead deliveries completed more than RETENTION_DAYS ago "
     "with their attempts, events nothing holds any more, settled inbox events, superseded ledger rows, expired "
@@ -119,11 +162,24 @@ COMMANDS = (
     Command(
         "serve",
         _serve,
-        "run the HTTP service",
-        "Run the HTTP service. On SQLite the schema is migrated on start (AUTO_MIGRATE).",
+        "run the service (web, worker, or both)",
+        SERVE,
         (
             arg("--host", help="bind address (default: HOST, 127.0.0.1)"),
             arg("--port", type=int, help="port (default: PORT, 8000)"),
+            arg(
+                "--role",
+                choices=("all", "web", "worker"),
+                help="what this process runs (default: SERVE_ROLE, all): web takes webhooks, the admin API and "
+                "OAuth; worker processes the inbox, delivers and runs the periodic duties",
+            ),
+            arg(
+                "--workers",
+                type=int,
+                metavar="N",
+                help="start one web process and N worker processes, and stop them together (default: SERVE_WORKERS, 0)",
+            ),
+            arg("--no-listen", action="store_true", help=argparse.SUPPRESS),
         ),
     ),
     Command("migrate", _migrate, "apply database migrations", "Apply every pending migration to DATABASE_URL."),

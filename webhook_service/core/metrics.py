@@ -30,6 +30,7 @@ BACKLOG = Gauge(
     "webhook_service_backlog",
     "Work due now in the database (all replicas), read at scrape time: inbox events to process and deliveries to send.",
     ["queue"],
+    multiprocess_mode="mostrecent",  # under `serve --workers` only the web process sets it
 )
 DELIVERY_ATTEMPTS = Counter(
     "webhook_service_delivery_attempts_total",

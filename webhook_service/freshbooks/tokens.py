@@ -53,6 +53,7 @@ from datetime import datetime, timedelta
 from webhook_service.config import Settings
 from webhook_service.core.crypto import SecretBox
 from webhook_service.core.logs import get_logger
+from webhook_service.core.pacing import spread
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.freshbooks.token_lease import LEASE_POLL_MAX, LEASE_POLL_START, Lease, RefreshLeases
@@ -67,7 +68,7 @@ from webhook_service.freshbooks.token_rows import (
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
-from webhook_service.storage.models import TenantStatus
+from webhook_service.storage.models import Tenant
 
 __all__ = ["AccessToken", "TenantUnavailable", "TokenManager", "TokenPersistError"]
 
@@ -131,20 +132,29 @@ class TokenManager:
         spread = zlib.crc32(f"{tenant_id}:{version}".encode()) % (high - low + 1)
         return timedelta(seconds=low + spread)
 
-    async def refresh_expiring(self) -> int:
-        """Proactively refresh every active tenant inside its margin; returns how many were."""
-        async with self._db.sessions() as session:
-            tenants = await tenant_store.list_all(session, status=TenantStatus.ACTIVE.value)
-        refreshed = 0
+    async def refresh_expiring(self, *, over: float = 0.0, limit: int = 1) -> int:
+        """Proactively refresh every active tenant inside its margin; returns how many were.
+
+        ``over`` seconds: the refreshes due are spread over them (:func:`~webhook_service.core.pacing.spread`),
+        ``limit`` at once, so tenants connected together (an import) do not refresh in one burst.
+        """
         now = self._clock()
-        for tenant in tenants:
-            if tenant.access_expires_at - now > self.refresh_margin(tenant.id, tenant.token_version):
-                continue
+        settings = self._settings
+        horizon = now + timedelta(seconds=max(settings.token_refresh_margin_min, settings.token_refresh_margin_max))
+        async with self._db.sessions() as session:
+            tenants = await tenant_store.expiring(session, before=horizon)
+        due = [t for t in tenants if t.access_expires_at - now <= self.refresh_margin(t.id, t.token_version)]
+        refreshed = 0
+
+        async def refresh(tenant: Tenant) -> None:
+            nonlocal refreshed
             try:
                 await self.refresh(tenant.id, stale_version=tenant.token_version)
                 refreshed += 1
             except (TenantUnavailable, FreshBooksError, TokenPersistError) as exc:
                 log.warning("proactive_refresh_failed", tenant_id=tenant.id, error=str(exc))
+
+        await spread(due, over, refresh, limit=limit)
         return refreshed
 
     async def mark_reauth_required(self, tenant_id: str, reason: str) -> None:

@@ -9,13 +9,16 @@ other callback alone. One replica at a time per tenant (a lease).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from webhook_service.contract import operational
 from webhook_service.core.logs import get_logger
+from webhook_service.core.pacing import spread
 from webhook_service.freshbooks.callbacks import CallbacksAPI, RemoteCallback
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.tokens import TenantUnavailable
@@ -47,16 +50,29 @@ class SyncReport:
         return asdict(self)
 
 
-async def sync_all(runtime: Runtime) -> list[SyncReport]:
+async def sync_all(runtime: Runtime, *, over: float = 0.0, limit: int = 1, wait: bool = True) -> list[SyncReport]:
+    """Every active tenant, in order; ``over`` seconds: spread over them, ``limit`` at once (the
+    periodic duty), so a sync costs FreshBooks a steady trickle and not one burst per interval.
+    ``wait``: see :func:`sync_tenant`."""
     async with runtime.db.sessions() as session:
         tenants = await tenant_store.list_all(session, status=TenantStatus.ACTIVE.value)
-    return [await sync_tenant(runtime, tenant) for tenant in tenants]
+    reports: list[SyncReport] = []
+
+    async def sync(tenant: Tenant) -> None:
+        reports.append(await sync_tenant(runtime, tenant, wait=wait))
+
+    await spread(tenants, over, sync, limit=limit)
+    return reports
 
 
-async def sync_tenant(runtime: Runtime, tenant: Tenant) -> SyncReport:
+async def sync_tenant(runtime: Runtime, tenant: Tenant, *, wait: bool = True) -> SyncReport:
+    """Reconcile ``tenant``'s callbacks, one process at a time. While another holds the tenant's
+    sync, ``wait`` (someone asked for this sync: an operator, a connection) waits for it to end
+    (never longer than its lease) and then syncs; without it (the periodic duty) the tenant is
+    left to that sync."""
     report = SyncReport(tenant.id)
     lease_name, owner = f"callbacks-sync:{tenant.id}", secrets.token_hex(6)
-    if not await leases.acquire(runtime.db, lease_name, owner, SYNC_LEASE):
+    if not await _take_sync(runtime, lease_name, owner, wait=wait):
         report.error = "another process is syncing this tenant"
         return report
     try:
@@ -76,6 +92,17 @@ async def sync_tenant(runtime: Runtime, tenant: Tenant) -> SyncReport:
             deleted=len(report.deleted),
         )
     return report
+
+
+async def _take_sync(runtime: Runtime, lease_name: str, owner: str, *, wait: bool) -> bool:
+    deadline = time.monotonic() + SYNC_LEASE.total_seconds()
+    delay = 0.05
+    while not await leases.acquire(runtime.db, lease_name, owner, SYNC_LEASE):
+        if not wait or time.monotonic() + delay > deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    return True
 
 
 async def remove_all(runtime: Runtime, tenant: Tenant) -> SyncReport:

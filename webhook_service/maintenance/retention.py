@@ -71,7 +71,7 @@ async def purge_if_free(runtime: Runtime, owner: str, *, now: datetime | None = 
 
 
 async def run_forever(runtime: Runtime) -> None:
-    owner = f"retention-{secrets.token_hex(6)}"
+    owner = f"{runtime.lease_owner}.retention-{secrets.token_hex(4)}"  # given back by the stop's release_owner
     interval = runtime.settings.retention_interval
     await asyncio.sleep(min(interval, FIRST_PURGE_AFTER))
     while True:

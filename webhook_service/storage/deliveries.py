@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, exists, func, or_, select, update
+from sqlalchemy import Select, and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 from sqlalchemy.sql.elements import ColumnElement
@@ -33,6 +33,7 @@ from webhook_service.storage.models import (
     Event,
     InboxEvent,
     InboxStatus,
+    Lease,
     Subscription,
     Tenant,
     TenantStatus,
@@ -150,8 +151,9 @@ async def release(db: Database, model: Leased, held: Mapping[Any, str | None]) -
 
 
 async def release_owner(db: Database, owner: str) -> int:
-    """Clear every lease ``owner`` (a process) still holds on unfinished work: the last step of a
-    stop, so nothing waits for a lease of a process that is gone."""
+    """Clear every lease ``owner`` (a process) still holds, on unfinished work and on named duties
+    (:mod:`~webhook_service.storage.leases`, owners ``OWNER.name``): the last step of a stop, so
+    nothing waits for a lease of a process that is gone."""
     released = 0
     async with db.sessions() as session:
         for model in (InboxEvent, Delivery):
@@ -162,6 +164,8 @@ async def release_owner(db: Database, owner: str) -> int:
                 .execution_options(synchronize_session=False)
             )
             released += result.rowcount  # type: ignore[attr-defined]
+        result = await session.execute(delete(Lease).where(Lease.owner.like(f"{owner}.%")))
+        released += result.rowcount  # type: ignore[attr-defined]
         await session.commit()
     return released
 

@@ -53,6 +53,17 @@ async def list_all(session: AsyncSession, *, status: str | None = None) -> list[
     return list((await session.execute(query)).scalars())
 
 
+async def expiring(session: AsyncSession, *, before: datetime) -> list[Tenant]:
+    """Active tenants whose access token expires before ``before``, soonest first: the proactive
+    refresh reads these, not every tenant, every ``TOKEN_CHECK_INTERVAL``."""
+    query = (
+        select(Tenant)
+        .where(Tenant.status == TenantStatus.ACTIVE.value, Tenant.access_expires_at < before)
+        .order_by(Tenant.access_expires_at, Tenant.id)
+    )
+    return list((await session.execute(query)).scalars())
+
+
 async def try_acquire_refresh_lease(
     session: AsyncSession,
     tenant_id: str,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -20,7 +21,19 @@ async def metrics(request: Request) -> Response:
         inbox, deliveries = await backlog(session, utcnow())
     BACKLOG.labels(queue="inbox").set(inbox)
     BACKLOG.labels(queue="deliveries").set(deliveries)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(
+        generate_latest(_registry(runtime.settings.prometheus_multiproc_dir)), media_type=CONTENT_TYPE_LATEST
+    )
+
+
+def _registry(multiproc_dir: str) -> CollectorRegistry:
+    """This process's metrics; under ``serve --workers`` (``PROMETHEUS_MULTIPROC_DIR``, set by the
+    supervisor) every process's, from the files prometheus-client's multiprocess mode keeps."""
+    if not multiproc_dir:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=multiproc_dir)
+    return registry
 
 
 routes = [Route("/metrics", metrics, methods=["GET"])]

@@ -1,0 +1,377 @@
+"""Scaling benchmark: the web role against a bare endpoint, the whole pipeline with 1 and 2 worker
+processes, and the CPU each event costs, beside the same figures for another build of the service.
+
+Run from the repository root::
+
+    .venv/bin/python tests/benchmarks/bench_scaling.py [--database-url URL] [--events N]
+        [--baseline-command /path/to/other/.venv/bin/webhook-service]
+
+It prints figures and never asserts; a missed target is printed as MISSED.
+
+Each configuration gets fresh processes and a fresh database: the FreshBooks simulator, the sink
+(``sink_app.py``), the service (``webhook-service serve`` with the configuration's arguments), a
+tenant connected through ``tenants import`` with its invoice callback verified, a subscription to
+the sink, and N invoices seeded. The driver (this process, ``aiohttp``) POSTs FreshBooks
+``invoice.update`` webhooks signed with the callback's verifier, one per invoice, 32 in flight.
+
+1. Ingest (``serve --role web``, no worker) against the bare Starlette endpoint (``bare_app.py``)
+   under the same generator, closed loop: requests/s, p99, and a check that every acknowledged
+   webhook is a committed inbox row (target: >= 0.5x the bare endpoint).
+2. Whole pipeline, burst then drain: N webhooks as fast as the web process takes them, timed from
+   the first POST until the sink has received N deliveries (hydration from the simulator,
+   normalization, signing, delivery). Configurations: ``serve`` (one process, role all), ``serve
+   --workers 1`` and ``serve --workers 2`` (target: 2 workers >= 1.4x 1 worker), and, with
+   ``--baseline-command``, the other build's ``serve``. The CPU seconds of every process (web,
+   each worker, simulator, sink, driver) are printed: on a 2-core machine they share two cores,
+   and that ceiling is visible in them.
+3. CPU per event: the service's processes' CPU seconds per 1,000 events, from part 2 (target: at
+   most half of the baseline build's).
+
+Databases: temporary SQLite files by default; ``--database-url postgresql+asyncpg://USER@HOST/DB``
+creates (and drops) fresh databases on that server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import httpx
+from bench_delivery import (
+    Children,
+    Databases,
+    Stack,
+    add_database_argument,
+    checked_database_argument,
+    connect_tenant,
+    describe_ms,
+    free_port,
+    percentile,
+    run_benchmark,
+    run_cli,
+    seed_invoices,
+    service_command,
+    service_env,
+    sink_count,
+    start_sink,
+    subscribe_sink,
+    verdict,
+    wait_for_ok,
+    wait_for_port,
+)
+from bench_inbound import BARE_SCRIPT, Body, invoice_callback, post, signed_bodies
+from procstats import cpu_seconds, hwm_mb
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from webhook_service.storage.models import InboxEvent
+
+INGEST_TARGET = 0.5  # web role / bare endpoint
+SCALING_TARGET = 1.4  # 2 workers / 1 worker
+CPU_TARGET = 0.5  # CPU per event / the baseline build's
+
+
+@dataclass
+class Configuration:
+    label: str
+    command: list[str]
+    serve_args: list[str]
+
+
+@dataclass
+class Run:
+    """One configuration's processes, and what the driver needs to reach them."""
+
+    stack: Stack
+    service_pid: int
+    callback_url: str
+    bodies: list[Body]
+
+    def service_pids(self) -> dict[str, int]:
+        """The service's processes by role: itself, or a supervisor's children (web first)."""
+        found = _children_of(self.service_pid)
+        if not found:
+            return {"service": self.service_pid}
+        return {"web": found[0], **{f"worker-{n}": pid for n, pid in enumerate(found[1:], start=1)}}
+
+
+@dataclass
+class Burst:
+    sent: int
+    statuses: Counter[str]
+    latencies: list[float]
+    ingest_s: float
+    pipeline_s: float | None
+    delivered: int
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds over the run
+    peak_mb: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status.startswith("200"))
+
+
+def _children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+@contextlib.asynccontextmanager
+async def configured(
+    databases: Databases, procs: Children, config: Configuration, name: str, events: int
+) -> AsyncIterator[Run]:
+    """Simulator, sink and the service as ``config`` says, a tenant connected, ``events`` invoices."""
+    sim_port, service_port = free_port(), free_port()
+    simulator_url, service_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{service_port}"
+    database_url = await databases.create(name)
+    env = service_env(database_url, simulator_url, service_port)
+    env["BACKFILL_ENABLED"] = "false"  # the sweep would emit what the burst is measured on
+    await run_cli(["migrate"], env, procs.log_dir)
+    procs.start(f"simulator-{name}", [*service_command(), "simulator", "--port", str(sim_port), "--seed-invoices", "0"])
+    sink, sink_url = start_sink(procs, f"sink-{name}")
+    service = procs.start(
+        f"service-{name}", [*config.command, "serve", "--port", str(service_port), *config.serve_args], env=env
+    )
+    await wait_for_port(sim_port, procs, "simulator")
+    await wait_for_port(int(sink_url.rsplit(":", 1)[1]), procs, "sink")
+    await wait_for_ok(f"{service_url}/readyz", procs, "service")
+    stack = Stack(simulator_url, sink_url, service_url, database_url, env, procs)
+    async with httpx.AsyncClient(timeout=60.0) as control:
+        await connect_tenant(stack, control)
+        await subscribe_sink(stack)
+        ids = await seed_invoices(control, simulator_url, events)
+        uri, verifier = await invoice_callback(control, simulator_url)
+    try:
+        yield Run(stack, service.popen.pid, uri, signed_bodies(ids, verifier))
+    finally:
+        procs.stop_all()
+
+
+async def burst(run: Run, concurrency: int, *, drain_timeout: float, wait_for_delivery: bool = True) -> Burst:
+    """Every body once, ``concurrency`` in flight; then (``wait_for_delivery``) until the sink has one
+    delivery per accepted webhook."""
+    pids = run.service_pids()
+    others = {
+        "simulator": _pid_named(run, "simulator"),
+        "sink": _pid_named(run, "sink"),
+    }
+    before = {name: cpu_seconds(pid) or 0.0 for name, pid in {**pids, **others}.items()}
+    driver_before = time.process_time()
+    pending = iter(run.bodies)
+    statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def lane(session: aiohttp.ClientSession) -> None:
+        for body in pending:
+            started = loop.time()
+            status = await post(session, run.callback_url, body)
+            latencies.append(loop.time() - started)
+            statuses[status] += 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        await asyncio.gather(*(lane(session) for _ in range(concurrency)))
+    ingest_s = time.perf_counter() - started
+    result = Burst(len(run.bodies), statuses, latencies, ingest_s, None, 0)
+    if wait_for_delivery:
+        async with httpx.AsyncClient(timeout=10.0) as control:
+            while True:
+                run.stack.procs.ensure_alive()
+                result.delivered = await sink_count(control, run.stack.sink_url)
+                if result.delivered >= result.accepted:
+                    result.pipeline_s = time.perf_counter() - started
+                    break
+                if time.perf_counter() - started > drain_timeout:
+                    break
+                await asyncio.sleep(0.05)
+    result.cpu = {name: (cpu_seconds(pid) or math.nan) - before[name] for name, pid in {**pids, **others}.items()}
+    result.cpu["driver"] = time.process_time() - driver_before
+    result.peak_mb = {name: hwm_mb(pid) or math.nan for name, pid in pids.items()}
+    return result
+
+
+def _pid_named(run: Run, prefix: str) -> int:
+    for child in run.stack.procs.started:
+        if child.name.startswith(prefix):
+            return child.popen.pid
+    raise RuntimeError(f"no {prefix} process")
+
+
+async def committed_inbox_rows(database_url: str) -> int:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            return int((await connection.execute(select(func.count()).select_from(InboxEvent))).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+def load() -> str:
+    return f"load average {os.getloadavg()[0]:.2f}"
+
+
+def service_cpu(result: Burst) -> float:
+    return sum(v for k, v in result.cpu.items() if k not in ("simulator", "sink", "driver"))
+
+
+def describe_cpu(result: Burst) -> str:
+    wall = result.pipeline_s or result.ingest_s
+    return ", ".join(f"{name} {seconds:.1f} s ({seconds / wall:.0%})" for name, seconds in result.cpu.items())
+
+
+# -- 1. ingest --------------------------------------------------------------------------------
+async def bare_burst(bodies: list[Body], url: str, pid: int, concurrency: int) -> Burst:
+    statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+    pending = iter(bodies)
+    loop = asyncio.get_running_loop()
+    before, driver_before = cpu_seconds(pid) or 0.0, time.process_time()
+
+    async def lane(session: aiohttp.ClientSession) -> None:
+        for body in pending:
+            started = loop.time()
+            statuses[await post(session, url, body)] += 1
+            latencies.append(loop.time() - started)
+
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        await asyncio.gather(*(lane(session) for _ in range(concurrency)))
+    result = Burst(len(bodies), statuses, latencies, time.perf_counter() - started, None, 0)
+    result.cpu = {"bare": (cpu_seconds(pid) or math.nan) - before, "driver": time.process_time() - driver_before}
+    return result
+
+
+async def run_ingest(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
+    print(
+        f"\n== 1. Ingest only: `serve --role web` (no worker) vs a bare Starlette endpoint, {args.ingest_events} "
+        f"webhooks each, {args.concurrency} in flight (target >= {INGEST_TARGET:g}x)"
+    )
+    config = Configuration("web role", service_command(), ["--role", "web"])
+    async with configured(databases, procs, config, "ingest", args.ingest_events) as run:
+        bare_port = free_port()
+        bare = procs.start("bare", [sys.executable, str(BARE_SCRIPT), "--port", str(bare_port)])
+        await wait_for_port(bare_port, procs, "bare endpoint")
+        bare_url = f"http://127.0.0.1:{bare_port}/webhooks/freshbooks/{run.callback_url.rsplit('/', 1)[1]}"
+        baseline = await bare_burst(run.bodies, bare_url, bare.popen.pid, args.concurrency)
+        service = await burst(run, args.concurrency, drain_timeout=0, wait_for_delivery=False)
+        rows = await committed_inbox_rows(run.stack.database_url)
+        rate, bare_rate = service.accepted / service.ingest_s, baseline.accepted / baseline.ingest_s
+        for label, result, r in (("bare Starlette", baseline, bare_rate), ("web role", service, rate)):
+            print(
+                f"   {label:<15} {r:7.0f} req/s   {describe_ms(result.latencies)}   CPU: {describe_cpu(result)}; "
+                f"{load()}; answers {dict(result.statuses)}"
+            )
+        print(
+            f"   web / bare: throughput {rate / bare_rate:.2f}x -> {verdict(rate / bare_rate >= INGEST_TARGET)}; "
+            f"p99 {percentile(sorted(service.latencies), 99) * 1000:.1f} ms vs "
+            f"{percentile(sorted(baseline.latencies), 99) * 1000:.1f} ms"
+        )
+        committed = "every one" if rows == service.accepted else f"MISSED: {rows} rows for {service.accepted}"
+        print(f"   acknowledged webhooks committed to the inbox: {rows} of {service.accepted} ({committed})")
+        backlog = httpx.get(f"{run.stack.service_url}/metrics").text
+        queued = [line for line in backlog.splitlines() if line.startswith('webhook_service_backlog{queue="inbox"}')]
+        print(f"   backlog visible in the web process's /metrics afterwards: {queued[0] if queued else 'not found'}")
+
+
+# -- 2 and 3. the pipeline --------------------------------------------------------------------
+async def run_pipeline(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
+    configs = [
+        Configuration("serve (one process)", service_command(), []),
+        Configuration("serve --workers 1", service_command(), ["--workers", "1"]),
+        Configuration("serve --workers 2", service_command(), ["--workers", "2"]),
+    ]
+    if args.baseline_command:
+        configs.insert(0, Configuration("BASELINE build: serve", args.baseline_command.split(), []))
+    print(
+        f"\n== 2. Whole pipeline, burst then drain: {args.events} webhooks, {args.concurrency} in flight, timed "
+        f"until the sink has every delivery ({args.rounds} round(s) per configuration, alternating)"
+    )
+    results: dict[str, list[Burst]] = {c.label: [] for c in configs}
+    for round_number in range(1, args.rounds + 1):
+        for index, config in enumerate(configs):
+            name = f"pipeline{round_number}-{index}"
+            async with configured(databases, procs, config, name, args.events) as run:
+                result = await burst(run, args.concurrency, drain_timeout=args.drain_timeout)
+            results[config.label].append(result)
+            if result.pipeline_s is None:
+                print(f"   {config.label:<24} ! only {result.delivered} of {result.accepted} delivered in time")
+                continue
+            print(
+                f"   {config.label:<24} {result.accepted / result.pipeline_s:6.0f} events/s "
+                f"(ingest {result.accepted / result.ingest_s:5.0f}/s), "
+                f"{service_cpu(result) / result.accepted * 1000:5.2f} service CPU-s per 1,000 events; {load()}"
+            )
+            print(f"   {'':<24} CPU: {describe_cpu(result)}")
+            print(f"   {'':<24} peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in result.peak_mb.items()))
+
+    def best(label: str, key) -> float:
+        values = [key(r) for r in results.get(label, []) if r.pipeline_s]
+        return max(values) if values else math.nan
+
+    def rate(r: Burst) -> float:
+        return r.accepted / r.pipeline_s if r.pipeline_s else math.nan
+
+    def cpu_per_1000(r: Burst) -> float:
+        return -service_cpu(r) / r.accepted * 1000  # negated: best() takes the max, the least CPU wins
+
+    one, two = best("serve --workers 1", rate), best("serve --workers 2", rate)
+    print(
+        f"   2 workers / 1 worker: {two / one:.2f}x (best of each) -> {verdict(two / one >= SCALING_TARGET)} "
+        f"(target >= {SCALING_TARGET:g}x)"
+    )
+    print("\n== 3. CPU per event (service processes, CPU-seconds per 1,000 events; least of the rounds)")
+    for label in results:
+        print(f"   {label:<24} {-best(label, cpu_per_1000):5.2f}")
+    if args.baseline_command:
+        base = -best(configs[0].label, cpu_per_1000)
+        for label in results:
+            if label != configs[0].label:
+                ratio = -best(label, cpu_per_1000) / base
+                print(f"   {label:<24} {ratio:.2f}x the baseline build -> {verdict(ratio <= CPU_TARGET)}")
+
+
+async def run_all(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
+    if args.only in (None, "ingest"):
+        await run_ingest(args, databases, procs)
+    if args.only in (None, "pipeline"):
+        await run_pipeline(args, databases, procs)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run modes: ingest, worker scaling, CPU per event (prints figures).")
+    add_database_argument(parser)
+    parser.add_argument("--events", type=int, default=4000, help="webhooks per pipeline burst (4000)")
+    parser.add_argument("--ingest-events", type=int, default=8000, help="webhooks in the ingest phase (8000)")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (32)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the pipeline configurations (1)")
+    parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait for the sink (300)")
+    parser.add_argument(
+        "--baseline-command",
+        help="another build's `webhook-service` (e.g. a checkout of the previous commit in its own venv): its "
+        "`serve` is measured in part 2 as the baseline of part 3",
+    )
+    parser.add_argument("--only", choices=("ingest", "pipeline"), help="run one part only")
+    return checked_database_argument(parser, parser.parse_args(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_benchmark(parse_args(argv), "bench-scaling-", run_all)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""``serve --workers N``: one web process and N worker processes on this machine, as one service.
+
+A Python process runs on one core; the pipeline's work (hydration, normalization, delivery) is in
+the workers, so N workers use N cores while the web process keeps answering webhooks at the speed of
+a commit. The supervisor only starts, watches and stops its children: each is an ordinary
+``webhook-service serve --role …`` process, configured by the same environment.
+
+* The schema is migrated once, here, before any child starts (children get ``AUTO_MIGRATE=never``).
+* SIGTERM or SIGINT (Ctrl-C) stops every child the graceful way (SIGTERM: each finishes or hands
+  back its work and gives back its leases), then the supervisor exits 0. A child still running
+  after the stop budget is killed.
+* A child that exits on its own takes the others down with it, and ``serve`` exits 1: an
+  orchestrator (systemd, Docker, Kubernetes) restarts the whole service, which is simpler to reason
+  about than a supervisor that restarts children behind its back.
+* Metrics: the children share a fresh ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's
+  multiprocess mode), so the web process's ``/metrics`` counts every process's work.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from types import FrameType
+
+from webhook_service.config import Settings
+from webhook_service.core.logs import get_logger
+
+log = get_logger(__name__)
+
+POLL_SECONDS = 0.1
+STOP_MARGIN = 10.0
+"""Seconds a child gets beyond its own grace and drain before it is killed."""
+
+
+def child_command() -> list[str]:
+    return [sys.executable, "-m", "webhook_service", "serve"]
+
+
+def run(settings: Settings, *, host: str, port: int, workers: int, stop_budget: float) -> int:
+    """Start the children, wait for a signal or a death, stop them all; the exit status."""
+    metrics_dir = tempfile.mkdtemp(prefix="webhook-service-metrics-")
+    env = {**os.environ, "AUTO_MIGRATE": "never", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        children.append(
+            ("web", subprocess.Popen([*child_command(), "--role", "web", "--host", host, "--port", str(port)], env=env))
+        )
+        for number in range(1, workers + 1):
+            argv = [*child_command(), "--role", "worker", "--no-listen"]
+            children.append((f"worker-{number}", subprocess.Popen(argv, env=env)))
+        log.info("supervisor_started", web_pid=children[0][1].pid, worker_pids=[p.pid for _, p in children[1:]])
+        failed = _watch(children, stopping)
+        _stop(children, stop_budget)
+        return 1 if failed else 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _stop(children, stop_budget)  # an exception above must not leave children behind
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _watch(children: list[tuple[str, subprocess.Popen[bytes]]], stopping: list[int]) -> bool:
+    """Until a signal (False) or a child's exit (True)."""
+    while not stopping:
+        for name, child in children:
+            code = child.poll()
+            if code is not None:
+                log.error("supervisor_child_exited", child=name, pid=child.pid, exit_code=code)
+                return True
+        time.sleep(POLL_SECONDS)
+    log.info("supervisor_stopping", signal=signal.Signals(stopping[0]).name)
+    return False
+
+
+def _stop(children: list[tuple[str, subprocess.Popen[bytes]]], budget: float) -> None:
+    """SIGTERM to every child still running, wait for all within ``budget``, kill the rest."""
+    for _, child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + budget
+    for name, child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("supervisor_child_killed", child=name, pid=child.pid)
+            child.kill()
+            child.wait()
