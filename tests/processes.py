@@ -139,9 +139,7 @@ class Child:
 class ServiceProcess(Child):
     """``webhook-service serve --port PORT [ARGS]`` configured by ``env``."""
 
-    def __init__(
-        self, name: str, port: int, env: dict[str, str], log_dir: Path, args: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, name: str, port: int, env: dict[str, str], log_dir: Path, args: Sequence[str] = ()) -> None:
         super().__init__(name, [*service_command(), "serve", "--port", str(port), *args], log_dir, env)
         self.port, self.env = port, env
         self.base_url = f"http://127.0.0.1:{port}"
