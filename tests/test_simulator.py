@@ -465,6 +465,36 @@ def test_control_routes_drive_a_running_simulator(http, state):
     assert http.get("/_sim/token-requests").json()[-1]["refresh_token"] == refresh_token
 
 
+def test_businesses_route_connects_many_at_once(http, state):
+    uri = "http://127.0.0.1:9/webhooks/freshbooks/"
+    specs = [
+        {
+            "business_id": 7_100_000 + i,
+            "account_id": f"BULK{i:02d}",
+            "callbacks": [{"event": "invoice", "uri": f"{uri}i{i}"}, {"event": "client", "uri": f"{uri}c{i}"}],
+        }
+        for i in range(3)
+    ]
+    made = http.post("/_sim/businesses", json={"businesses": specs}).json()["businesses"]
+    assert [m["account_id"] for m in made] == ["BULK00", "BULK01", "BULK02"]
+    second = made[1]
+    callbacks = http.get("/events/account/BULK01/events/callbacks", headers=bearer(second["access_token"]))
+    listed = callbacks.json()["response"]["result"]["callbacks"]
+    assert [(c["event"], c["uri"], c["verified"]) for c in listed] == [
+        ("invoice", f"{uri}i1", True),
+        ("client", f"{uri}c1", True),
+    ]
+    assert [c["callbackid"] for c in listed] == [c["callbackid"] for c in second["callbacks"]]
+    assert state.callback_verifier(listed[0]["callbackid"]) == second["callbacks"][0]["verifier"]
+    assert not any(d["callback_id"] in {c["callbackid"] for c in listed} for d in state.delivery_log())
+    # each business is its own identity's only one, and its refresh token is live
+    other = http.get("/events/account/BULK00/events/callbacks", headers=bearer(second["access_token"]))
+    assert other.status_code == 404
+    assert refresh(http, state, second["refresh_token"]).status_code == 200
+    again = http.post("/_sim/businesses", json={"businesses": specs[:1]})
+    assert again.status_code == 400 and "exists already" in again.json()["error"]
+
+
 def test_unknown_route_is_json_404(http):
     response = http.get("/accounting/account/ABC123/nothing/here")
     assert response.status_code == 404 and response.json()["error"] == "not found"

@@ -89,6 +89,15 @@ async def identities(request: Request, state: SimulatorState, body: dict[str, An
 
 
 @control
+async def businesses(request: Request, state: SimulatorState, body: dict[str, Any]) -> Any:
+    """Many connected businesses in one call (see ``SimulatorState.connect_businesses``)."""
+    specs = body["businesses"]
+    if not isinstance(specs, list):
+        raise ValueError("businesses must be a list")
+    return {"businesses": await run_in_threadpool(state.connect_businesses, specs)}
+
+
+@control
 async def seed(request: Request, state: SimulatorState, body: dict[str, Any]) -> Any:
     ref = state.business_ref(str(body["account_id"]))
     objects = state.seed(ref, str(body["resource"]), int(body["count"]))
@@ -212,6 +221,7 @@ def routes() -> list[BaseRoute]:
         Route("/_sim/fail-next", fail_next, methods=["POST"]),
         Route("/_sim/token-delay", token_delay, methods=["GET", "POST"]),
         Route("/_sim/identities", identities, methods=["POST"]),
+        Route("/_sim/businesses", businesses, methods=["POST"]),
         Route("/_sim/seed", seed, methods=["POST"]),
         Route(objects, create_object, methods=["POST"]),
         Route(objects + "/{object_id:int}", object_item, methods=["GET", "PUT", "DELETE"]),

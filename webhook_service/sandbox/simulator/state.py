@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from .callbacks import Callback
+from .callbacks import Callback, check_event, check_uri
 from .catalog import ResourceSpec, get_spec
 from .clock import normalize, utc_now
 from .delivery import DELIVERY_TIMEOUT_SECONDS, Delivery, DeliveryHold, Dispatcher, Outcome
@@ -75,9 +75,10 @@ class SimulatorState:
         )
         self._identities: dict[int, Identity] = {}
         self._businesses: dict[int, Business] = {}
+        self._by_account: dict[str, Business] = {}  # account_id -> business: no scan per lookup
         self._next_identity_id = DEFAULT_IDENTITY_ID
         self._next_membership_id = 140130
-        self._businesses[439000] = Business(439000, "Awesome Inc.", DEFAULT_BUSINESS_UUID, "ABC123", "dd/mm/yyyy")
+        self._add_business_locked(Business(439000, "Awesome Inc.", DEFAULT_BUSINESS_UUID, "ABC123", "dd/mm/yyyy"))
         self.default_identity_id = self.add_identity(
             [
                 {"business_id": 439000, "account_id": "ABC123", "name": "Awesome Inc.", "role": "owner"},
@@ -170,39 +171,83 @@ class SimulatorState:
         client-role users.
         """
         with self._lock:
-            identity_id = self._next_identity_id
-            self._next_identity_id += 1
-            first, last = self._rng.choice(FIRST), self._rng.choice(LAST)
-            identity = Identity(identity_id, first, last, f"{first.lower()}.{identity_id}@example.com")
-            for spec in memberships:
-                business = self._business_for_membership(spec)
-                membership_id = self._next_membership_id
-                while membership_id in self._businesses:  # never equal to a business id
-                    membership_id += 1
-                self._next_membership_id = membership_id + 1
-                identity.memberships.append(
-                    Membership(membership_id, str(spec.get("role", "owner")), business, spec.get("account_id"))
-                )
-            self._identities[identity_id] = identity
-            return identity_id
+            return self._add_identity_locked(memberships)
+
+    def _add_identity_locked(self, memberships: list[dict[str, Any]]) -> int:
+        identity_id = self._next_identity_id
+        self._next_identity_id += 1
+        first, last = self._rng.choice(FIRST), self._rng.choice(LAST)
+        identity = Identity(identity_id, first, last, f"{first.lower()}.{identity_id}@example.com")
+        for spec in memberships:
+            business = self._business_for_membership(spec)
+            membership_id = self._next_membership_id
+            while membership_id in self._businesses:  # never equal to a business id
+                membership_id += 1
+            self._next_membership_id = membership_id + 1
+            identity.memberships.append(
+                Membership(membership_id, str(spec.get("role", "owner")), business, spec.get("account_id"))
+            )
+        self._identities[identity_id] = identity
+        return identity_id
 
     def _business_for_membership(self, spec: dict[str, Any]) -> Business:
         business_id = int(spec["business_id"])
         account_id = spec.get("account_id")
         business = self._businesses.get(business_id)
         if business is None:
-            if account_id is not None and any(b.account_id == account_id for b in self._businesses.values()):
+            if account_id is not None and account_id in self._by_account:
                 raise ValueError(f"account_id {account_id!r} already belongs to another business")
             business_uuid = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
             name = str(spec.get("name", f"Business {business_id}"))
-            business = Business(business_id, name, business_uuid, account_id)
-            self._businesses[business_id] = business
+            business = self._add_business_locked(Business(business_id, name, business_uuid, account_id))
         elif account_id is not None:
             if business.account_id is None:
                 business.account_id = account_id
+                self._by_account.setdefault(account_id, business)  # lookups find the first, as before
             elif business.account_id != account_id:
                 raise ValueError(f"business {business_id} has account_id {business.account_id!r}")
         return business
+
+    def _add_business_locked(self, business: Business) -> Business:
+        self._businesses[business.id] = business
+        if business.account_id is not None:
+            self._by_account[business.account_id] = business
+        return business
+
+    def connect_businesses(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Many businesses at once, each as a customer who connected the app long ago: its own
+        owner identity, a grant with a live token pair, and verified callbacks (no verification
+        POSTs). For load tests with thousands of tenants, where one request per step is too slow.
+
+        Each spec: ``{"business_id", "account_id", "name" (optional), "callbacks": [{"event",
+        "uri"}, ...] (optional)}``. Returns, per spec in order, the business and identity ids, the
+        token endpoint's answer (``access_token``, ``refresh_token``, ``expires_in``,
+        ``created_at``...) and each callback with its ``verifier``. A bad spec raises before its
+        own business is made (the ones before it stay).
+        """
+        now = self._stamp()
+        made = []
+        for spec in specs:
+            business_id, account_id = int(spec["business_id"]), str(spec["account_id"])
+            callbacks = [(check_event(c.get("event")), check_uri(c.get("uri"))) for c in spec.get("callbacks", [])]
+            with self._lock:
+                if business_id in self._businesses or account_id in self._by_account:
+                    raise ValueError(f"business {business_id} / account_id {account_id!r} exists already")
+                membership = {"business_id": business_id, "account_id": account_id, "role": "owner"}
+                if "name" in spec:
+                    membership["name"] = str(spec["name"])
+                identity_id = self._add_identity_locked([membership])
+                business = self._businesses[business_id]
+                tokens = self._tokens.grant_pair(self._tokens.new_grant(identity_id))
+                added = [
+                    self._webhooks.add_verified(business, identity_id, event, uri, now) for event, uri in callbacks
+                ]
+                rendered = [
+                    {**self._webhooks.callbacks.render(callback), "verifier": callback.verifier} for callback in added
+                ]
+            ids = {"business_id": business_id, "account_id": account_id, "identity_id": identity_id}
+            made.append({**ids, **tokens, "callbacks": rendered})
+        return made
 
     def _identity(self, identity_id: int | None) -> Identity:
         identity_id = self.default_identity_id if identity_id is None else identity_id
@@ -213,10 +258,7 @@ class SimulatorState:
 
     def _business(self, ref: BusinessRef) -> Business:
         """Python-API lookup: an account_id string or an integer business id."""
-        if isinstance(ref, int):
-            business = self._businesses.get(ref)
-        else:
-            business = next((b for b in self._businesses.values() if b.account_id == ref), None)
+        business = self._businesses.get(ref) if isinstance(ref, int) else self._by_account.get(ref)
         if business is None:
             raise KeyError(f"no business {ref!r}")
         return business
@@ -224,7 +266,7 @@ class SimulatorState:
     def business_ref(self, text: str) -> BusinessRef:
         """Control-route helper: an account_id if one matches, else a numeric business id."""
         with self._lock:
-            if any(b.account_id == text for b in self._businesses.values()) or not text.isdigit():
+            if text in self._by_account or not text.isdigit():
                 return text
             return int(text)
 

@@ -117,6 +117,10 @@ class TokenStore:
         grant.refresh_tokens.add(token)
         return token
 
+    def grant_pair(self, grant: Grant) -> dict[str, Any]:
+        """A live access + refresh pair for ``grant``, as the token endpoint would answer it."""
+        return self._token_response(grant)
+
     def mint_code(self, identity_id: int, redirect_uri: str, scope: str | None) -> str:
         code = secrets.token_hex(20)
         self._codes[code] = AuthorizationCode(
