@@ -79,6 +79,10 @@ from webhook_service.storage.models import InboxEvent
 INGEST_TARGET = 0.5  # web role / bare endpoint
 SCALING_TARGET = 1.4  # 2 workers / 1 worker
 CPU_TARGET = 0.5  # CPU per event / the baseline build's
+PER_TENANT = 16
+"""FRESHBOOKS_CONCURRENCY_PER_TENANT for the one tenant every webhook here belongs to: it stands in
+for four tenants at the default 4. At 4, a process fetches at most 4 objects at once for the one
+tenant, and the pipeline measures the simulator's round trip, not the service."""
 
 
 @dataclass
@@ -139,6 +143,7 @@ async def configured(
     database_url = await databases.create(name)
     env = service_env(database_url, simulator_url, service_port)
     env["BACKFILL_ENABLED"] = "false"  # the sweep would emit what the burst is measured on
+    env["FRESHBOOKS_CONCURRENCY_PER_TENANT"] = str(PER_TENANT)
     await run_cli(["migrate"], env, procs.log_dir)
     procs.start(f"simulator-{name}", [*service_command(), "simulator", "--port", str(sim_port), "--seed-invoices", "0"])
     sink, sink_url = start_sink(procs, f"sink-{name}")
@@ -169,6 +174,7 @@ async def burst(run: Run, concurrency: int, *, drain_timeout: float, wait_for_de
         "sink": _pid_named(run, "sink"),
     }
     before = {name: cpu_seconds(pid) or 0.0 for name, pid in {**pids, **others}.items()}
+    database_before = database_cpu()
     driver_before = time.process_time()
     pending = iter(run.bodies)
     statuses: Counter[str] = Counter()
@@ -201,8 +207,27 @@ async def burst(run: Run, concurrency: int, *, drain_timeout: float, wait_for_de
                 await asyncio.sleep(0.05)
     result.cpu = {name: (cpu_seconds(pid) or math.nan) - before[name] for name, pid in {**pids, **others}.items()}
     result.cpu["driver"] = time.process_time() - driver_before
+    if database_before is not None:
+        result.cpu["postgres"] = (database_cpu() or 0.0) - database_before
     result.peak_mb = {name: hwm_mb(pid) or math.nan for name, pid in pids.items()}
     return result
+
+
+def database_cpu() -> float | None:
+    """CPU seconds of every PostgreSQL server process on this machine (None when there is none):
+    the server shares the cores with the service, and its work is the service's too."""
+    total, found = 0.0, False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if name in ("postgres", "postmaster"):
+            total += cpu_seconds(int(entry.name)) or 0.0
+            found = True
+    return total if found else None
 
 
 def _pid_named(run: Run, prefix: str) -> int:
@@ -226,7 +251,8 @@ def load() -> str:
 
 
 def service_cpu(result: Burst) -> float:
-    return sum(v for k, v in result.cpu.items() if k not in ("simulator", "sink", "driver"))
+    """The service's processes only (PostgreSQL's work is printed beside, not counted here)."""
+    return sum(v for k, v in result.cpu.items() if k not in ("simulator", "sink", "driver", "postgres"))
 
 
 def describe_cpu(result: Burst) -> str:
@@ -290,16 +316,18 @@ async def run_ingest(args: argparse.Namespace, databases: Databases, procs: Chil
 
 # -- 2 and 3. the pipeline --------------------------------------------------------------------
 async def run_pipeline(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
-    configs = [
-        Configuration("serve (one process)", service_command(), []),
-        Configuration("serve --workers 1", service_command(), ["--workers", "1"]),
-        Configuration("serve --workers 2", service_command(), ["--workers", "2"]),
-    ]
+    known = {
+        "one": Configuration("serve (one process)", service_command(), []),
+        "w1": Configuration("serve --workers 1", service_command(), ["--workers", "1"]),
+        "w2": Configuration("serve --workers 2", service_command(), ["--workers", "2"]),
+    }
+    configs = [known[name] for name in args.configs]
     if args.baseline_command:
         configs.insert(0, Configuration("BASELINE build: serve", args.baseline_command.split(), []))
     print(
         f"\n== 2. Whole pipeline, burst then drain: {args.events} webhooks, {args.concurrency} in flight, timed "
-        f"until the sink has every delivery ({args.rounds} round(s) per configuration, alternating)"
+        f"until the sink has every delivery ({args.rounds} round(s) per configuration, alternating); one tenant, "
+        f"FRESHBOOKS_CONCURRENCY_PER_TENANT={PER_TENANT} (four tenants' worth at the default 4)"
     )
     results: dict[str, list[Burst]] = {c.label: [] for c in configs}
     for round_number in range(1, args.rounds + 1):
@@ -366,7 +394,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "`serve` is measured in part 2 as the baseline of part 3",
     )
     parser.add_argument("--only", choices=("ingest", "pipeline"), help="run one part only")
-    return checked_database_argument(parser, parser.parse_args(argv))
+    parser.add_argument(
+        "--configs", default="one,w1,w2", help="pipeline configurations: one (serve), w1, w2 (--workers 1, 2)"
+    )
+    args = parser.parse_args(argv)
+    args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
+    if not set(args.configs) <= {"one", "w1", "w2"}:
+        parser.error("--configs takes one, w1 and w2, separated by commas")
+    return checked_database_argument(parser, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

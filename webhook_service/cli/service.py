@@ -17,14 +17,22 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
 
+SWITCH_INTERVAL = 0.001
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import contextlib
+    import sys
 
     import uvicorn
 
     from webhook_service.app import DRAIN_SECONDS, create_app
     from webhook_service.web.server import build_config
 
+    # A thread that finished waiting (a commit's fsync, a lock) needs the GIL back to hand its result
+    # over; by default the loop's thread keeps it for up to 5 ms, and on SQLite the next writer of
+    # every other process waits that long too. 1 ms keeps a busy loop's switches cheap.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     role = args.role or settings.serve_role
     workers = args.workers if args.workers is not None else settings.serve_workers
     host = args.host or settings.host

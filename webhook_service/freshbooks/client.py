@@ -175,10 +175,10 @@ class FreshBooksClient:
     async def _request(self, tenant: TenantRef, method: str, path: str, *, params: Params, json: Any) -> Any:
         url = f"{self._settings.freshbooks_api_base}{path}"
         spacing = _BACKGROUND_SPACING.get()
-        if spacing:
-            await self._pace(tenant.id, spacing)
         async with self._slot(tenant.id):
             token = await self._tokens.access_token(tenant.id)
+            if spacing:  # after the token: a refresh it waited for must not squeeze two sends together
+                await self._pace(tenant.id, spacing)
             response = await self._send_with_retries(method, url, token.token, params, json)
             if response.status_code == 401:
                 log.info("freshbooks_401_refreshing", tenant_id=tenant.id, token_version=token.version)

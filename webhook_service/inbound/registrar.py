@@ -151,7 +151,8 @@ async def _reconcile(runtime: Runtime, tenant: Tenant, report: SyncReport) -> No
             continue
         keep = next((r for r in matches if r.verified), matches[0])
         keep_ids.add(keep.callback_id)
-        await _update(runtime, callback.id, freshbooks_callback_id=keep.callback_id)
+        if callback.freshbooks_callback_id != keep.callback_id:  # a sync that changes nothing writes nothing
+            await _update(runtime, callback.id, freshbooks_callback_id=keep.callback_id)
         if keep.verified and callback.verifier_enc:
             if callback.status != CallbackStatus.VERIFIED.value:
                 await _update(runtime, callback.id, status=CallbackStatus.VERIFIED.value)

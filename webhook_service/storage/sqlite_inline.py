@@ -17,6 +17,13 @@ locked, one hop per transaction. The commit, which waits for the disk (``fsync``
 worker thread. Several processes on one SQLite file are supported; PostgreSQL is how the service
 scales out.
 
+Between the service's own processes (``serve --workers N``, a CLI command beside them) a write
+transaction first takes an OS lock on a file beside the database (``PATH-writer.lock``, ``flock``):
+SQLite's busy handler waits for another process's lock by sleeping in steps of up to 100 ms, so
+three processes committing a few hundred times a second spent more time asleep than writing, while
+the kernel hands a released ``flock`` to the next waiter at once. A process that does not take it
+(the ``sqlite3`` shell, a backup) is still waited for as above.
+
 Only the calls the dialect makes are provided (see ``sqlalchemy.dialects.sqlite.aiosqlite``);
 used through ``create_async_engine(..., async_creator=...)``.
 """
@@ -25,8 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
@@ -113,12 +123,82 @@ class InlineCursor:
         self._cursor.close()
 
 
+class WriterGate:
+    """This connection's hold on ``PATH-writer.lock``: one write transaction at a time across the
+    service's processes, handed from one to the next by the kernel as soon as it is released."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.held = False
+
+    def try_take(self) -> bool:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.held = True
+        return True
+
+    async def take(self, wait: float) -> bool:
+        """Within ``wait`` seconds, or False. The wait is a blocking ``flock`` on a thread of its own
+        (never the loop's, never the pool's that commits): it returns the moment the holder lets go.
+        Given up on, the thread lets go as soon as it gets the lock."""
+        if self.try_take():
+            return True
+        if wait <= 0:
+            return False
+        loop = asyncio.get_running_loop()
+        taken: asyncio.Future[None] = loop.create_future()
+        decided = threading.Lock()  # whoever decides second (got it / gave up) lets the lock go
+        state = {"got": False, "gave_up": False}
+
+        def announce() -> None:
+            if not taken.done():
+                taken.set_result(None)
+
+        def block() -> None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            with decided:
+                if state["gave_up"]:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    return
+                state["got"] = True
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(announce)
+
+        threading.Thread(target=block, name="sqlite-writer-gate", daemon=True).start()
+        try:
+            async with asyncio.timeout(wait):
+                await asyncio.shield(taken)
+        except BaseException as exc:
+            with decided:
+                state["gave_up"] = True
+                got = state["got"]
+            if got:  # it came in just as we gave up: let it go at once
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if isinstance(exc, TimeoutError):
+                return False
+            raise
+        self.held = True
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.release()
+        os.close(self._fd)
+
+
 class InlineConnection:
-    def __init__(self, connection: sqlite3.Connection, *, lock_wait: float) -> None:
+    def __init__(self, connection: sqlite3.Connection, *, lock_wait: float, gate: WriterGate | None = None) -> None:
         self._conn = connection
         self._connection: sqlite3.Connection | None = connection  # the dialect checks it before commit/rollback
         self.lock_wait = lock_wait
         """Longest wait for another connection's lock, on a worker thread."""
+        self._gate = gate
 
     @property
     def isolation_level(self) -> str | None:
@@ -128,9 +208,27 @@ class InlineConnection:
         return InlineCursor(self._conn.cursor(), self)
 
     async def lock_for(self, sql: str) -> None:
-        """Before a transaction's first write, take the write lock (``BEGIN IMMEDIATE``)."""
+        """Before a transaction's first write, take the write lock (the gate, then ``BEGIN IMMEDIATE``)."""
         if not self._conn.in_transaction and _WRITE.match(sql):
-            await self.run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+            gate = self._gate
+            if gate is not None and not gate.held and not await gate.take(self._wait_left()):
+                raise sqlite3.OperationalError("database is locked")
+            try:
+                await self.run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+            except BaseException:
+                self._let_go()
+                raise
+
+    def _wait_left(self) -> float:
+        wait = self.lock_wait
+        deadline = LOCK_DEADLINE.get()
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+        return wait
+
+    def _let_go(self) -> None:
+        if self._gate is not None and not self._conn.in_transaction:
+            self._gate.release()
 
     async def run(self, call: Callable[[], R]) -> R:
         """``call()`` inline; if it must wait for a lock, again on a worker thread that waits."""
@@ -139,10 +237,7 @@ class InlineConnection:
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):
                 raise
-        wait = self.lock_wait
-        deadline = LOCK_DEADLINE.get()
-        if deadline is not None:
-            wait = min(wait, deadline - time.monotonic())
+        wait = self._wait_left()
         if wait <= 0:
             raise sqlite3.OperationalError("database is locked")
         return await _on_thread(self._waiting, call, wait)
@@ -156,10 +251,21 @@ class InlineConnection:
 
     async def commit(self) -> None:
         # The one call that waits for the disk (fsync, ``synchronous=FULL``): off the loop's thread.
-        await _on_thread(self._conn.commit)
+        # The gate is let go on that thread as soon as the commit is done, not when the loop comes
+        # round to this coroutine again: the next writer (in another process) need not wait for us.
+        def commit() -> None:
+            try:
+                self._conn.commit()
+            finally:
+                self._let_go()
+
+        await _on_thread(commit)
 
     async def rollback(self) -> None:
-        self._conn.rollback()
+        try:
+            self._conn.rollback()
+        finally:
+            self._let_go()
 
     async def create_function(self, *args: Any, **kwargs: Any) -> None:
         self._conn.create_function(*args, **kwargs)
@@ -171,6 +277,8 @@ class InlineConnection:
         if self._connection is not None:
             self._connection = None
             self._conn.close()
+            if self._gate is not None:
+                self._gate.close()
 
 
 async def _on_thread(call: Callable[..., R], *args: Any) -> R:
@@ -199,6 +307,7 @@ def creator(database: str, *, timeout: float, uri: bool = False) -> Any:
         # check_same_thread=False: the pool may close a connection from the garbage collector, and
         # a lock wait runs on a worker thread. timeout=0: no call waits for a lock inline.
         connection = sqlite3.connect(database, timeout=0, uri=uri, check_same_thread=False)
-        return InlineConnection(connection, lock_wait=timeout)
+        gate = None if uri or database == ":memory:" else WriterGate(f"{database}-writer.lock")
+        return InlineConnection(connection, lock_wait=timeout, gate=gate)
 
     return connect

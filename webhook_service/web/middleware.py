@@ -7,6 +7,7 @@ string is never logged: OAuth codes and states travel there.
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 import time
@@ -18,6 +19,10 @@ from webhook_service.core.logs import get_logger
 
 log = get_logger("webhook_service.http")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_PROCESS = secrets.token_hex(4)
+_SEQUENCE = itertools.count(1)
+"""Request ids are this process's random prefix and a counter: unique, and no call to the system's
+random source on every request."""
 
 
 class RequestContextMiddleware:
@@ -28,7 +33,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or f"req_{secrets.token_hex(8)}"
+        request_id = _incoming_id(scope) or f"req_{_PROCESS}{next(_SEQUENCE):08x}"
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started = time.perf_counter()
