@@ -211,3 +211,19 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
     except FileNotFoundError:
         return True
+
+
+def test_serve_workers_with_a_role_is_a_usage_error(database_url, simulator, tmp_path):
+    env = service_env(database_url, simulator, free_port())
+    done = subprocess.run(
+        [*service_command(), "serve", "--workers", "2", "--role", "worker"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--workers (SERVE_WORKERS) starts one web and N worker processes itself" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -20,6 +20,7 @@ from webhook_service.config import ConfigurationError, Settings
 from webhook_service.core.batching import Batcher
 from webhook_service.core.crypto import SecretBox, SecretKeyError, dev_key
 from webhook_service.core.egress import EgressPolicy, guarded_session
+from webhook_service.core.pacing import Pace
 from webhook_service.core.signals import Capacity, Lane, Wakeup
 from webhook_service.core.tasks import TaskTracker
 from webhook_service.freshbooks.catalogue import subscribed_nouns
@@ -139,7 +140,8 @@ class Runtime:
             if migrate_schema if migrate_schema is not None else settings.should_migrate_on_start:
                 await migrate.upgrade(db)
             oauth = OAuthClient(settings, http)
-            tokens = TokenManager(db, oauth, box, settings)
+            pace = Pace()  # one tenant's duty requests, API and token endpoint alike, share its turns
+            tokens = TokenManager(db, oauth, box, settings, pace=pace)
             yield cls(
                 settings=settings,
                 db=db,
@@ -147,7 +149,7 @@ class Runtime:
                 http=http,
                 oauth=oauth,
                 tokens=tokens,
-                freshbooks=FreshBooksClient(settings, http, tokens),
+                freshbooks=FreshBooksClient(settings, http, tokens, pace=pace),
                 tasks=tasks,
                 outbound=outbound,
                 egress=egress,

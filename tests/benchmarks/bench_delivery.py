@@ -599,6 +599,7 @@ async def pipeline_stack(
     *,
     settings: Mapping[str, str] | None = None,
     simulator_args: Sequence[str] = (),
+    serve_args: Sequence[str] = (),
 ) -> AsyncIterator[Stack]:
     """Simulator, sink and service on a database of their own (``name``), migrated and ready;
     ``settings``: environment variables for the service beyond :func:`service_env`'s."""
@@ -613,15 +614,19 @@ async def pipeline_stack(
         [*service_command(), "simulator", "--port", str(sim_port), "--seed-invoices", "0", *simulator_args],
     )
     _, sink_url = start_sink(procs, f"sink-{name}")
-    procs.start("service", [*service_command(), "serve", "--port", str(service_port)], env=env)
+    procs.start("service", [*service_command(), "serve", "--port", str(service_port), *serve_args], env=env)
     await wait_for_port(sim_port, procs, "simulator")
     await wait_for_port(int(sink_url.rsplit(":", 1)[1]), procs, "sink")
     await wait_for_ok(f"{service_url}/readyz", procs, "service")
     yield Stack(simulator_url, sink_url, service_url, database_url, env, procs)
 
 
-def latency_stack(databases: Databases, procs: Children) -> contextlib.AbstractAsyncContextManager[Stack]:
-    return pipeline_stack(databases, procs, "latency", simulator_args=("--delivery-senders", "8"))
+def latency_stack(
+    databases: Databases, procs: Children, serve_args: Sequence[str] = ()
+) -> contextlib.AbstractAsyncContextManager[Stack]:
+    return pipeline_stack(
+        databases, procs, "latency", simulator_args=("--delivery-senders", "8"), serve_args=serve_args
+    )
 
 
 async def connect_tenant(stack: Stack, client: httpx.AsyncClient) -> str:
@@ -823,6 +828,12 @@ def print_latency(data: LatencyData, rate: float, baseline: list[float]) -> None
     print(f"     hydrated -> worker claim starts (commit + wake-up):     {describe_ms(pickup)}")
     print(f"     claim starts -> sink arrival (claim, sign, POST):       {describe_ms(send_hop)}")
     print(f"   BASELINE sink round trip, direct POSTs at {rate:g}/s:        {describe_ms(baseline)}")
+    if service and baseline:
+        direct = percentile(sorted(baseline), 99) * 1000
+        print(
+            f"   inbound-to-delivered p99 / direct round trip p99: {p99:.1f} ms / {direct:.1f} ms = "
+            f"{p99 / direct:.0f}x; load average {os.getloadavg()[0]:.2f}"
+        )
     problems = [s for s in measured if s.status != 200]
     if problems:
         print(f"   ! {len(problems)} PUTs failed, e.g. {problems[0].status or problems[0].error}")
@@ -844,7 +855,12 @@ async def run_latency(args: argparse.Namespace, databases: Databases, procs: Chi
         f"\n== 2. Inbound-to-delivered latency at a steady {args.rate:g} events/s for {args.seconds:g} s "
         f"(+{args.warmup:g} s warm-up; target p99 <= {LATENCY_TARGET_MS:g} ms)"
     )
-    async with latency_stack(databases, procs) as stack, httpx.AsyncClient(timeout=30.0) as client:
+    if args.serve_args:
+        print(f"   the service runs as `serve {' '.join(args.serve_args)}`")
+    async with (
+        latency_stack(databases, procs, args.serve_args) as stack,
+        httpx.AsyncClient(timeout=30.0) as client,
+    ):
         tenant_id = await connect_tenant(stack, client)
         await subscribe_sink(stack)
         ids = await seed_invoices(client, stack.simulator_url, warmup_count + measured_count)
@@ -886,7 +902,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds of the latency run (10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds, excluded (2)")
     parser.add_argument("--only", choices=("throughput", "latency"), help="run one part only")
-    return checked_database_argument(parser, parser.parse_args(argv))
+    parser.add_argument(
+        "--serve-args", default="", help="extra `serve` arguments for the latency run, e.g. '--workers 2'"
+    )
+    args = parser.parse_args(argv)
+    args.serve_args = args.serve_args.split()
+    return checked_database_argument(parser, args)
 
 
 def add_database_argument(parser: argparse.ArgumentParser) -> None:

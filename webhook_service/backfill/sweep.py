@@ -78,6 +78,8 @@ async def backfill_tenant(
 ) -> TenantReport:
     report = TenantReport(tenant.id, dry_run)
     started = clock()
+    async with runtime.db.sessions() as session:
+        states = await backfill_state.of_tenant(session, tenant.id)
     for name in resources or list(CATALOGUE):
         resource = CATALOGUE[name]
         part = ResourceReport(name)
@@ -88,6 +90,7 @@ async def backfill_tenant(
                 tenant,
                 resource,
                 part,
+                states.get(name),
                 since=since,
                 until=until,
                 dry_run=dry_run,
@@ -125,6 +128,7 @@ async def _scan(
     tenant: Tenant,
     resource: Resource,
     part: ResourceReport,
+    state: BackfillState | None,
     *,
     since: datetime | None,
     until: datetime | None,
@@ -133,7 +137,6 @@ async def _scan(
     clock: Callable[[], datetime],
 ) -> None:
     started = clock()
-    state = await _state(runtime, tenant.id, resource.name)
     watermark = state.watermark if state else None
     start = since or watermark or started - timedelta(hours=runtime.settings.backfill_initial_lookback_hours)
     part.since = start.isoformat()
@@ -145,8 +148,11 @@ async def _scan(
         now = clock()
         candidates = [obj for obj in page.items if _within(resource, obj, until)]
         part.scanned += len(candidates)
-        async with runtime.db.sessions() as session:  # one query per page
-            emitted = await ledger.emitted(session, {(tenant.id, resource.name, _object_id(obj)) for obj in candidates})
+        emitted = {}
+        if candidates:  # one query per page with rows (an empty listing, the usual sweep, asks nothing)
+            async with runtime.db.sessions() as session:
+                keys = {(tenant.id, resource.name, _object_id(obj)) for obj in candidates}
+                emitted = await ledger.emitted(session, keys)
         known = {object_id: entry.versions for (_, _, object_id), entry in emitted.items()}
         events = [
             _event(tenant, resource, obj, now, observed_at=requested, known=_object_id(obj) in known)
@@ -234,11 +240,6 @@ def _event(
         fallback_time=now,
         observed_at=observed_at,
     )
-
-
-async def _state(runtime: Runtime, tenant_id: str, resource: str) -> BackfillState | None:
-    async with runtime.db.sessions() as session:
-        return await backfill_state.get(session, tenant_id, resource)
 
 
 async def _record_run(

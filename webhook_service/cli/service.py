@@ -12,6 +12,7 @@ from webhook_service.cli.output import print_json, print_rows
 from webhook_service.cli.spec import JSON, Command, arg
 from webhook_service.config import Settings
 from webhook_service.core.crypto import generate_key
+from webhook_service.core.logs import cache_loggers
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -33,6 +34,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     # over; by default the loop's thread keeps it for up to 5 ms, and on SQLite the next writer of
     # every other process waits that long too. 1 ms keeps a busy loop's switches cheap.
     sys.setswitchinterval(SWITCH_INTERVAL)
+    cache_loggers()
     role = args.role or settings.serve_role
     workers = args.workers if args.workers is not None else settings.serve_workers
     host = args.host or settings.host

@@ -91,6 +91,13 @@ def hide_statement_parameters(_: Any, __: str, event_dict: MutableMapping[str, A
     return event_dict
 
 
+def cache_loggers() -> None:
+    """From now on each module's logger is built once, at its first line, not again for every line
+    (structlog's ``cache_logger_on_first_use``): for a long-running service process, whose logging
+    is configured once and for good. Left off elsewhere, so tests and tools can reconfigure."""
+    structlog.configure(cache_logger_on_first_use=True)
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", *, log_file: str | None = None) -> None:
     """Set up structlog and route the standard library's loggers through it.
 

@@ -1,15 +1,19 @@
-"""Spreading a periodic duty's work over its interval.
+"""Spreading a periodic duty's work over its interval, and pacing it per tenant.
 
 A duty that took every tenant at the start of its interval would send FreshBooks a burst the size of
 the customer base every interval, then nothing: the burst is what rate limits punish, and its cost
 grows with every tenant added. :func:`spread` starts item ``i`` of ``n`` at ``i * over / n`` instead,
 so the rate is steady (``n / over`` items per second) and a cycle still covers every item once.
+:class:`Pace` then keeps one tenant's background requests (API calls and token refreshes alike)
+at most ``FRESHBOOKS_BACKGROUND_RATE`` a second within the process, whichever duty sends them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import TypeVar
 
 from webhook_service.core.logs import get_logger
@@ -52,3 +56,42 @@ async def spread(items: Sequence[T], over: float, work: Callable[[T], Awaitable[
             await room.acquire()
             group.create_task(one(item))
     return failed
+
+
+#: Seconds between two background requests for one tenant (0: not background work); see :func:`background`.
+_BACKGROUND_SPACING: ContextVar[float] = ContextVar("background_spacing", default=0.0)
+
+
+@contextlib.contextmanager
+def background(rate: float) -> Iterator[None]:
+    """Requests made inside (and in tasks started inside) are a periodic duty's: each tenant's are
+    sent no more than ``rate`` per second (``FRESHBOOKS_BACKGROUND_RATE``; 0: unpaced), however many
+    tenants a duty works on at once. FreshBooks' rate limits are unpublished and per app: a sweep
+    that spends them starves the webhooks' fetches, which are never paced."""
+    token = _BACKGROUND_SPACING.set(1.0 / rate if rate > 0 else 0.0)
+    try:
+        yield
+    finally:
+        _BACKGROUND_SPACING.reset(token)
+
+
+class Pace:
+    """Each key's (a tenant's) next background turn, shared by everything in the process that sends
+    for it. Outside :func:`background`, :meth:`turn` returns at once."""
+
+    def __init__(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._sleep = sleep
+        self._next: dict[str, float] = {}
+
+    async def turn(self, key: str) -> None:
+        """Wait for ``key``'s next turn, and book the one after it; call it right before sending."""
+        spacing = _BACKGROUND_SPACING.get()
+        if not spacing:
+            return
+        now = asyncio.get_running_loop().time()
+        turn = max(now, self._next.get(key, now))
+        self._next[key] = turn + spacing
+        if len(self._next) > 4096:  # forget the turns already past: the map stays the size of the work
+            self._next = {k: at for k, at in self._next.items() if at > now}
+        if turn > now:
+            await self._sleep(turn - now)

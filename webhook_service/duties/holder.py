@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Literal
 
 from webhook_service.core.logs import get_logger
-from webhook_service.freshbooks.client import background
+from webhook_service.core.pacing import background
 from webhook_service.runtime import Runtime
 from webhook_service.storage import leases
 

@@ -8,11 +8,9 @@ on 429 and 5xx, limits concurrent calls per tenant, and walks every page.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
@@ -21,6 +19,7 @@ import httpx
 
 from webhook_service.config import Settings
 from webhook_service.core.logs import get_logger
+from webhook_service.core.pacing import Pace
 from webhook_service.core.retry_after import parse_retry_after
 from webhook_service.freshbooks.catalogue import BusinessRef, Page, Resource, get_resource
 from webhook_service.freshbooks.errors import RETRYABLE_STATUSES, FreshBooksError
@@ -34,22 +33,6 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 Params = Sequence[tuple[str, str | int]]
 T = TypeVar("T")
-
-#: Seconds between two background requests for one tenant (0: not background work); see :func:`background`.
-_BACKGROUND_SPACING: ContextVar[float] = ContextVar("freshbooks_background_spacing", default=0.0)
-
-
-@contextlib.contextmanager
-def background(rate: float) -> Iterator[None]:
-    """Calls made inside (and in tasks started inside) are a periodic duty's: each tenant's are sent
-    no more than ``rate`` per second (``FRESHBOOKS_BACKGROUND_RATE``; 0: unpaced), however many
-    tenants a duty works on at once. FreshBooks' rate limits are unpublished and per app: a sweep
-    that spends them starves the webhooks' fetches, which are never paced."""
-    token = _BACKGROUND_SPACING.set(1.0 / rate if rate > 0 else 0.0)
-    try:
-        yield
-    finally:
-        _BACKGROUND_SPACING.reset(token)
 
 
 class Listing(TypedDict, total=False):
@@ -72,13 +55,14 @@ class FreshBooksClient:
         tokens: TokenManager,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        pace: Pace | None = None,
     ) -> None:
         self._settings = settings
         self._http = http
         self._tokens = tokens
         self._sleep = sleep
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._paced: dict[str, float] = {}  # tenant id -> when its next background request may go
+        self._pace = pace or Pace(sleep)
 
     # -- resources ------------------------------------------------------------------------------
     async def get(
@@ -174,11 +158,11 @@ class FreshBooksClient:
 
     async def _request(self, tenant: TenantRef, method: str, path: str, *, params: Params, json: Any) -> Any:
         url = f"{self._settings.freshbooks_api_base}{path}"
-        spacing = _BACKGROUND_SPACING.get()
         async with self._slot(tenant.id):
             token = await self._tokens.access_token(tenant.id)
-            if spacing:  # after the token: a refresh it waited for must not squeeze two sends together
-                await self._pace(tenant.id, spacing)
+            # a duty's request waits for the tenant's turn (after the token: a refresh it waited
+            # for must not squeeze two sends together)
+            await self._pace.turn(tenant.id)
             response = await self._send_with_retries(method, url, token.token, params, json)
             if response.status_code == 401:
                 log.info("freshbooks_401_refreshing", tenant_id=tenant.id, token_version=token.version)
@@ -192,16 +176,6 @@ class FreshBooksClient:
             return response.json()
         except ValueError as exc:
             raise FreshBooksError(response.status_code, "FreshBooks answered non-JSON") from exc
-
-    async def _pace(self, tenant_id: str, spacing: float) -> None:
-        """Wait for this tenant's next background turn, and book the one after it."""
-        now = asyncio.get_running_loop().time()
-        turn = max(now, self._paced.get(tenant_id, now))
-        self._paced[tenant_id] = turn + spacing
-        if len(self._paced) > 4096:  # forget the turns already past: the map stays the size of the work
-            self._paced = {key: at for key, at in self._paced.items() if at > now}
-        if turn > now:
-            await self._sleep(turn - now)
 
     def _slot(self, tenant_id: str) -> asyncio.Semaphore:
         slot = self._slots.get(tenant_id)

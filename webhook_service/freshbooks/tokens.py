@@ -53,7 +53,7 @@ from datetime import datetime, timedelta
 from webhook_service.config import Settings
 from webhook_service.core.crypto import SecretBox
 from webhook_service.core.logs import get_logger
-from webhook_service.core.pacing import spread
+from webhook_service.core.pacing import Pace, spread
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.oauth import OAuthClient
 from webhook_service.freshbooks.token_lease import LEASE_POLL_MAX, LEASE_POLL_START, Lease, RefreshLeases
@@ -84,9 +84,11 @@ class TokenManager:
         settings: Settings,
         *,
         clock: Callable[[], datetime] = utcnow,
+        pace: Pace | None = None,
     ) -> None:
         self._db = db
         self._settings = settings
+        self._pace = pace or Pace()
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._rows = TokenRows(db, box, clock, reconnect_url=settings.reconnect_url)
@@ -148,6 +150,7 @@ class TokenManager:
 
         async def refresh(tenant: Tenant) -> None:
             nonlocal refreshed
+            await self._pace.turn(tenant.id)  # the token endpoint counts as the tenant's request too
             try:
                 await self.refresh(tenant.id, stale_version=tenant.token_version)
                 refreshed += 1

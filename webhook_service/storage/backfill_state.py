@@ -14,6 +14,12 @@ async def get(session: AsyncSession, tenant_id: str, resource: str) -> BackfillS
     return await session.get(BackfillState, (tenant_id, resource))
 
 
+async def of_tenant(session: AsyncSession, tenant_id: str) -> dict[str, BackfillState]:
+    """Every resource's state for one tenant, by resource: one read per sweep, not one per resource."""
+    rows = await session.execute(select(BackfillState).where(BackfillState.tenant_id == tenant_id))
+    return {state.resource: state for state in rows.scalars()}
+
+
 async def list_all(session: AsyncSession) -> list[BackfillState]:
     rows = await session.execute(select(BackfillState).order_by(BackfillState.tenant_id, BackfillState.resource))
     return list(rows.scalars())
