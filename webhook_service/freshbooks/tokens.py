@@ -117,6 +117,9 @@ class TokenManager:
             outcome = await self._current_or_lease(tenant_id, stale_version)
             if isinstance(outcome, AccessToken):
                 return outcome
+            # A duty's refresh (proactive, or one its API call needed) is the tenant's request too:
+            # it takes the tenant's turn (a no-op outside the duties), well inside the lease.
+            await self._pace.turn(tenant_id)
             return await asyncio.shield(self._rotations.start(outcome))
 
     async def close(self) -> None:
@@ -150,7 +153,6 @@ class TokenManager:
 
         async def refresh(tenant: Tenant) -> None:
             nonlocal refreshed
-            await self._pace.turn(tenant.id)  # the token endpoint counts as the tenant's request too
             try:
                 await self.refresh(tenant.id, stale_version=tenant.token_version)
                 refreshed += 1
