@@ -95,3 +95,6 @@ class Pace:
             self._next = {k: at for k, at in self._next.items() if at > now}
         if turn > now:
             await self._sleep(turn - now)
+            woke = asyncio.get_running_loop().time()
+            if woke > turn:  # woken late (a busy loop): the next turn is a whole spacing after this one
+                self._next[key] = max(self._next.get(key, woke), woke + spacing)
