@@ -756,9 +756,9 @@ async def run_all(args: argparse.Namespace, databases: Databases, procs: Childre
     if not args.backfill:
         print(
             "   backfill OFF (the default; --backfill runs it): its 15 list requests per tenant per interval cost the "
-            "worker about 60 ms of CPU per tenant per cycle on top of the ~40 ms of the sync and refresh (2-core VM, "
-            "SQLite), so at 10,000 tenants the interval would have to be ~30 min to keep the worker below 60% of one "
-            "core; e.g. --backfill --tenants 10000 --seconds-per-1000-tenants 180"
+            "worker about 55 ms of CPU per tenant per cycle on top of the ~18 ms of the sync and refresh (2-core VM, "
+            "SQLite, 2026-12-03), so at 10,000 tenants the interval would have to be ~20 min to keep the worker "
+            "below 60% of one core; e.g. --backfill --tenants 10000 --seconds-per-1000-tenants 120"
         )
     results = []
     for tenants in args.tenants:
