@@ -5,6 +5,8 @@ with ``Retry-After`` for what it cannot store, stores everything it acknowledged
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +19,8 @@ from conftest import ON_POSTGRES, OWNER_ACCOUNT_ID
 from processes import accepted, deployment, webhook_ids_by_object
 from sqlalchemy.engine import make_url
 
-from webhook_service.storage import sqlite_inline
+from webhook_service.storage import leases, sqlite_inline
+from webhook_service.storage.database import unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -217,3 +220,51 @@ def _fail_commits_while(monkeypatch: pytest.MonkeyPatch, full: threading.Event) 
         await original(self)
 
     monkeypatch.setattr(sqlite_inline.InlineConnection, "commit", commit)
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="the writer gate is the SQLite engine's")
+async def test_a_process_stuck_in_its_write_turn_bounds_the_wait_and_the_turn_passes_on(runtime):
+    """Another service process holds the SQLite writer gate (``PATH-writer.lock``) and does not let
+    go: a bounded write gives up in its bound with a "busy" error and the loop keeps running; once
+    the gate is let go, the waiter given up on has let it go too, and writes pass again, including
+    one that was waiting when the gate came free."""
+    database = make_url(runtime.settings.database_url).database
+    holder = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    loop = asyncio.get_running_loop()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    beat = asyncio.create_task(ticker())
+    try:
+        started = loop.time()
+        with pytest.raises(Exception) as refused:
+            async with runtime.db.bounded_session(0.5) as session:
+                await leases.touch(session, "gate-test")
+                await session.commit()
+        waited = loop.time() - started
+        assert unavailable(refused.value) == "busy"
+        assert 0.5 <= waited < 2.0, f"the bounded write gave up after {waited:.2f} s"
+        assert ticks >= 10, "the event loop was blocked while the write waited for the gate"
+
+        async def write() -> None:
+            async with runtime.db.bounded_session(10.0) as session:
+                await leases.touch(session, "gate-test")
+                await session.commit()
+
+        waiting = asyncio.create_task(write())
+        before = ticks
+        while ticks < before + 5:  # the write is under way and waiting for the gate
+            await asyncio.sleep(0.01)
+        assert not waiting.done()
+        fcntl.flock(holder, fcntl.LOCK_UN)  # the stuck process lets go
+        await asyncio.wait_for(waiting, 5.0)
+        await asyncio.wait_for(write(), 5.0)  # and nobody kept the turn: the next write passes too
+    finally:
+        beat.cancel()
+        os.close(holder)

@@ -6,14 +6,12 @@ are spread over the interval, each tenant's requests paced (``FRESHBOOKS_BACKGRO
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import time
 from datetime import timedelta
 
 from webhook_service.backfill.sweep import backfill_tenant
 from webhook_service.core.logs import get_logger
-from webhook_service.core.pacing import spread
+from webhook_service.core.pacing import every, spread
 from webhook_service.runtime import Runtime
 from webhook_service.storage import leases
 from webhook_service.storage import tenants as tenant_store
@@ -53,10 +51,4 @@ async def run_forever(runtime: Runtime) -> None:
     """The backfill duty (:mod:`~webhook_service.duties`): one cycle per ``BACKFILL_INTERVAL``, its
     sweeps spread over it."""
     interval = runtime.settings.backfill_interval
-    while True:
-        started = time.monotonic()
-        try:
-            await sweep_due_tenants(runtime, over=interval)
-        except Exception:
-            log.exception("backfill_sweep_failed")
-        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+    await every(interval, lambda: sweep_due_tenants(runtime, over=interval), failure="backfill_sweep_failed")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import TypeVar
@@ -56,6 +57,19 @@ async def spread(items: Sequence[T], over: float, work: Callable[[T], Awaitable[
             await room.acquire()
             group.create_task(one(item))
     return failed
+
+
+async def every(interval: float, cycle: Callable[[], Awaitable[object]], *, failure: str) -> None:
+    """``cycle()`` once per ``interval`` seconds, until cancelled: a cycle that spreads its work over
+    the interval (:func:`spread`) is followed by the next at once, a quicker one waits for the rest of
+    it. A cycle that fails is logged (as ``failure``) and the next still comes on time."""
+    while True:
+        started = time.monotonic()
+        try:
+            await cycle()
+        except Exception:
+            log.exception(failure)
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
 #: Seconds between two background requests for one tenant (0: not background work); see :func:`background`.

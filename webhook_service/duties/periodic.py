@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from webhook_service.backfill import schedule as backfill_schedule
 from webhook_service.config import Settings
-from webhook_service.core.logs import get_logger
+from webhook_service.core.pacing import every
 from webhook_service.duties.holder import Duty
 from webhook_service.inbound import registrar
 from webhook_service.maintenance import retention
 from webhook_service.runtime import Runtime
-
-log = get_logger(__name__)
 
 
 async def keep_callbacks_in_sync(runtime: Runtime) -> None:
@@ -21,13 +16,11 @@ async def keep_callbacks_in_sync(runtime: Runtime) -> None:
     tenant once per ``CALLBACK_SYNC_INTERVAL``, the tenants spread over it."""
     settings = runtime.settings
     interval = settings.callback_sync_interval
-    while True:
-        started = time.monotonic()
-        try:
-            await registrar.sync_all(runtime, over=interval, limit=settings.duty_concurrency, wait=False)
-        except Exception:
-            log.exception("callbacks_sync_loop_failed")
-        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+    await every(
+        interval,
+        lambda: registrar.sync_all(runtime, over=interval, limit=settings.duty_concurrency, wait=False),
+        failure="callbacks_sync_loop_failed",
+    )
 
 
 async def keep_tokens_fresh(runtime: Runtime) -> None:
@@ -35,13 +28,11 @@ async def keep_tokens_fresh(runtime: Runtime) -> None:
     refreshes due in one check are spread over ``TOKEN_CHECK_INTERVAL``."""
     settings = runtime.settings
     interval = settings.token_check_interval
-    while True:
-        started = time.monotonic()
-        try:
-            await runtime.tokens.refresh_expiring(over=interval, limit=settings.duty_concurrency)
-        except Exception:
-            log.exception("token_refresher_failed")
-        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+    await every(
+        interval,
+        lambda: runtime.tokens.refresh_expiring(over=interval, limit=settings.duty_concurrency),
+        failure="token_refresher_failed",
+    )
 
 
 def duties(settings: Settings) -> list[Duty]:
