@@ -5,6 +5,7 @@ with ``Retry-After`` for what it cannot store, stores everything it acknowledged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -19,6 +20,7 @@ from conftest import ON_POSTGRES, OWNER_ACCOUNT_ID
 from processes import accepted, deployment, webhook_ids_by_object
 from sqlalchemy.engine import make_url
 
+from webhook_service.duties.holder import Duty, hold
 from webhook_service.storage import leases, sqlite_inline
 from webhook_service.storage.database import unavailable
 
@@ -223,6 +225,7 @@ def _fail_commits_while(monkeypatch: pytest.MonkeyPatch, full: threading.Event) 
 
 
 @pytest.mark.skipif(ON_POSTGRES, reason="the writer gate is the SQLite engine's")
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # a gate thread must not fail
 async def test_a_process_stuck_in_its_write_turn_bounds_the_wait_and_the_turn_passes_on(runtime):
     """Another service process holds the SQLite writer gate (``PATH-writer.lock``) and does not let
     go: a bounded write gives up in its bound with a "busy" error and the loop keeps running; once
@@ -268,3 +271,41 @@ async def test_a_process_stuck_in_its_write_turn_bounds_the_wait_and_the_turn_pa
     finally:
         beat.cancel()
         os.close(holder)
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="held through the SQLite writer gate")
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # a gate thread must not fail
+async def test_a_duty_whose_lease_cannot_be_renewed_stops_before_the_lease_runs_out(runtime):
+    """The database refuses the holder's renewals (another process keeps the write turn): the duty's
+    work is stopped while its lease still holds, so no other worker can have taken it over yet."""
+    runtime.settings.duty_lease_seconds = 3.0
+    loop = asyncio.get_running_loop()
+    running = asyncio.Event()
+    stopped: list[float] = []
+
+    async def work(_runtime) -> None:
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.append(loop.time())
+
+    holding = asyncio.create_task(hold(runtime, Duty("outage-test", work)))
+    try:
+        await asyncio.wait_for(running.wait(), 10)
+        taken_at = loop.time()  # the lease was asked for before this: it runs out by taken_at + 3 s
+        database = make_url(runtime.settings.database_url).database
+        holder = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        try:
+            while not stopped:
+                assert loop.time() - taken_at < 10, "the duty never stopped"
+                await asyncio.sleep(0.05)
+        finally:
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            os.close(holder)
+        assert stopped[0] - taken_at < 3.0, f"the duty ran {stopped[0] - taken_at:.2f} s, past its lease"
+    finally:
+        holding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding

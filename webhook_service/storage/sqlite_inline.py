@@ -130,6 +130,12 @@ class WriterGate:
     def __init__(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.held = False
+        # A waiting thread may outlive the connection (given up on, then the connection closed):
+        # the descriptor is closed by whichever of them ends last, never under a thread using it
+        # (its number could by then name another file).
+        self._mutex = threading.Lock()
+        self._waiters = 0
+        self._closed = False
 
     def try_take(self) -> bool:
         try:
@@ -157,15 +163,20 @@ class WriterGate:
                 taken.set_result(None)
 
         def block() -> None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            with decided:
-                if state["gave_up"]:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
-                    return
-                state["got"] = True
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(announce)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                with decided:
+                    if state["gave_up"]:
+                        fcntl.flock(self._fd, fcntl.LOCK_UN)
+                        return
+                    state["got"] = True
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(announce)
+            finally:
+                self._waited()
 
+        with self._mutex:
+            self._waiters += 1
         threading.Thread(target=block, name="sqlite-writer-gate", daemon=True).start()
         try:
             async with asyncio.timeout(wait):
@@ -189,7 +200,18 @@ class WriterGate:
 
     def close(self) -> None:
         self.release()
-        os.close(self._fd)
+        with self._mutex:
+            self._closed = True
+            last = self._waiters == 0
+        if last:
+            os.close(self._fd)
+
+    def _waited(self) -> None:
+        with self._mutex:
+            self._waiters -= 1
+            last = self._closed and self._waiters == 0
+        if last:
+            os.close(self._fd)
 
 
 class InlineConnection:
