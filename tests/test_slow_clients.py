@@ -43,7 +43,9 @@ def serve(settings, service_socket, implementation) -> Iterator[Callable[..., Ba
 
     def start(**overrides: object) -> BackgroundServer:
         values = {"http_header_timeout": 1.0, "http_body_timeout": 1.0, **overrides}
-        app = create_app(settings.model_copy(update=values))
+        # The web role: these tests are about its HTTP server. A worker's callback-sync duty would
+        # replace the hand-made callback below (FreshBooks does not know it) while a test uses it.
+        app = create_app(settings.model_copy(update=values), role="web")
         config = build_config(
             settings.model_copy(update=values),
             app,
