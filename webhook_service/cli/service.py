@@ -55,6 +55,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         budget = settings.shutdown_grace_seconds * 2 + DRAIN_SECONDS + supervisor.STOP_MARGIN
         return supervisor.run(settings, host=host, port=port, workers=workers, stop_budget=budget)
     app = create_app(settings, role=role)
+    _freeze_heap()
     if args.no_listen:
         # uvloop, as uvicorn picks for the web role: a worker's loop is a sixth of its CPU
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -64,6 +65,19 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutting down
         server.run()
     return EXIT_OK if server.started else EXIT_FAILED
+
+
+def _freeze_heap() -> None:
+    """Leave what importing and building the app made out of every garbage collection from now on.
+
+    Those objects (SQLAlchemy's mappers and compiled statements, pydantic's validators, the event
+    catalogue: hundreds of thousands) live as long as the process, yet each full collection walked
+    them all: a tenth of a busy process's CPU, in pauses that showed as the web role's p99.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
