@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 
-def _table(model: type[DeclarativeBase]) -> Table:
+def table_of(model: type[DeclarativeBase]) -> Table:
+    """The model's table, for Core statements (typed: a mapped class's ``__table__`` is any FromClause)."""
     table = model.__table__
     assert isinstance(table, Table)
     return table
@@ -22,12 +23,12 @@ def _table(model: type[DeclarativeBase]) -> Table:
 
 async def insert_rows(session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(_table(model)), list(rows))
+        await session.execute(insert(table_of(model)), list(rows))
 
 
 async def update_by_id(session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]) -> None:
     """Each row is ``{"id": ..., column: value, ...}``; rows with the same columns share a statement."""
-    table = _table(model)
+    table = table_of(model)
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(row)

@@ -14,18 +14,20 @@ so a worker whose lease ran out and was taken over changes nothing.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, delete, exists, func, or_, select, update
+from sqlalchemy import Integer, Select, Update, and_, bindparam, case, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from webhook_service.core.logs import get_logger
 from webhook_service.core.metrics import LEASES_LOST
+from webhook_service.storage.bulk import table_of
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import (
     Delivery,
@@ -49,6 +51,11 @@ Leased = type[Delivery] | type[InboxEvent]
 HandedDelivery = tuple[Delivery, Event, Subscription]
 """A delivery leased to this process's workers, with what sending it needs."""
 
+# A claim's statements: a look for due rows (``now``, ``limit``), the lease stamped on them (``now``,
+# ``limit``, ``token``, ``until``), and the rows read back by ``token``.
+DeliveryClaim = tuple[Select[Any], Update, Select[Delivery, Event, Subscription]]
+InboxClaim = tuple[Select[Any], Update, Select[InboxEvent]]
+
 
 def new_owner() -> str:
     """A process's lease owner: the prefix of every token it stamps."""
@@ -60,28 +67,22 @@ def lease_token(owner: str) -> str:
     return f"{owner}.{secrets.token_hex(4)}"
 
 
-def _unleased(lease_until: InstrumentedAttribute[datetime | None], now: datetime) -> ColumnElement[bool]:
+When = datetime | ColumnElement[Any]
+"""A time, or the bound parameter standing for one in a statement built once."""
+
+
+def _unleased(lease_until: InstrumentedAttribute[datetime | None], now: When) -> ColumnElement[bool]:
     return or_(lease_until.is_(None), lease_until < now)
 
 
 async def claim_deliveries(
     session: AsyncSession, *, owner: str, now: datetime, limit: int, lease: timedelta
 ) -> list[tuple[Delivery, Event, Subscription]]:
-    due = (
-        select(Delivery.id)
-        .where(_delivery_due(now), _unleased(Delivery.lease_until, now), _next_in_order())
-        .order_by(Delivery.next_attempt_at)
-        .limit(limit)
-    )
-    token = await _lease(session, Delivery, due, due.with_for_update(skip_locked=True), owner, now + lease)
+    due, stamp, read = _delivery_claim()
+    token = await _lease(session, due, stamp, owner, {"now": now, "limit": limit, "until": now + lease})
     if token is None:
         return []
-    rows = await session.execute(
-        select(Delivery, Event, Subscription)
-        .join(Event, Event.id == Delivery.event_id)
-        .join(Subscription, Subscription.id == Delivery.subscription_id)
-        .where(Delivery.lease_owner == token)
-    )
+    rows = await session.execute(read, {"token": token})
     claimed = [(d, e, s) for d, e, s in rows.all()]
     await session.commit()
     return claimed
@@ -91,21 +92,61 @@ async def claim_inbox(
     session: AsyncSession, *, owner: str, now: datetime, limit: int, lease: timedelta
 ) -> list[InboxEvent]:
     """Pending inbox events of active tenants; a tenant waiting for re-authorization keeps its own."""
-    due = (
+    due, stamp, read = _inbox_claim()
+    token = await _lease(session, due, stamp, owner, {"now": now, "limit": limit, "until": now + lease})
+    if token is None:
+        return []
+    rows = await session.execute(read, {"token": token})
+    claimed = list(rows.scalars())
+    await session.commit()
+    return claimed
+
+
+# A claim's statements are built once, with bound parameters. Built per call they cost more than
+# running them: the strict-order subquery alone took 0.9 ms of Python, every claim.
+
+
+@functools.cache
+def _delivery_claim() -> DeliveryClaim:
+    now: ColumnElement[Any] = bindparam("now")
+    due: Select[Any] = (
+        select(Delivery.id)
+        .where(_delivery_due(now), _unleased(Delivery.lease_until, now), _next_in_order())
+        .order_by(Delivery.next_attempt_at)
+        .limit(bindparam("limit", type_=Integer))
+    )
+    read = (
+        select(Delivery, Event, Subscription)
+        .join(Event, Event.id == Delivery.event_id)
+        .join(Subscription, Subscription.id == Delivery.subscription_id)
+        .where(Delivery.lease_owner == bindparam("token"))
+    )
+    return due.limit(1), _stamp(Delivery, due.with_for_update(skip_locked=True)), read
+
+
+@functools.cache
+def _inbox_claim() -> InboxClaim:
+    now: ColumnElement[Any] = bindparam("now")
+    due: Select[Any] = (
         select(InboxEvent.id)
         .join(Tenant, Tenant.id == InboxEvent.tenant_id)
         .where(_inbox_due(now), _unleased(InboxEvent.lease_until, now))
         .order_by(InboxEvent.id)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
     )
-    locked = due.with_for_update(skip_locked=True, of=InboxEvent)
-    token = await _lease(session, InboxEvent, due, locked, owner, now + lease)
-    if token is None:
-        return []
-    rows = await session.execute(select(InboxEvent).where(InboxEvent.lease_owner == token).order_by(InboxEvent.id))
-    claimed = list(rows.scalars())
-    await session.commit()
-    return claimed
+    read = select(InboxEvent).where(InboxEvent.lease_owner == bindparam("token")).order_by(InboxEvent.id)
+    return due.limit(1), _stamp(InboxEvent, due.with_for_update(skip_locked=True, of=InboxEvent)), read
+
+
+def _stamp(model: Leased, locked: Select[Any]) -> Update:
+    # On the table, not the mapped class: the ORM's bulk UPDATE path re-derives the statement's
+    # cache key on every execution, which costs more than the UPDATE.
+    table = table_of(model)
+    return (
+        update(table)
+        .where(table.c.id.in_(locked.scalar_subquery()))
+        .values(lease_owner=bindparam("token"), lease_until=bindparam("until", type_=table.c.lease_until.type))
+    )
 
 
 async def fence(session: AsyncSession, model: Leased, held: Mapping[Any, str | None]) -> set[Any]:
@@ -121,14 +162,9 @@ async def fence(session: AsyncSession, model: Leased, held: Mapping[Any, str | N
         if token is not None:
             by_token.setdefault(token, []).append(row_id)
     kept: set[Any] = set()
+    statement = _fence_statement(model)
     for token, ids in by_token.items():
-        result = await session.execute(
-            update(model)
-            .where(model.id.in_(ids), model.lease_owner == token)
-            .values(lease_owner=model.lease_owner)
-            .returning(model.id)
-            .execution_options(synchronize_session=False)
-        )
+        result = await session.execute(statement, {"ids": ids, "token": token})
         kept.update(result.scalars())
     lost = set(held) - kept
     if lost:
@@ -136,6 +172,17 @@ async def fence(session: AsyncSession, model: Leased, held: Mapping[Any, str | N
         LEASES_LOST.labels(kind=kind).inc(len(lost))
         log.warning("lease_lost", kind=kind, ids=sorted(map(str, lost))[:20], count=len(lost))
     return kept
+
+
+@functools.cache
+def _fence_statement(model: Leased) -> Update:
+    table = table_of(model)  # the table, as in _stamp
+    return (
+        update(table)
+        .where(table.c.id.in_(bindparam("ids", expanding=True)), table.c.lease_owner == bindparam("token"))
+        .values(lease_owner=table.c.lease_owner)
+        .returning(table.c.id)
+    )
 
 
 async def release(db: Database, model: Leased, held: Mapping[Any, str | None]) -> int:
@@ -213,11 +260,11 @@ def _next_in_order() -> ColumnElement[bool]:
     )
 
 
-def _delivery_due(now: datetime) -> ColumnElement[bool]:
+def _delivery_due(now: When) -> ColumnElement[bool]:
     return and_(Delivery.status.in_(DUE), Delivery.next_attempt_at <= now)
 
 
-def _inbox_due(now: datetime) -> ColumnElement[bool]:
+def _inbox_due(now: When) -> ColumnElement[bool]:
     """Pending, or a redelivery of something processed (a recheck); only of active tenants. Needs
     ``Tenant`` joined."""
     return and_(
@@ -237,27 +284,22 @@ def _inbox_due(now: datetime) -> ColumnElement[bool]:
 
 
 async def _lease(
-    session: AsyncSession, model: Leased, due: Select[Any], locked: Select[Any], owner: str, until: datetime
+    session: AsyncSession, due: Select[Any], stamp: Update, owner: str, params: dict[str, Any]
 ) -> str | None:
     """Stamp a fresh token of ``owner`` on the due rows; None (and nothing written) when none are due."""
-    if not await _any(session, due):
+    if not await _any(session, due, params):
         return None
     token = lease_token(owner)
-    result = await session.execute(
-        update(model)
-        .where(model.id.in_(locked.scalar_subquery()))
-        .values(lease_owner=token, lease_until=until)
-        .execution_options(synchronize_session=False)
-    )
+    result = await session.execute(stamp, {**params, "token": token})
     if not result.rowcount:  # type: ignore[attr-defined]
         await session.commit()
         return None
     return token
 
 
-async def _any(session: AsyncSession, query: Select[Any]) -> bool:
+async def _any(session: AsyncSession, due: Select[Any], params: dict[str, Any]) -> bool:
     """A read-only look first: idle workers and woken-but-late workers take no write lock."""
-    found = (await session.execute(query.limit(1))).first() is not None
+    found = (await session.execute(due, params)).first() is not None
     await session.rollback()  # end the read transaction before a writer needs the database
     return found
 

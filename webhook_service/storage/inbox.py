@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, insert, or_, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,6 +18,7 @@ from webhook_service.config import Settings
 from webhook_service.core.batching import Batcher
 from webhook_service.core.logs import get_logger
 from webhook_service.core.signals import Grant, Lane
+from webhook_service.storage.bulk import table_of
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import Callback, InboxEvent, InboxStatus, Tenant, TenantStatus
@@ -155,8 +156,7 @@ async def record_many(
 
 async def _insert_with_ids(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """One multi-row INSERT (Core, not the ORM's unit of work); each row gets its new ``id``."""
-    table = InboxEvent.__table__
-    assert isinstance(table, Table)
+    table = table_of(InboxEvent)
     result = await session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
     for row, (inbox_id,) in zip(rows, result.all(), strict=True):
         row["id"] = inbox_id
