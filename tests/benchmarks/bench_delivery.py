@@ -11,8 +11,9 @@ Part 1 — deliveries per second (target: >= 2,000/s to a local sink)
     A sink runs in its own process (``sink_app.py``: 200, empty body). In this process a
     ``Runtime`` is opened on a fresh database, a tenant row and one subscription to the sink are
     created, and N events with one delivery each are staged through ``emit.stage`` (not timed).
-    Then ``W`` concurrent loops of ``DeliveryWorker(runtime).run_once()`` drain them; the timed
-    span ends when every delivery is terminal. Several worker counts / batch sizes are tried, each
+    Then ``W`` delivery workers drain them as the service runs its own (``run_forever``: each
+    claims as capacity frees, one task per send, outcomes group-committed); the timed span ends
+    when every delivery is terminal (a count read every 20 ms). Several worker counts / batch sizes are tried, each
     on a fresh database. The same-run BASELINE is the same N payloads POSTed straight from one
     plain ``aiohttp.ClientSession`` (the client the service delivers with) to the same sink at the
     same concurrency (no database, no signing): the machine is shared and noisy, so the ratio says
@@ -105,6 +106,7 @@ LATENCY_TARGET_MS = 50.0  # p99, inbound -> delivered
 ARRIVAL_GRACE_S = 10.0  # how long after the run an event may still arrive
 STAGE_COMMIT_EVERY = 500
 DRAIN_DEADLINE_S = 300.0
+DRAIN_POLL_S = 0.02
 STARTUP_DEADLINE_S = 30.0
 
 
@@ -361,20 +363,21 @@ async def delivery_statuses(runtime: Runtime) -> dict[str, int]:
 
 
 async def drain(runtime: Runtime, workers: int) -> None:
-    """``workers`` concurrent loops of ``run_once`` until no delivery is pending or failed."""
-    finished = asyncio.Event()
-
-    async def loop() -> None:
-        worker = DeliveryWorker(runtime)
-        while not finished.is_set():
-            if await worker.run_once():
-                continue
-            if await outstanding_deliveries(runtime) == 0:
-                finished.set()
-                return
-            await asyncio.sleep(0.01)  # others hold the rest, or a retry is scheduled
-
-    await asyncio.wait_for(asyncio.gather(*(loop() for _ in range(workers))), DRAIN_DEADLINE_S)
+    """``workers`` delivery workers running as the service runs them (``run_forever``: claims as
+    capacity frees, one task per send, outcomes group-committed) until no delivery is pending or
+    failed; this loop only looks at the count every ``DRAIN_POLL_S``."""
+    senders = [DeliveryWorker(runtime) for _ in range(workers)]
+    tasks = [asyncio.create_task(sender.run_forever()) for sender in senders]
+    try:
+        async with asyncio.timeout(DRAIN_DEADLINE_S):
+            while await outstanding_deliveries(runtime):
+                await asyncio.sleep(DRAIN_POLL_S)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for sender in senders:
+            await sender.idle()
 
 
 def numbered(document: dict) -> dict:
