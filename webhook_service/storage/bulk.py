@@ -6,10 +6,11 @@ in Python; on the hot path, where the rows are plain dicts already, Core does th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Table, Update, bindparam, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
@@ -33,9 +34,10 @@ async def update_by_id(session: AsyncSession, model: type[DeclarativeBase], rows
     for row in rows:
         groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(row)
     for columns, group in groups.items():
-        statement = (
-            update(table)
-            .where(table.c.id == bindparam("_id"))
-            .values({column: bindparam(f"_{column}") for column in columns})
-        )
-        await session.execute(statement, [{f"_{k}": v for k, v in row.items()} for row in group])
+        await session.execute(_update(table, columns), [{f"_{k}": v for k, v in row.items()} for row in group])
+
+
+@functools.cache
+def _update(table: Table, columns: tuple[str, ...]) -> Update:
+    """Built once per table and columns: the hot path's updates repeat a few shapes."""
+    return update(table).where(table.c.id == bindparam("_id")).values({c: bindparam(f"_{c}") for c in columns})

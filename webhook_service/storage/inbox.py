@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Select, bindparam, insert, or_, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -168,6 +169,24 @@ async def _originals(
     """The earliest non-duplicate inbox row per (callback, body hash) in the window: id, status,
     time, and whether a processor holds it."""
     rows = await session.execute(
+        _originals_query(),
+        {
+            "callbacks": list({arrival.callback_id for arrival in arrivals}),
+            "digests": list(set(digests)),
+            "since": min(arrival.received_at for arrival in arrivals) - dedupe_window,
+        },
+    )
+    found: dict[tuple[str, str], tuple[int, str, datetime, bool]] = {}
+    for callback_id, digest, inbox_id, status, received_at, leased in rows.all():
+        found.setdefault((callback_id, digest), (inbox_id, status, received_at, bool(leased)))
+    return found
+
+
+@functools.cache
+def _originals_query() -> Select[str, str, int, str, datetime, bool]:
+    """Built once (bound parameters ``callbacks``, ``digests``, ``since``): every group commit runs
+    it, and building it cost more than running it."""
+    return (
         select(
             InboxEvent.callback_id,
             InboxEvent.body_hash,
@@ -177,17 +196,13 @@ async def _originals(
             InboxEvent.lease_owner.is_not(None),
         )
         .where(
-            InboxEvent.callback_id.in_({arrival.callback_id for arrival in arrivals}),
-            InboxEvent.body_hash.in_(set(digests)),
-            InboxEvent.received_at >= min(arrival.received_at for arrival in arrivals) - dedupe_window,
+            InboxEvent.callback_id.in_(bindparam("callbacks", expanding=True)),
+            InboxEvent.body_hash.in_(bindparam("digests", expanding=True)),
+            InboxEvent.received_at >= bindparam("since"),
             InboxEvent.status != InboxStatus.DUPLICATE.value,
         )
         .order_by(InboxEvent.id)
     )
-    found: dict[tuple[str, str], tuple[int, str, datetime, bool]] = {}
-    for callback_id, digest, inbox_id, status, received_at, leased in rows.all():
-        found.setdefault((callback_id, digest), (inbox_id, status, received_at, bool(leased)))
-    return found
 
 
 def _inbox_row(arrival: Arrival, digest: str) -> dict[str, Any]:

@@ -8,13 +8,14 @@ an operator's ``backfill``) cannot both miss each other.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Select, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage.bulk import insert_rows
@@ -40,17 +41,12 @@ async def emitted(session: AsyncSession, keys: Iterable[ObjectKey]) -> dict[Obje
     if not wanted:
         return {}
     rows = await session.execute(
-        select(
-            ObjectVersion.tenant_id,
-            ObjectVersion.resource,
-            ObjectVersion.object_id,
-            ObjectVersion.version,
-            ObjectVersion.observed_at,
-        ).where(
-            ObjectVersion.tenant_id.in_({key[0] for key in wanted}),
-            ObjectVersion.resource.in_({key[1] for key in wanted}),
-            ObjectVersion.object_id.in_({key[2] for key in wanted}),
-        )
+        _emitted_query(),
+        {
+            "tenants": list({key[0] for key in wanted}),
+            "resources": list({key[1] for key in wanted}),
+            "objects": list({key[2] for key in wanted}),
+        },
     )
     found: dict[ObjectKey, Emitted] = {}
     for tenant_id, resource, object_id, version, observed_at in rows.all():
@@ -62,6 +58,23 @@ async def emitted(session: AsyncSession, keys: Iterable[ObjectKey]) -> dict[Obje
         if observed_at is not None and (entry.newest_read is None or observed_at > entry.newest_read):
             entry.newest_read = observed_at
     return found
+
+
+@functools.cache
+def _emitted_query() -> Select[str, str, str, str, datetime | None]:
+    """Built once (bound parameters ``tenants``, ``resources``, ``objects``): every commit of
+    events runs it, and building it cost more than running it."""
+    return select(
+        ObjectVersion.tenant_id,
+        ObjectVersion.resource,
+        ObjectVersion.object_id,
+        ObjectVersion.version,
+        ObjectVersion.observed_at,
+    ).where(
+        ObjectVersion.tenant_id.in_(bindparam("tenants", expanding=True)),
+        ObjectVersion.resource.in_(bindparam("resources", expanding=True)),
+        ObjectVersion.object_id.in_(bindparam("objects", expanding=True)),
+    )
 
 
 async def lock_objects(session: AsyncSession, keys: Iterable[ObjectKey]) -> None:
