@@ -10,6 +10,8 @@ import pytest
 from conftest import OWNER_ACCOUNT_ID, OWNER_BUSINESS_ID
 
 from webhook_service.core.retry_after import parse_retry_after
+from webhook_service.freshbooks import client as client_module
+from webhook_service.freshbooks import transport
 from webhook_service.freshbooks.catalogue import CATALOGUE, IdKind, get_resource
 from webhook_service.freshbooks.client import FreshBooksClient
 from webhook_service.freshbooks.errors import FreshBooksError
@@ -127,11 +129,11 @@ async def test_5xx_retries_are_bounded_and_raise_a_freshbooks_error(runtime, ten
         assert ceiling / 2 <= wait <= ceiling
 
 
-async def test_concurrency_per_tenant_is_limited(runtime, tenant, simulator):
+async def test_concurrency_per_tenant_is_limited(runtime, tenant, simulator, monkeypatch):
     simulator.state.seed(OWNER_ACCOUNT_ID, "item", 1)
     in_flight = 0
     peak = 0
-    original = runtime.http.request
+    original = transport.send
 
     async def counting(*args, **kwargs):
         nonlocal in_flight, peak
@@ -142,7 +144,7 @@ async def test_concurrency_per_tenant_is_limited(runtime, tenant, simulator):
         finally:
             in_flight -= 1
 
-    runtime.http.request = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(client_module, "send", counting)  # every request the API client sends
     await asyncio.gather(*(runtime.freshbooks.list_page(tenant, "item") for _ in range(20)))
     assert 1 < peak <= runtime.settings.freshbooks_concurrency_per_tenant
 

@@ -12,10 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import httpx
-from httpx_aiohttp import HttpxAiohttpClient
 
-from webhook_service import __version__
 from webhook_service.config import ConfigurationError, Settings
 from webhook_service.core.batching import Batcher
 from webhook_service.core.crypto import SecretBox, SecretKeyError, dev_key
@@ -23,6 +20,7 @@ from webhook_service.core.egress import EgressPolicy, guarded_session
 from webhook_service.core.pacing import Pace
 from webhook_service.core.signals import Capacity, Lane, Wakeup
 from webhook_service.core.tasks import TaskTracker
+from webhook_service.freshbooks import transport
 from webhook_service.freshbooks.catalogue import subscribed_nouns
 from webhook_service.freshbooks.client import FreshBooksClient
 from webhook_service.freshbooks.oauth import OAuthClient
@@ -90,7 +88,8 @@ class Runtime:
     settings: Settings
     db: Database
     box: SecretBox
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
+    """FreshBooks only, its API and its token endpoint (:mod:`~webhook_service.freshbooks.transport`)."""
     oauth: OAuthClient
     tokens: TokenManager
     freshbooks: FreshBooksClient
@@ -123,15 +122,7 @@ class Runtime:
         events = subscribed_nouns(settings.freshbooks_events)  # a typo fails here, before any I/O
         egress = EgressPolicy(settings.allowed_cidrs, https_only=settings.outbound_https_only)  # bad CIDR: fail here
         db = Database(settings.database_url)
-        # httpx's API over aiohttp's transport (httpx-aiohttp, by an httpx maintainer): the same
-        # client code, with several times fewer event-loop round trips per request, which is what a
-        # FreshBooks fetch waited on when the loop was busy.
-        http = HttpxAiohttpClient(
-            timeout=httpx.Timeout(settings.freshbooks_timeout, connect=10.0),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-            headers={"User-Agent": f"webhook-service/{__version__}"},
-            follow_redirects=False,
-        )
+        http = transport.session(settings)
         tasks = TaskTracker()
         lease_owner = claims.new_owner()
         signals = Signals(lambda: claims.lease_token(lease_owner))
@@ -164,5 +155,5 @@ class Runtime:
             await tasks.cancel_all()
             await tokens.close() if "tokens" in locals() else None  # unbound if the migration failed
             await outbound.close()
-            await http.aclose()
+            await http.close()
             await db.dispose()

@@ -1,4 +1,4 @@
-"""The FreshBooks API client: one pooled ``httpx.AsyncClient``, the catalogue, tokens, retries.
+"""The FreshBooks API client: one pooled HTTP session (:mod:`.transport`), the catalogue, tokens, retries.
 
 Callers name a tenant and a resource; the client builds the path with the right identifier, adds the
 catalogue's ``include[]`` values, authenticates (one refresh and one retry on a 401), waits as told
@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 
 from webhook_service.config import Settings
 from webhook_service.core.logs import get_logger
@@ -24,6 +24,7 @@ from webhook_service.core.retry_after import parse_retry_after
 from webhook_service.freshbooks.catalogue import BusinessRef, Page, Resource, get_resource
 from webhook_service.freshbooks.errors import RETRYABLE_STATUSES, FreshBooksError
 from webhook_service.freshbooks.tokens import TokenManager
+from webhook_service.freshbooks.transport import TRANSPORT_ERRORS, Reply, send
 
 log = get_logger(__name__)
 
@@ -51,7 +52,7 @@ class FreshBooksClient:
     def __init__(
         self,
         settings: Settings,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         tokens: TokenManager,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -183,21 +184,20 @@ class FreshBooksClient:
             slot = self._slots[tenant_id] = asyncio.Semaphore(self._settings.freshbooks_concurrency_per_tenant)
         return slot
 
-    async def _send_with_retries(
-        self, method: str, url: str, access_token: str, params: Params, json: Any
-    ) -> httpx.Response:
+    async def _send_with_retries(self, method: str, url: str, access_token: str, params: Params, json: Any) -> Reply:
         attempts = self._settings.freshbooks_max_attempts
         for attempt in range(1, attempts + 1):
             started = time.perf_counter()
             try:
-                response = await self._http.request(
+                response = await send(
+                    self._http,
                     method,
                     url,
-                    params=list(params),
+                    params=params,
                     json=json,
                     headers={"Authorization": f"Bearer {access_token}"},
                 )
-            except httpx.TransportError as exc:
+            except TRANSPORT_ERRORS as exc:
                 _log_sent(method, url, attempt, started, error=type(exc).__name__)
                 if method not in _IDEMPOTENT or attempt == attempts:
                     raise FreshBooksError(0, f"could not reach FreshBooks: {type(exc).__name__}") from exc
@@ -220,7 +220,7 @@ class FreshBooksClient:
             await self._sleep(delay)
         raise AssertionError("unreachable")
 
-    def _retry_delay(self, response: httpx.Response, attempt: int) -> float:
+    def _retry_delay(self, response: Reply, attempt: int) -> float:
         told = parse_retry_after(response.headers.get("Retry-After"))
         if told is not None:
             return min(told, self._settings.freshbooks_max_retry_wait)

@@ -8,9 +8,22 @@ Callers should not care which one they got.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
+
+class Answer(Protocol):
+    """What :meth:`FreshBooksError.from_response` reads of an answer (a transport ``Reply``)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def reason_phrase(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
 
 
 class FreshBooksError(Exception):
@@ -40,7 +53,7 @@ class FreshBooksError(Exception):
         return self.status in RETRYABLE_STATUSES or self.status == 0
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> FreshBooksError:
+    def from_response(cls, response: Answer) -> FreshBooksError:
         try:
             body = response.json()
         except ValueError:

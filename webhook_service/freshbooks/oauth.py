@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
+import aiohttp
 
 from webhook_service.config import Settings
 from webhook_service.freshbooks.errors import FreshBooksError
+from webhook_service.freshbooks.transport import TRANSPORT_ERRORS, Reply, send
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Identity:
 class OAuthClient:
     """Talks to FreshBooks' token endpoint; never logs or returns a secret it does not have to."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
         self._settings = settings
         self._http = http
 
@@ -134,7 +135,7 @@ class OAuthClient:
             raise FreshBooksError(response.status_code, "token endpoint answered non-JSON") from exc
         return TokenPair.from_response(body)
 
-    async def _post(self, path: str, payload: dict[str, str]) -> httpx.Response:
+    async def _post(self, path: str, payload: dict[str, str]) -> Reply:
         body = {
             "client_id": self._settings.freshbooks_client_id,
             "client_secret": self._settings.freshbooks_client_secret.get_secret_value(),
@@ -142,8 +143,8 @@ class OAuthClient:
         }
         return await self._send("POST", path, json=body)
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, method: str, path: str, **kwargs: Any) -> Reply:
         try:
-            return await self._http.request(method, f"{self._settings.freshbooks_api_base}{path}", **kwargs)
-        except httpx.HTTPError as exc:
+            return await send(self._http, method, f"{self._settings.freshbooks_api_base}{path}", **kwargs)
+        except TRANSPORT_ERRORS as exc:
             raise FreshBooksError(0, f"could not reach FreshBooks: {type(exc).__name__}") from exc
