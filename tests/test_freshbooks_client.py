@@ -212,3 +212,26 @@ async def test_updated_since_uses_each_resources_filter_syntax(runtime, tenant, 
     project_query = dict(_api_requests(simulator.state, "/projects")[0]["query"])
     assert invoice_query["search[updated_min]"] == "2026-03-08"  # Eastern day, one day of overlap
     assert project_query["updated_since"] == "2026-03-10T03:30:00Z"
+
+
+async def test_requests_go_through_the_configured_proxy(settings):
+    """``FRESHBOOKS_PROXY``: each request is sent to the proxy, naming FreshBooks' URL in full."""
+    heads: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"via": 1}\n')
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxied = settings.model_copy(update={"freshbooks_proxy": f"http://127.0.0.1:{port}"})
+    try:
+        async with transport.session(proxied) as http:
+            reply = await transport.send(http, "GET", f"{settings.freshbooks_api_base}/auth/api/v1/users/me")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert reply.json() == {"via": 1}
+    assert heads and heads[0].startswith(f"GET {settings.freshbooks_api_base}/auth/api/v1/users/me HTTP/1.1".encode())

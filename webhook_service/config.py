@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     freshbooks_auth_base: str = "https://auth.freshbooks.com"
     freshbooks_scopes: str = ""
     freshbooks_timeout: float = Field(default=30.0, gt=0)
+    freshbooks_proxy: str = ""
+    """An HTTP(S) proxy for every request to FreshBooks (API and token endpoint); none when empty."""
     freshbooks_max_attempts: int = Field(default=5, ge=1, le=20)
     freshbooks_max_retry_wait: float = Field(default=120.0, gt=0)
     freshbooks_concurrency_per_tenant: int = Field(default=4, ge=1, le=64)

@@ -47,8 +47,9 @@ def session(settings: Settings) -> aiohttp.ClientSession:
     """The process's session to FreshBooks; create it in a running loop, close it at the end.
 
     ``FRESHBOOKS_TIMEOUT`` bounds getting a connection from the pool and each read, a new
-    connection gets 10 s; no cookies (nothing of one tenant's answers reaches another's requests);
-    proxies from the environment (``HTTPS_PROXY``) as httpx honoured them.
+    connection gets 10 s; no cookies (nothing of one tenant's answers reaches another's requests).
+    The proxy is ``FRESHBOOKS_PROXY``, not the environment's: with ``trust_env`` aiohttp looks up
+    ``.netrc`` on a thread and the proxy variables for every request, 0.4 ms of CPU each.
     """
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
@@ -60,7 +61,7 @@ def session(settings: Settings) -> aiohttp.ClientSession:
         ),
         headers={"User-Agent": f"webhook-service/{__version__}"},
         cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=True,
+        proxy=settings.freshbooks_proxy or None,
     )
 
 
