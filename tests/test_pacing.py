@@ -15,7 +15,10 @@ from conftest import OWNER_ACCOUNT_ID
 from webhook_service.core.pacing import background, spread
 from webhook_service.storage import tenants as tenant_store
 
-RATE = 20.0  # per second: turns 50 ms apart
+RATE = 5.0
+"""Per second: turns 200 ms apart. The gaps are measured where FreshBooks sees them, the simulator's
+arrivals, which a loaded machine jitters by milliseconds: at 20/s a 10% tolerance (5 ms) was once too
+tight beside the rest of the suite (43 ms between arrivals of requests sent 50 ms apart)."""
 
 
 async def test_spread_starts_item_i_no_earlier_than_its_share_of_the_interval_and_runs_every_one():
@@ -48,7 +51,7 @@ async def test_a_tenants_background_requests_are_spaced_and_a_webhook_fetch_is_n
     loop = asyncio.get_running_loop()
     before = loop.time()
     await asyncio.gather(*(runtime.freshbooks.list_page(tenant, "invoice") for _ in range(4)))
-    # outside a duty nothing waits for a turn: four requests, none of them a 50 ms turn apart
+    # outside a duty nothing waits for a turn: four requests in less than three turns
     assert loop.time() - before < 3 / RATE, "a fetch outside the duties was paced"
 
 
