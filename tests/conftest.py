@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import event_contract
 import pytest
+import structlog
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -44,6 +45,18 @@ from webhook_service.web.server import build_config
 
 OWNER_BUSINESS_ID = 439000
 OWNER_ACCOUNT_ID = "ABC123"
+
+# The services these tests run in-process log through structlog's default configuration (the CLI's
+# own, configure_logging, is not applied here), whose console renderer formats an exception with
+# rich and each frame's locals. Reading the locals of frames that SQLAlchemy's greenlets left
+# behind crashed a test process once (a segfault inside the traceback walk, under
+# `unhandled_error`); plain tracebacks, as the service itself prints them, read no locals.
+structlog.configure(
+    processors=[
+        *structlog.get_config()["processors"][:-1],
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+    ]
+)
 
 
 @pytest.fixture
