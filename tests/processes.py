@@ -42,9 +42,37 @@ SETTING_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
 
 
 def free_port() -> int:
+    """A port for a child process to listen on, free now and not handed out twice by this process.
+
+    Not the kernel's pick (``bind(0)``) where it can be helped: that port comes from the ephemeral
+    range, where every outgoing connection's local port comes from too, so between this call and
+    the child's bind another connection could take it ("address already in use"; seen with the
+    suite on two processes). These come from below that range, a block of their own per test
+    process (pytest-xdist worker); the kernel's pick only once the block is used up.
+    """
+    for port in _PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # something else listens there
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _port_block() -> range:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: the kernel's pick
+        return range(0)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    start = 20_000 + 1_000 * (int(worker) if worker.isdigit() else 0)
+    return range(start, min(start + 1_000, low))  # empty when the ephemeral range starts lower
+
+
+_PORTS = iter(_port_block())
 
 
 def service_command() -> list[str]:
