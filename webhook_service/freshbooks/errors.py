@@ -8,22 +8,10 @@ Callers should not care which one they got.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-
-class Answer(Protocol):
-    """What :meth:`FreshBooksError.from_response` reads of an answer (a transport ``Reply``)."""
-
-    @property
-    def status_code(self) -> int: ...
-
-    @property
-    def reason_phrase(self) -> str: ...
-
-    @property
-    def text(self) -> str: ...
-
-    def json(self) -> Any: ...
+if TYPE_CHECKING:
+    from webhook_service.freshbooks.transport import Reply
 
 
 class FreshBooksError(Exception):
@@ -53,7 +41,7 @@ class FreshBooksError(Exception):
         return self.status in RETRYABLE_STATUSES or self.status == 0
 
     @classmethod
-    def from_response(cls, response: Answer) -> FreshBooksError:
+    def from_response(cls, response: Reply) -> FreshBooksError:
         try:
             body = response.json()
         except ValueError:
