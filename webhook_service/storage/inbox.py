@@ -156,10 +156,22 @@ async def record_many(
 
 
 async def _insert_with_ids(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """One multi-row INSERT (Core, not the ORM's unit of work); each row gets its new ``id``."""
+    """One multi-row INSERT (Core, not the ORM's unit of work); each row gets its new ``id``.
+
+    PostgreSQL returns the ids in the rows' order (SQLAlchemy sorts them by a sentinel it adds).
+    SQLite has no such sentinel, and asking for the order there makes SQLAlchemy insert one row per
+    statement; but SQLite gives the rows of one INSERT ascending rowids in the order of its VALUES
+    (each one more than the largest before it, the writer alone in the file), so the ids, sorted,
+    are in the rows' order.
+    """
     table = table_of(InboxEvent)
-    result = await session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
-    for row, (inbox_id,) in zip(rows, result.all(), strict=True):
+    if session.get_bind().dialect.name == "sqlite":
+        result = await session.execute(insert(table).returning(table.c.id), rows)
+        ids = sorted(result.scalars())
+    else:
+        result = await session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
+        ids = list(result.scalars())
+    for row, inbox_id in zip(rows, ids, strict=True):
         row["id"] = inbox_id
 
 

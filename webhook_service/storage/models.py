@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -111,6 +112,22 @@ class InboxStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+def _due_rows(sqlite: str, postgresql: str) -> dict[str, Any]:
+    return {"sqlite_where": text(sqlite), "postgresql_where": text(postgresql)}
+
+
+INBOX_DUE_ROWS = _due_rows(
+    "+status = 'pending' OR +status = 'duplicate' AND processed_at IS NULL AND next_attempt_at IS NOT NULL",
+    "status = 'pending' OR status = 'duplicate' AND processed_at IS NULL AND next_attempt_at IS NOT NULL",
+)
+"""The inbox rows a claim may take (pending, or a duplicate awaiting its recheck), as a partial
+index's predicate. A claim states it in the same words (``storage/deliveries.py``): a database uses
+a partial index only for a query it can prove stays within it, and SQLite proves it from the
+statement's text. On SQLite ``+status`` keeps the planner off the status indexes (see there)."""
+DELIVERY_DUE_ROWS = _due_rows("+status IN ('pending', 'failed')", "status IN ('pending', 'failed')")
+"""The deliveries still to send (now or at their next attempt), as a partial index's predicate."""
+
+
 class InboxEvent(Base):
     """A verified FreshBooks delivery, committed before the 2xx goes out.
 
@@ -122,6 +139,9 @@ class InboxEvent(Base):
     __table_args__ = (
         Index("ix_inbox_events_dedupe", "callback_id", "body_hash", "received_at"),
         Index("ix_inbox_events_received", "status", "received_at"),  # retention (migration 0007)
+        Index(  # a claim walks what is still to process in id order (migration 0010)
+            "ix_inbox_events_due", "id", **INBOX_DUE_ROWS
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
@@ -265,6 +285,11 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index(  # a claim walks what is still to send in next_attempt_at order (migration 0010)
+            "ix_deliveries_due_at",
+            "next_attempt_at",
+            **DELIVERY_DUE_ROWS,
+        ),
         Index("ix_deliveries_subscription", "subscription_id", "created_at"),
         Index("ix_deliveries_completed", "status", "completed_at"),  # retention (migration 0007)
         Index(  # strict order: is an earlier delivery of this object still due? (migration 0009)

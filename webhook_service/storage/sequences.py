@@ -24,7 +24,9 @@ async def advance(session: AsyncSession, counts: Mapping[ObjectKey, int]) -> dic
     """Reserve ``counts[key]`` consecutive numbers for each object; returns the first of each.
 
     One statement for the lot (an executemany that SQLAlchemy sends as one multi-row upsert), its
-    rows in one order (two transactions never lock two counters in opposite orders).
+    rows in one order (two transactions never lock two counters in opposite orders). The rows come
+    back with their keys: asking for them in parameter order instead makes SQLAlchemy send the
+    upsert one row at a time (the table has no sentinel column to sort them by).
     """
     if not counts:
         return {}
@@ -35,7 +37,8 @@ async def advance(session: AsyncSession, counts: Mapping[ObjectKey, int]) -> dic
         for tenant_id, resource, object_id in (key,)
     ]
     result = await session.execute(_UPSERT[session.get_bind().dialect.name], rows)
-    return {key: last - counts[key] + 1 for key, last in zip(keys, result.scalars(), strict=True)}
+    lasts = {(tenant_id, resource, object_id): last for tenant_id, resource, object_id, last in result.all()}
+    return {key: lasts[key] - counts[key] + 1 for key in keys}
 
 
 def _upsert(dialect: Any) -> Any:
@@ -46,7 +49,7 @@ def _upsert(dialect: Any) -> Any:
     return statement.on_conflict_do_update(
         index_elements=["tenant_id", "resource", "object_id"],
         set_={"last": table.c.last + statement.excluded.last},
-    ).returning(table.c.last, sort_by_parameter_order=True)
+    ).returning(table.c.tenant_id, table.c.resource, table.c.object_id, table.c.last)
 
 
 _UPSERT = {"postgresql": _upsert(postgresql), "sqlite": _upsert(sqlite)}
