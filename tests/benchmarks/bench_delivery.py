@@ -529,6 +529,8 @@ class Stack:
     database_url: str
     env: dict[str, str]
     procs: Children
+    command: Sequence[str] = ()
+    """The build whose CLI manages this stack's database (empty: this one)."""
 
 
 @dataclass
@@ -578,9 +580,12 @@ def service_env(database_url: str, simulator_url: str, service_port: int) -> dic
     return env
 
 
-async def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60.0) -> str:
+async def run_cli(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60.0, *, command: Sequence[str] = ()
+) -> str:
+    """``webhook-service ARGS`` of this build, or of ``command`` (another build's, whose database it is)."""
     process = await asyncio.create_subprocess_exec(
-        *service_command(), *args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        *(command or service_command()), *args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
@@ -640,12 +645,14 @@ async def connect_tenant(stack: Stack, client: httpx.AsyncClient) -> str:
             ["tenants", "import", "--refresh-token", token, "--business-id", str(BUSINESS_ID), "--json"],
             stack.env,
             stack.procs.log_dir,
+            command=stack.command,
         )
     )
     deadline = time.monotonic() + STARTUP_DEADLINE_S
     while time.monotonic() < deadline:
         stack.procs.ensure_alive()
-        callbacks = json.loads(await run_cli(["callbacks", "list", "--json"], stack.env, stack.procs.log_dir))
+        listed = await run_cli(["callbacks", "list", "--json"], stack.env, stack.procs.log_dir, command=stack.command)
+        callbacks = json.loads(listed)
         if any(c["event"] == "invoice" and c["active"] and c["state"] == "verified" for c in callbacks):
             return str(imported["id"])
         await asyncio.sleep(0.3)
@@ -654,7 +661,10 @@ async def connect_tenant(stack: Stack, client: httpx.AsyncClient) -> str:
 
 async def subscribe_sink(stack: Stack) -> None:
     await run_cli(
-        ["subscriptions", "create", "--url", f"{stack.sink_url}/hook", "--json"], stack.env, stack.procs.log_dir
+        ["subscriptions", "create", "--url", f"{stack.sink_url}/hook", "--json"],
+        stack.env,
+        stack.procs.log_dir,
+        command=stack.command,
     )
 
 

@@ -144,7 +144,7 @@ async def configured(
     env = service_env(database_url, simulator_url, service_port)
     env["BACKFILL_ENABLED"] = "false"  # the sweep would emit what the burst is measured on
     env["FRESHBOOKS_CONCURRENCY_PER_TENANT"] = str(PER_TENANT)
-    await run_cli(["migrate"], env, procs.log_dir)
+    await run_cli(["migrate"], env, procs.log_dir, command=config.command)  # the build's own migrations
     procs.start(f"simulator-{name}", [*service_command(), "simulator", "--port", str(sim_port), "--seed-invoices", "0"])
     sink, sink_url = start_sink(procs, f"sink-{name}")
     service = procs.start(
@@ -153,7 +153,7 @@ async def configured(
     await wait_for_port(sim_port, procs, "simulator")
     await wait_for_port(int(sink_url.rsplit(":", 1)[1]), procs, "sink")
     await wait_for_ok(f"{service_url}/readyz", procs, "service")
-    stack = Stack(simulator_url, sink_url, service_url, database_url, env, procs)
+    stack = Stack(simulator_url, sink_url, service_url, database_url, env, procs, config.command)
     async with httpx.AsyncClient(timeout=60.0) as control:
         await connect_tenant(stack, control)
         await subscribe_sink(stack)
