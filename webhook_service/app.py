@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
 
 from webhook_service.config import Role, Settings, get_settings
 from webhook_service.core.logs import get_logger
@@ -18,7 +19,7 @@ from webhook_service.duties.periodic import duties
 from webhook_service.normalize.processor import InboxProcessor
 from webhook_service.runtime import Runtime
 from webhook_service.storage import deliveries as claims
-from webhook_service.web import admin, health, metrics, oauth, webhooks
+from webhook_service.web import admin, console, health, metrics, oauth, webhooks
 from webhook_service.web.errors import http_exception, unhandled_exception
 from webhook_service.web.middleware import RequestContextMiddleware
 
@@ -73,9 +74,9 @@ def create_app(settings: Settings | None = None, *, role: Role | None = None) ->
                         await task
                 await _wind_down(runtime, processor, senders)
 
-    routes = [*health.routes, *metrics.routes]
+    routes: list[BaseRoute] = [*health.routes, *metrics.routes]
     if role != "worker":
-        routes += [*oauth.routes, *webhooks.routes, *admin.routes]
+        routes += [*oauth.routes, *webhooks.routes, *admin.routes, console.mount()]
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestContextMiddleware)],

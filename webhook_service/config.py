@@ -114,6 +114,10 @@ class Settings(BaseSettings):
 
     # --- processing and delivery ---------------------------------------------------------------
     admin_token: SecretStr | None = None
+    console_session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
+    """How long a console sign-in lasts, from the moment of signing in."""
+    console_secure_cookie: bool | None = None
+    """The console's session cookie only over HTTPS; unset: when ``PUBLIC_BASE_URL`` is https."""
     processor_concurrency: int = Field(default=8, ge=1, le=256)
     processor_lease_seconds: int = Field(default=120, ge=5)
     shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=300)
@@ -156,6 +160,17 @@ class Settings(BaseSettings):
         if problem is not None:
             raise ValueError(problem)
         return value.strip()
+
+    @field_validator("console_secure_cookie", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def console_cookie_is_secure(self) -> bool:
+        if self.console_secure_cookie is not None:
+            return self.console_secure_cookie
+        return self.public_base_url.startswith("https://")
 
     @field_validator("outbound_allowed_cidrs")
     @classmethod

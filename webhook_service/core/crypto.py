@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from itsdangerous import URLSafeTimedSerializer
 
 
 class SecretKeyError(RuntimeError):
@@ -38,6 +39,11 @@ class SecretBox:
     def signing_key(self) -> str:
         """Key material for signed, expiring values (OAuth state); used with a purpose salt."""
         return self._signing_key
+
+    def serializer(self, purpose: str) -> URLSafeTimedSerializer:
+        """Signs values for ``purpose`` (the OAuth state, the console's session): a value signed
+        for one purpose is refused for another."""
+        return URLSafeTimedSerializer(self._signing_key, salt=f"webhook-service/{purpose}")
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")

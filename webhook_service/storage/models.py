@@ -31,7 +31,10 @@ class Tenant(Base):
     """
 
     __tablename__ = "tenants"
-    __table_args__ = (UniqueConstraint("business_id", name="uq_tenants_business_id"),)
+    __table_args__ = (
+        UniqueConstraint("business_id", name="uq_tenants_business_id"),
+        Index("ix_tenants_created", "created_at", "id"),  # the console's pages (migration 0011)
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64))
@@ -173,6 +176,18 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64))
     until: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ConsoleSession(Base):
+    """A browser signed in to the console: its cookie names this row, so signing out (or an
+    operator ending it) ends it everywhere, on every replica, before the cookie expires."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Subscription(Base):
@@ -329,6 +344,7 @@ class DeliveryAttempt(Base):
     __tablename__ = "delivery_attempts"
     __table_args__ = (
         UniqueConstraint("delivery_id", "number", name="uq_delivery_attempts_number"),
+        Index("ix_delivery_attempts_started", "started_at"),  # the console's recent rates and chart (migration 0011)
         Index(  # the response bodies retention still has to clear (migration 0007)
             "ix_delivery_attempts_body_started",
             "started_at",

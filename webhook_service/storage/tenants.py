@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage.columns import new_id
@@ -50,6 +50,20 @@ async def list_all(session: AsyncSession, *, status: str | None = None) -> list[
     query = select(Tenant).order_by(Tenant.created_at, Tenant.id)
     if status is not None:
         query = query.where(Tenant.status == status)
+    return list((await session.execute(query)).scalars())
+
+
+async def list_page(
+    session: AsyncSession, *, after: tuple[datetime, str] | None = None, limit: int = 50
+) -> list[Tenant]:
+    """Tenants oldest first, from just after ``after`` (a tenant's ``created_at`` and ``id``): a
+    page reads only its own rows, however many tenants there are."""
+    query = select(Tenant).order_by(Tenant.created_at, Tenant.id).limit(limit)
+    if after is not None:
+        created_at, tenant_id = after
+        query = query.where(
+            or_(Tenant.created_at > created_at, and_(Tenant.created_at == created_at, Tenant.id > tenant_id))
+        )
     return list((await session.execute(query)).scalars())
 
 

@@ -11,7 +11,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -29,10 +29,6 @@ NONCE_COOKIE = "fb_oauth_nonce"
 COOKIE_PATH = "/oauth/freshbooks"
 
 
-def _serializer(runtime: Runtime, purpose: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(runtime.box.signing_key, salt=f"webhook-service/{purpose}")
-
-
 async def start(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     if not runtime.settings.freshbooks_client_id:
@@ -41,7 +37,7 @@ async def start(request: Request) -> Response:
     if business_id is False:
         return _page("Bad request", "business_id must be an integer.", 400)
     nonce = secrets.token_urlsafe(24)
-    state = _serializer(runtime, "oauth-state").dumps({"n": nonce, "b": business_id})
+    state = runtime.box.serializer("oauth-state").dumps({"n": nonce, "b": business_id})
     response = RedirectResponse(runtime.oauth.authorize_url(state), status_code=302)
     response.set_cookie(
         NONCE_COOKIE,
@@ -64,7 +60,7 @@ async def callback(request: Request) -> Response:
     if not code or not raw_state:
         return _page("Bad request", "The callback needs both code and state.", 400)
     try:
-        state: dict[str, Any] = _serializer(runtime, "oauth-state").loads(
+        state: dict[str, Any] = runtime.box.serializer("oauth-state").loads(
             raw_state, max_age=runtime.settings.oauth_state_ttl
         )
     except SignatureExpired:
@@ -102,7 +98,7 @@ async def select(request: Request) -> Response:
     if not business_id:
         return _page("Bad request", "business_id must be an integer.", 400)
     try:
-        pending_id = _serializer(runtime, "pending").loads(
+        pending_id = runtime.box.serializer("pending").loads(
             request.query_params.get("pending", ""), max_age=runtime.settings.oauth_state_ttl
         )
     except BadSignature:
@@ -125,7 +121,7 @@ def _outcome_page(runtime: Runtime, outcome: Tenant | onboarding.ChooseBusiness)
             f"as tenant {outcome.id}.",
             200,
         )
-    signed = _serializer(runtime, "pending").dumps(outcome.pending_id)
+    signed = runtime.box.serializer("pending").dumps(outcome.pending_id)
     items = "".join(
         f'<li><a href="{COOKIE_PATH}/select?{escape(urlencode({"pending": signed, "business_id": m.business_id}))}">'
         f"{escape(m.name)}</a> ({escape(m.role)}, account {escape(m.account_id or '')})</li>"

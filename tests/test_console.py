@@ -1,0 +1,198 @@
+"""The operator console over loopback, as a browser speaks to it (a cookie jar, forms):
+signing in and out, the session cookie's flags, CSRF, the sign-in throttle, the headers, and
+that the admin token never shows in a page, a URL or a log. The pages' content is checked here
+at the HTML level; a real browser drives them in the browser tests."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from conftest import make_settings
+
+from webhook_service.app import create_app
+from webhook_service.core.logs import configure_logging
+from webhook_service.sandbox.serving import BackgroundServer
+from webhook_service.web.console.security import SignInThrottle
+from webhook_service.web.server import build_config
+
+ADMIN_TOKEN = "console-admin-token-4f1e8a"
+CONSOLE = "/console"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+def settings(database_url, simulator, service_socket):
+    return make_settings(database_url, simulator, service_socket, admin_token=ADMIN_TOKEN, delivery_workers=0)
+
+
+@pytest.fixture
+def json_logs(capsys) -> Iterator:
+    configure_logging("debug", "json")
+    yield lambda: capsys.readouterr().err
+    logging.getLogger().handlers[:] = []
+
+
+@pytest.fixture
+async def browser(service) -> AsyncIterator[httpx.AsyncClient]:
+    """A client that keeps cookies and does not follow redirects (the tests look at them)."""
+    async with httpx.AsyncClient(base_url=service.base_url, follow_redirects=False) as client:
+        yield client
+
+
+async def csrf_of(browser: httpx.AsyncClient, path: str) -> str:
+    page = await browser.get(path)
+    assert page.status_code == 200, page.text
+    found = CSRF.search(page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+async def sign_in(browser: httpx.AsyncClient, token: str = ADMIN_TOKEN) -> httpx.Response:
+    csrf = await csrf_of(browser, f"{CONSOLE}/sign-in")
+    return await browser.post(f"{CONSOLE}/sign-in", data={"csrf_token": csrf, "token": token})
+
+
+async def test_pages_need_a_session(browser):
+    for path in ("/", "/tenants", "/tenants/ten_x"):
+        response = await browser.get(CONSOLE + path)
+        assert response.status_code == 303, path
+        assert response.headers["location"] == f"{CONSOLE}/sign-in"
+    refused = await browser.post(f"{CONSOLE}/sign-out", data={"csrf_token": "anything"})
+    assert refused.status_code == 403
+
+
+async def test_sign_in_sets_a_strict_http_only_expiring_cookie_and_shows_the_overview(browser, json_logs):
+    response = await sign_in(browser)
+    assert response.status_code == 303 and response.headers["location"] == f"{CONSOLE}/"
+    cookie = response.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/console" in cookie
+    assert "Max-Age=28800" in cookie  # CONSOLE_SESSION_HOURS' default, 8
+    assert "Secure" not in cookie  # PUBLIC_BASE_URL is http here; an https one makes it Secure
+    overview = await browser.get(f"{CONSOLE}/")
+    assert overview.status_code == 200
+    assert "<h1>Overview</h1>" in overview.text and "Delivery success" in overview.text
+    assert ADMIN_TOKEN not in cookie and ADMIN_TOKEN not in overview.text
+    assert ADMIN_TOKEN not in json_logs()
+
+
+async def test_a_wrong_token_is_refused_and_logged_without_the_token(browser, json_logs):
+    response = await sign_in(browser, "not-the-token")
+    assert response.status_code == 401
+    assert "not this service&#39;s admin token" in response.text or "not this service's admin token" in response.text
+    assert (await browser.get(f"{CONSOLE}/")).status_code == 303
+    logs = json_logs()
+    assert "console_sign_in_failed" in logs and "not-the-token" not in logs
+
+
+async def test_a_form_without_its_csrf_token_is_refused_with_403(browser):
+    no_token = await browser.post(f"{CONSOLE}/sign-in", data={"token": ADMIN_TOKEN})
+    assert no_token.status_code == 403
+    assert (await browser.get(f"{CONSOLE}/")).status_code == 303  # not signed in
+    assert (await sign_in(browser)).status_code == 303
+    forged = await browser.post(f"{CONSOLE}/sign-out", data={"csrf_token": "forged"})
+    assert forged.status_code == 403
+    assert (await browser.get(f"{CONSOLE}/")).status_code == 200  # still signed in
+
+
+async def test_sign_out_ends_the_session_even_for_a_copied_cookie(browser, service):
+    await sign_in(browser)
+    copied = browser.cookies.get("console_session")
+    csrf = await csrf_of(browser, f"{CONSOLE}/")
+    response = await browser.post(f"{CONSOLE}/sign-out", data={"csrf_token": csrf})
+    assert response.status_code == 303 and response.headers["location"] == f"{CONSOLE}/sign-in"
+    assert (await browser.get(f"{CONSOLE}/")).status_code == 303
+    async with httpx.AsyncClient(base_url=service.base_url, cookies={"console_session": copied}) as other:
+        assert (await other.get(f"{CONSOLE}/", follow_redirects=False)).status_code == 303
+
+
+async def test_changing_the_admin_token_signs_every_browser_out(browser, service):
+    await sign_in(browser)
+    assert (await browser.get(f"{CONSOLE}/")).status_code == 200
+    settings = service.runtime.settings
+    previous = settings.admin_token
+    settings.admin_token = type(previous)("a-new-admin-token")  # type: ignore[misc]
+    try:
+        assert (await browser.get(f"{CONSOLE}/")).status_code == 303
+    finally:
+        settings.admin_token = previous
+
+
+async def test_an_altered_cookie_is_refused(browser):
+    await sign_in(browser)
+    value = browser.cookies.get("console_session")
+    payload, _, signature = value.partition(".")
+    browser.cookies.set("console_session", payload[:-2] + "xx." + signature, path="/console")
+    assert (await browser.get(f"{CONSOLE}/")).status_code == 303
+
+
+async def test_every_console_answer_has_a_content_security_policy(browser):
+    await sign_in(browser)
+    for path in ("/", "/tenants", "/sign-in", "/static/console.css", "/no-such-page"):
+        response = await browser.get(CONSOLE + path)
+        policy = response.headers.get("content-security-policy", "")
+        assert "default-src 'none'" in policy and "script-src 'self'" in policy, path
+        assert "frame-ancestors 'none'" in policy
+        assert response.headers["x-frame-options"] == "DENY"
+    assert (await browser.get(f"{CONSOLE}/no-such-page")).status_code == 404
+
+
+async def test_repeated_failed_sign_ins_are_slowed_down(browser):
+    for _ in range(SignInThrottle.FREE):
+        assert (await sign_in(browser, "wrong")).status_code == 401
+    throttled = await sign_in(browser, "wrong")
+    assert throttled.status_code == 429
+    assert 0 < int(throttled.headers["retry-after"]) <= SignInThrottle.FIRST_WAIT
+    # while it lasts, even the right token waits: guessing cannot go faster
+    assert (await sign_in(browser, ADMIN_TOKEN)).status_code == 429
+
+
+def test_the_throttle_waits_longer_after_each_further_failure():
+    now = [1000.0]
+    throttle = SignInThrottle(clock=lambda: now[0])
+    for _ in range(SignInThrottle.FREE):
+        assert throttle.wait("a") == 0
+        throttle.failed("a")
+    assert throttle.wait("a") == 30 and throttle.wait("b") == 0
+    now[0] += 30
+    assert throttle.wait("a") == 0
+    throttle.failed("a")
+    assert throttle.wait("a") == 60
+    now[0] += SignInThrottle.WINDOW + 1  # the failures age out of the window
+    assert throttle.wait("a") == 0
+    throttle.failed("a")
+    throttle.succeeded("a")
+    assert throttle.wait("a") == 0
+
+
+async def test_the_tenant_pages_list_tenants_and_show_a_reconnect_link_when_needed(browser, connected, runtime):
+    await sign_in(browser)
+    listing = await browser.get(f"{CONSOLE}/tenants")
+    assert listing.status_code == 200 and f"{CONSOLE}/tenants/{connected.id}" in listing.text
+    detail = await browser.get(f"{CONSOLE}/tenants/{connected.id}")
+    assert detail.status_code == 200 and 'id="reconnect"' not in detail.text
+    assert "invoice" in detail.text  # its callbacks
+    await runtime.tokens.mark_reauth_required(connected.id, "customer revoked access")
+    detail = await browser.get(f"{CONSOLE}/tenants/{connected.id}")
+    assert f'href="/oauth/freshbooks/start?business_id={connected.business_id}"' in detail.text
+    assert "customer revoked access" in detail.text
+    overview = await browser.get(f"{CONSOLE}/")
+    assert "Tenants needing attention" in overview.text and "customer revoked access" in overview.text
+    assert (await browser.get(f"{CONSOLE}/tenants/ten_nobody")).status_code == 404
+
+
+async def test_without_an_admin_token_the_console_says_how_to_enable_it(database_url, simulator, service_socket):
+    settings = make_settings(database_url, simulator, service_socket, admin_token=None, delivery_workers=0)
+    app = create_app(settings)
+    config = build_config(settings, app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2)
+    with BackgroundServer(app, sock=service_socket, config=config) as server:
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            for path in ("/", "/sign-in"):
+                response = await client.get(CONSOLE + path)
+                assert response.status_code == 503
+                assert "Set <code>ADMIN_TOKEN</code>" in response.text
+            posted = await client.post(f"{CONSOLE}/sign-in", data={"token": "anything"})
+            assert posted.status_code == 503

@@ -1,0 +1,40 @@
+"""the console: its sessions (``console_sessions``, so signing out ends a session everywhere), and
+its reads: delivery attempts by start time (success rates and the chart read the recent past),
+tenants in creation order (its tenant pages)
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-03 11:30:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from webhook_service.storage.columns import UTCDateTime
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "console_sessions",
+        sa.Column("id", sa.String(64), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("expires_at", UTCDateTime(), nullable=False),
+        sa.Column("ended_at", UTCDateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_console_sessions_expires_at", "console_sessions", ["expires_at"])
+    op.create_index("ix_delivery_attempts_started", "delivery_attempts", ["started_at"])
+    op.create_index("ix_tenants_created", "tenants", ["created_at", "id"])
+
+
+def downgrade() -> None:
+    op.drop_table("console_sessions")
+    op.drop_index("ix_tenants_created", table_name="tenants")
+    op.drop_index("ix_delivery_attempts_started", table_name="delivery_attempts")

@@ -1,0 +1,42 @@
+"""The operator console, served by the web role at ``/console``: server-rendered pages (Jinja2) over
+the functions the admin API and the CLI use, signed in with ``ADMIN_TOKEN``.
+
+Every asset is served by the service (no CDN, no build step), so it works offline and behind a
+firewall; see :mod:`~webhook_service.web.console.security` for the session, CSRF and headers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from webhook_service.web.console import pages
+from webhook_service.web.console.security import PATH, SecurityHeaders, SignInThrottle
+
+
+def mount() -> Mount:
+    """The console's routes under ``/console``, with a sign-in throttle of their own."""
+    throttle = SignInThrottle()
+
+    async def sign_in(request: Request) -> Response:
+        return await pages.sign_in(request, throttle)
+
+    return Mount(
+        PATH,
+        routes=[
+            Route("/", pages.overview),
+            Route("/sign-in", pages.sign_in_form, methods=["GET"]),
+            Route("/sign-in", sign_in, methods=["POST"]),
+            Route("/sign-out", pages.sign_out, methods=["POST"]),
+            Route("/tenants", pages.tenants),
+            Route("/tenants/{tenant_id}", pages.tenant),
+            Mount("/static", app=StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
+            Route("/{rest:path}", pages.not_found),
+        ],
+        middleware=[Middleware(SecurityHeaders)],
+    )

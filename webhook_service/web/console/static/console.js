@@ -1,0 +1,21 @@
+// The console's one script: pages that ask for it (data-refresh on <main>) refresh their content
+// every N seconds while the tab is visible, without reloading the page (focus and scroll stay).
+"use strict";
+(function () {
+  const main = document.querySelector("main[data-refresh]");
+  if (!main) return;
+  const seconds = Math.max(5, parseInt(main.dataset.refresh, 10) || 15);
+  async function refresh() {
+    if (document.hidden || main.contains(document.activeElement) && document.activeElement !== main) return;
+    try {
+      const response = await fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      if (response.redirected || !response.ok) return; // signed out, or the service is away: leave the page as it is
+      const page = new DOMParser().parseFromString(await response.text(), "text/html");
+      const fresh = page.querySelector("main");
+      if (fresh) main.innerHTML = fresh.innerHTML;
+    } catch (error) {
+      // offline for a moment: try again next time
+    }
+  }
+  window.setInterval(refresh, seconds * 1000);
+})();
