@@ -300,3 +300,12 @@ async def connected(service: RunningService, runtime: Runtime, tenant: Tenant) -
 
 def refresh_requests(state: SimulatorState) -> list[dict]:
     return [r for r in state.token_requests if r["grant_type"] == "refresh_token"]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """Each phase's report on the test item (``rep_setup``, ``rep_call``): a fixture's teardown can
+    tell whether the test failed (the browser tests keep a screenshot then)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

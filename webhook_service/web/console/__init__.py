@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from webhook_service.web.console import pages
+from webhook_service.web.console import overview, pages, sign_in, tenants
 from webhook_service.web.console.security import PATH, SecurityHeaders, SignInThrottle
 
 
@@ -23,18 +23,18 @@ def mount() -> Mount:
     """The console's routes under ``/console``, with a sign-in throttle of their own."""
     throttle = SignInThrottle()
 
-    async def sign_in(request: Request) -> Response:
-        return await pages.sign_in(request, throttle)
+    async def submit_sign_in(request: Request) -> Response:
+        return await sign_in.submit(request, throttle)
 
     return Mount(
         PATH,
         routes=[
-            Route("/", pages.overview),
-            Route("/sign-in", pages.sign_in_form, methods=["GET"]),
-            Route("/sign-in", sign_in, methods=["POST"]),
-            Route("/sign-out", pages.sign_out, methods=["POST"]),
-            Route("/tenants", pages.tenants),
-            Route("/tenants/{tenant_id}", pages.tenant),
+            Route("/", overview.show),
+            Route("/sign-in", sign_in.form, methods=["GET"]),
+            Route("/sign-in", submit_sign_in, methods=["POST"]),
+            Route("/sign-out", sign_in.out, methods=["POST"]),
+            Route("/tenants", tenants.listing),
+            Route("/tenants/{tenant_id}", tenants.detail),
             Mount("/static", app=StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
             Route("/{rest:path}", pages.not_found),
         ],

@@ -1,0 +1,196 @@
+"""The console in a real browser: headless Chromium against a real ``serve`` process, with the
+FreshBooks simulator as FreshBooks (see ``browser.py`` for the browser and its evidence).
+
+Each test is what an operator does: sign in and out, a form sent without its CSRF token, a tenant
+whose grant FreshBooks revoked showing its reconnect link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from browser import keep_evidence, require_chromium, screenshot_for_readme, start_chromium, wait_for
+from processes import (
+    STARTUP_TIMEOUT,
+    Admin,
+    FreshBooksSender,
+    ServiceProcess,
+    children,
+    connect_tenant,
+    free_port,
+    service_env,
+    wait_until,
+)
+from sqlalchemy import select
+
+from webhook_service.core.crypto import SecretBox
+from webhook_service.storage.database import Database
+from webhook_service.storage.models import Tenant
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Console:
+    service: ServiceProcess
+    admin: Admin
+    token: str
+    tenant_id: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.service.base_url}/console"
+
+
+@pytest.fixture
+def console(database_url, simulator, tmp_path) -> Iterator[Console]:
+    require_chromium()
+    port = free_port()
+    env = service_env(database_url, simulator, port)
+    with children(tmp_path) as processes:
+        service = processes.start_service("service", port, env)
+        admin = Admin(service.base_url, env["ADMIN_TOKEN"])
+        try:
+            tenant_id = connect_tenant(simulator, env, tmp_path, admin)
+            yield Console(service, admin, env["ADMIN_TOKEN"], tenant_id)
+        finally:
+            admin.close()
+
+
+@pytest.fixture
+def chrome(request) -> Iterator[Any]:
+    driver = start_chromium()
+    try:
+        yield driver
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(f"\nscreenshot of the failure: {keep_evidence(driver, request.node.name)}")
+        driver.quit()
+
+
+def heading(chrome: Any) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(chrome.find_element(By.TAG_NAME, "h1").text)
+
+
+def sign_in(chrome: Any, console: Console, token: str | None = None) -> None:
+    from selenium.webdriver.common.by import By
+
+    chrome.get(f"{console.url}/")
+    wait_for(chrome, lambda c: heading(c) == "Sign in", "the sign-in form")
+    field = chrome.find_element(By.ID, "token")
+    field.send_keys(token if token is not None else console.token)
+    field.submit()
+
+
+def test_an_operator_signs_in_sees_the_overview_and_signs_out(console, chrome):
+    from selenium.webdriver.common.by import By
+
+    sign_in(chrome, console)
+    wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
+    assert chrome.current_url == f"{console.url}/"
+    assert console.token not in chrome.current_url and console.token not in chrome.page_source
+    cookie = chrome.get_cookie("console_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/console"
+    assert chrome.execute_script("return document.cookie") == ""  # out of any script's reach
+    assert "verified" in chrome.page_source  # the tenant's callbacks, counted
+    screenshot_for_readme(chrome, "overview")
+
+    chrome.find_element(By.CSS_SELECTOR, ".sign-out button").click()
+    wait_for(chrome, lambda c: heading(c) == "Sign in", "the sign-in form after signing out")
+    chrome.get(f"{console.url}/tenants")
+    wait_for(chrome, lambda c: heading(c) == "Sign in", "a page to send a signed-out browser to sign in")
+
+
+def test_a_wrong_token_is_refused(console, chrome):
+    from selenium.webdriver.common.by import By
+
+    sign_in(chrome, console, "not-the-admin-token")
+    alert = wait_for(chrome, lambda c: c.find_element(By.CSS_SELECTOR, "[role=alert]"), "the refusal")
+    assert "not this service's admin token" in alert.text
+    assert heading(chrome) == "Sign in"
+
+
+def test_a_form_posted_without_its_csrf_token_is_refused(console, chrome):
+    from selenium.webdriver.common.by import By
+
+    sign_in(chrome, console)
+    wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
+    # what a forged form would send: the same form without the token
+    chrome.execute_script("document.querySelector('.sign-out input[name=csrf_token]').remove()")
+    chrome.find_element(By.CSS_SELECTOR, ".sign-out button").click()
+    wait_for(chrome, lambda c: heading(c) == "Not done", "the refusal page")
+    assert "did not come from this console" in chrome.page_source
+    cookies = {cookie["name"]: cookie["value"] for cookie in chrome.get_cookies()}
+    refused = httpx.post(f"{console.url}/sign-out", data={"from": "elsewhere"}, cookies=cookies)
+    assert refused.status_code == 403  # the status the browser got for that page
+    chrome.get(f"{console.url}/")
+    wait_for(chrome, lambda c: heading(c) == "Overview", "the overview: still signed in")
+
+
+def test_a_tenant_waiting_for_reauthorization_shows_its_reconnect_link(console, chrome, simulator, database_url):
+    from selenium.webdriver.common.by import By
+
+    # The customer revokes the app in FreshBooks; the next fetch finds the access token refused,
+    # the refresh is refused too (invalid_grant), and the tenant waits for re-authorization.
+    simulator.state.revoke_token(
+        {
+            "client_id": simulator.state.client_id,
+            "client_secret": simulator.state.client_secret,
+            "token": _refresh_token(database_url, console),
+        }
+    )
+    simulator.state.expire_access_tokens()
+    sender = FreshBooksSender(simulator)
+    with httpx.Client(timeout=10.0) as client:
+        assert sender.post(client, console.service.base_url, 1) == 200
+    wait_until(
+        lambda: _status(console),
+        STARTUP_TIMEOUT,
+        "the tenant to wait for re-authorization",
+        interval=0.2,
+    )
+
+    sign_in(chrome, console)
+    wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
+    assert "Tenants needing attention" in chrome.page_source
+    chrome.find_element(By.LINK_TEXT, "Tenants").click()
+    wait_for(chrome, lambda c: heading(c) == "Tenants", "the tenant list")
+    chrome.find_element(By.CSS_SELECTOR, f"a[href='/console/tenants/{console.tenant_id}']").click()
+    link = wait_for(chrome, lambda c: c.find_element(By.ID, "reconnect"), "the reconnect link")
+    assert link.get_attribute("href").endswith("/oauth/freshbooks/start?business_id=" + _business_id(console))
+    assert "invalid_grant" in chrome.page_source  # the reason
+    screenshot_for_readme(chrome, "tenant")
+
+
+def _status(console: Console) -> bool:
+    response = console.admin.client.get(f"/tenants/{console.tenant_id}")
+    return bool(response.json()["status"] == "reauth_required")
+
+
+def _business_id(console: Console) -> str:
+    return str(console.admin.client.get(f"/tenants/{console.tenant_id}").json()["business_id"])
+
+
+def _refresh_token(database_url: str, console: Console) -> str:
+    """The tenant's current refresh token, as the service stored it (decrypted with its key)."""
+
+    async def read() -> str:
+        db = Database(database_url)
+        try:
+            async with db.sessions() as session:
+                stored = (
+                    await session.execute(select(Tenant.refresh_token_enc).where(Tenant.id == console.tenant_id))
+                ).scalar_one()
+        finally:
+            await db.dispose()
+        return SecretBox([console.service.env["SECRET_KEY"]]).decrypt(stored)
+
+    return asyncio.run(read())
