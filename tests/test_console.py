@@ -196,3 +196,71 @@ async def test_without_an_admin_token_the_console_says_how_to_enable_it(database
                 assert "Set <code>ADMIN_TOKEN</code>" in response.text
             posted = await client.post(f"{CONSOLE}/sign-in", data={"token": "anything"})
             assert posted.status_code == 503
+
+
+SECRET = re.compile(r'<code id="secret" class="secret">(whsec_[^<]+)</code>')
+
+
+async def test_subscriptions_are_created_edited_rotated_switched_and_deleted(browser, sink):
+    await sign_in(browser)
+    csrf = await csrf_of(browser, f"{CONSOLE}/subscriptions/new")
+    refused = await browser.post(
+        f"{CONSOLE}/subscriptions", data={"csrf_token": csrf, "url": "ftp://nowhere", "event_types": "*"}
+    )
+    assert refused.status_code == 422 and 'role="alert"' in refused.text
+    assert 'value="ftp://nowhere"' in refused.text  # what was typed stays in the form
+
+    created = await browser.post(
+        f"{CONSOLE}/subscriptions",
+        data={
+            "csrf_token": csrf,
+            "url": f"{sink.base_url}/hook",
+            "description": "billing",
+            "event_types": "invoice.*, payment.created",
+            "tenant_id": "",
+            "rate_limit_per_second": "5",
+            "filter": '{"data.object.status": {"$in": ["sent", "paid"]}}',
+        },
+    )
+    assert created.status_code == 200, created.text
+    secret = SECRET.search(created.text)
+    assert secret, created.text
+    subscription_id = re.search(r'href="/console/subscriptions/(sub_[A-Za-z0-9]+)"', created.text).group(1)
+
+    page = await browser.get(f"{CONSOLE}/subscriptions/{subscription_id}")
+    assert page.status_code == 200 and secret.group(1) not in page.text  # shown once only
+    assert "invoice.*, payment.created" in page.text and 'value="5"' in page.text
+
+    saved = await browser.post(
+        f"{CONSOLE}/subscriptions/{subscription_id}",
+        data={"csrf_token": csrf, "url": f"{sink.base_url}/other", "event_types": "*", "description": "all"},
+    )
+    assert saved.status_code == 303
+    page = await browser.get(saved.headers["location"])
+    assert f'value="{sink.base_url}/other"' in page.text and "Saved." in page.text
+
+    switched = await browser.post(
+        f"{CONSOLE}/subscriptions/{subscription_id}/switch", data={"csrf_token": csrf, "enabled": "false"}
+    )
+    assert switched.status_code == 303
+    assert ">Enable</button>" in (await browser.get(f"{CONSOLE}/subscriptions/{subscription_id}")).text
+
+    rotated = await browser.post(f"{CONSOLE}/subscriptions/{subscription_id}/rotate-secret", data={"csrf_token": csrf})
+    new_secret = SECRET.search(rotated.text)
+    assert rotated.status_code == 200 and new_secret and new_secret.group(1) != secret.group(1)
+
+    confirm = await browser.get(f"{CONSOLE}/subscriptions/{subscription_id}/delete")
+    assert confirm.status_code == 200 and "cannot be undone" in confirm.text
+    deleted = await browser.post(f"{CONSOLE}/subscriptions/{subscription_id}/delete", data={"csrf_token": csrf})
+    assert deleted.status_code == 303
+    assert (await browser.get(f"{CONSOLE}/subscriptions/{subscription_id}")).status_code == 404
+    listing = await browser.get(f"{CONSOLE}/subscriptions")
+    assert subscription_id not in listing.text
+
+
+async def test_subscription_actions_need_the_csrf_token(browser, sink):
+    await sign_in(browser)
+    response = await browser.post(f"{CONSOLE}/subscriptions", data={"url": f"{sink.base_url}/hook"})
+    assert response.status_code == 403
+    listing = await browser.get(f"{CONSOLE}/subscriptions")
+    assert "No subscription yet" in listing.text

@@ -194,3 +194,35 @@ def _refresh_token(database_url: str, console: Console) -> str:
         return SecretBox([console.service.env["SECRET_KEY"]]).decrypt(stored)
 
     return asyncio.run(read())
+
+
+def test_a_subscription_created_in_the_console_shows_its_secret_once(console, chrome, sink):
+    from selenium.webdriver.common.by import By
+
+    sign_in(chrome, console)
+    wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
+    chrome.find_element(By.LINK_TEXT, "Subscriptions").click()
+    wait_for(chrome, lambda c: heading(c) == "Subscriptions", "the subscriptions")
+    chrome.find_element(By.LINK_TEXT, "New subscription").click()
+    wait_for(chrome, lambda c: heading(c) == "New subscription", "the form")
+    chrome.find_element(By.ID, "url").send_keys(f"{sink.base_url}/hook")
+    chrome.find_element(By.ID, "description").send_keys("billing system")
+    events = chrome.find_element(By.ID, "event_types")
+    events.clear()
+    events.send_keys("invoice.*")
+    chrome.find_element(By.CSS_SELECTOR, "form.fields button[type=submit]").click()
+    wait_for(chrome, lambda c: heading(c) == "Subscription created", "the secret page")
+    secret = chrome.find_element(By.ID, "secret").text
+    assert secret.startswith("whsec_")
+    chrome.find_element(By.CSS_SELECTOR, "button[data-copy=secret]").click()
+    wait_for(chrome, lambda c: c.find_element(By.CSS_SELECTOR, "button[data-copy]").text != "Copy", "the copy button")
+    assert chrome.current_url == f"{console.url}/subscriptions"  # the secret is in no URL
+
+    chrome.find_element(By.LINK_TEXT, "Done").click()
+    wait_for(chrome, lambda c: heading(c) == "Subscription", "the subscription's page")
+    assert secret not in chrome.page_source
+    chrome.back()  # the answer that showed it is not cached (no-store): going back does not show it again
+    assert secret not in chrome.page_source
+    [listed] = console.admin.get("/subscriptions")
+    assert listed["url"] == f"{sink.base_url}/hook" and listed["event_types"] == ["invoice.*"]
+    assert "secret" not in listed

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from webhook_service.web.console import overview, pages, sign_in, tenants
+from webhook_service.web.console import overview, pages, sign_in, subscriptions, tenants
 from webhook_service.web.console.security import PATH, SecurityHeaders, SignInThrottle
 
 
@@ -35,6 +35,15 @@ def mount() -> Mount:
             Route("/sign-out", sign_in.out, methods=["POST"]),
             Route("/tenants", tenants.listing),
             Route("/tenants/{tenant_id}", tenants.detail),
+            Route("/subscriptions", subscriptions.listing, methods=["GET"]),
+            Route("/subscriptions", subscriptions.create, methods=["POST"]),
+            Route("/subscriptions/new", subscriptions.new, methods=["GET"]),
+            Route("/subscriptions/{subscription_id}", subscriptions.detail, methods=["GET"]),
+            Route("/subscriptions/{subscription_id}", subscriptions.update, methods=["POST"]),
+            Route("/subscriptions/{subscription_id}/switch", subscriptions.switch, methods=["POST"]),
+            Route("/subscriptions/{subscription_id}/rotate-secret", subscriptions.rotate, methods=["POST"]),
+            Route("/subscriptions/{subscription_id}/delete", subscriptions.confirm_delete, methods=["GET"]),
+            Route("/subscriptions/{subscription_id}/delete", subscriptions.delete, methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
             Route("/{rest:path}", pages.not_found),
         ],

@@ -19,3 +19,18 @@
   }
   window.setInterval(refresh, seconds * 1000);
 })();
+
+// Copy buttons: <button data-copy="ELEMENT_ID"> puts that element's text on the clipboard.
+document.addEventListener("click", async function (event) {
+  const button = event.target.closest("button[data-copy]");
+  if (!button) return;
+  const source = document.getElementById(button.dataset.copy);
+  if (!source) return;
+  try {
+    await navigator.clipboard.writeText(source.textContent.trim());
+    button.textContent = "Copied";
+  } catch (error) {
+    window.getSelection().selectAllChildren(source); // no clipboard (plain http): select it to copy by hand
+    button.textContent = "Selected: press Ctrl+C";
+  }
+});
