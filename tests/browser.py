@@ -64,9 +64,15 @@ def start_chromium(width: int = 1280, height: int = 900) -> Any:
 
 
 def wait_for(chrome: Any, check: Callable[[Any], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
+    """Until ``check(chrome)`` is truthy. A page being replaced while it is read (an element gone,
+    or not there yet) is a reason to look again, not a failure."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(chrome, timeout, poll_frequency=0.1).until(check, message=f"waited for {what}")
+    waiting = WebDriverWait(
+        chrome, timeout, poll_frequency=0.1, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+    )
+    return waiting.until(check, message=f"waited for {what}")
 
 
 def keep_evidence(chrome: Any, test_name: str) -> Path:
