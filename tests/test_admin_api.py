@@ -13,15 +13,14 @@ from typing import Any
 import httpx
 import pytest
 from conftest import make_settings
+from records import invoice_event
 
 from webhook_service.app import create_app
 from webhook_service.contract.matching import invalid_patterns
 from webhook_service.core.logs import configure_logging
-from webhook_service.freshbooks.catalogue import CATALOGUE
-from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
 from webhook_service.sandbox.serving import BackgroundServer, bind_socket
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.models import Delivery, DeliveryAttempt, Event
+from webhook_service.storage.models import Delivery, DeliveryAttempt
 from webhook_service.storage.outbox import new_delivery_id
 from webhook_service.web import admin
 from webhook_service.web.fields import EVENT_TYPE_PATTERN
@@ -361,26 +360,7 @@ async def test_tenants_callbacks_and_inbox_never_show_a_token(api, runtime, tena
 async def _seed(runtime, tenant, subscription_id: str) -> dict[str, Any]:
     """An event and three dead deliveries of it: two recent, one from two hours ago."""
     now = utcnow()
-    built = build(
-        tenant=tenant,
-        resource=CATALOGUE["invoice"],
-        freshbooks_event={"name": "invoice.update", "object_id": "1234"},
-        obj={"id": 1234, "updated": "2026-11-21 07:00:00", "vis_state": 0},
-        origin=ORIGIN_WEBHOOK,
-        fallback_time=now,
-    )
-    payload = {**built.document, "data": {**built.document["data"], "sequence": 1}}  # numbered as emit numbers it
-    event = Event(
-        id=built.id,
-        tenant_id=tenant.id,
-        type=built.type,
-        resource="invoice",
-        object_id="1234",
-        origin="webhook",
-        occurred_at=built.occurred_at,
-        payload=json.dumps(payload),
-        created_at=now,
-    )
+    event, payload = invoice_event(tenant, now)
     fresh, recent, old = new_delivery_id(), new_delivery_id(), new_delivery_id()
 
     def dead(delivery_id: str, created_at: datetime) -> Delivery:

@@ -8,14 +8,21 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
 from conftest import make_settings
+from records import invoice_event
 
 from webhook_service.app import create_app
 from webhook_service.core.logs import configure_logging
+from webhook_service.delivery import subscriptions
 from webhook_service.sandbox.serving import BackgroundServer
+from webhook_service.storage.columns import utcnow
+from webhook_service.storage.models import Delivery, DeliveryAttempt
+from webhook_service.storage.outbox import new_delivery_id
+from webhook_service.web.console.pages import PAGE_SIZE
 from webhook_service.web.console.security import SignInThrottle
 from webhook_service.web.server import build_config
 
@@ -264,3 +271,88 @@ async def test_subscription_actions_need_the_csrf_token(browser, sink):
     assert response.status_code == 403
     listing = await browser.get(f"{CONSOLE}/subscriptions")
     assert "No subscription yet" in listing.text
+
+
+async def _seed_dead_deliveries(runtime, tenant, subscription_id: str, count: int) -> tuple[str, list[str]]:
+    """An event, and ``count`` dead deliveries of it a second apart (the first attempted twice)."""
+    now = utcnow()
+    event, payload = invoice_event(tenant, now)
+    ids = [new_delivery_id() for _ in range(count)]
+    async with runtime.db.sessions() as session:
+        session.add(event)
+        await session.flush()
+        for n, delivery_id in enumerate(ids):
+            at = now - timedelta(seconds=n)
+            session.add(
+                Delivery(
+                    id=delivery_id,
+                    event_id=event.id,
+                    subscription_id=subscription_id,
+                    status="dead",
+                    attempts=2,
+                    last_status_code=500,
+                    last_error="HTTP 500",
+                    created_at=at,
+                    updated_at=at,
+                    completed_at=at,
+                )
+            )
+        await session.flush()
+        for number in (1, 2):
+            session.add(
+                DeliveryAttempt(
+                    delivery_id=ids[0],
+                    number=number,
+                    started_at=now,
+                    status_code=500,
+                    latency_ms=12.5,
+                    error="HTTP 500",
+                    response_body="upstream down",
+                )
+            )
+        await session.commit()
+    return event.id, ids
+
+
+DELIVERY_LINK = re.compile(r'href="/console/deliveries/(dlv_[A-Za-z0-9_]+)"')
+
+
+async def test_deliveries_page_through_a_filter_replay_and_recover(browser, runtime, tenant, sink):
+    created = await subscriptions.create(runtime, {"url": f"{sink.base_url}/hook"})
+    event_id, ids = await _seed_dead_deliveries(runtime, tenant, created.subscription.id, PAGE_SIZE + 5)
+    await sign_in(browser)
+
+    first = await browser.get(f"{CONSOLE}/deliveries", params={"status": "dead"})
+    shown = DELIVERY_LINK.findall(first.text)
+    assert shown == ids[:PAGE_SIZE]  # newest first
+    older = re.search(r'href="(/console/deliveries\?[^"]+)" rel="next"', first.text).group(1)
+    second = await browser.get(older.replace("&amp;", "&"))
+    assert DELIVERY_LINK.findall(second.text) == ids[PAGE_SIZE:] and 'rel="next"' not in second.text
+    assert DELIVERY_LINK.findall((await browser.get(f"{CONSOLE}/deliveries?status=pending")).text) == []
+
+    detail = await browser.get(f"{CONSOLE}/deliveries/{ids[0]}")
+    assert detail.status_code == 200 and detail.text.count("HTTP 500") >= 2 and "upstream down" in detail.text
+    csrf = CSRF.search(detail.text).group(1)
+    replayed = await browser.post(f"{CONSOLE}/deliveries/{ids[0]}/replay", data={"csrf_token": csrf})
+    assert replayed.status_code == 303
+    detail = await browser.get(replayed.headers["location"])
+    assert "Queued again" in detail.text and 'id="delivery-status">pending<' in detail.text
+    again = await browser.post(f"{CONSOLE}/deliveries/{ids[0]}/replay", data={"csrf_token": csrf})
+    assert again.status_code == 409  # pending already: nothing to replay
+
+    since = (utcnow() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    recovered = await browser.post(
+        f"{CONSOLE}/deliveries/recover",
+        data={"csrf_token": csrf, "subscription_id": created.subscription.id, "since": since},
+    )
+    assert recovered.status_code == 303 and f"recovered={PAGE_SIZE + 4}" in recovered.headers["location"]
+    assert not DELIVERY_LINK.findall((await browser.get(f"{CONSOLE}/deliveries?status=dead")).text)
+    missing = await browser.get(f"{CONSOLE}/deliveries/dlv_nothing")
+    assert missing.status_code == 404
+
+    events = await browser.get(f"{CONSOLE}/events", params={"type": "invoice.updated", "origin": "webhook"})
+    assert f"/console/events/{event_id}" in events.text
+    assert f"/console/events/{event_id}" not in (await browser.get(f"{CONSOLE}/events?origin=backfill")).text
+    event = await browser.get(f"{CONSOLE}/events/{event_id}")
+    assert event.status_code == 200 and "&#34;sequence&#34;: 1" in event.text  # pretty-printed, escaped
+    assert f"/console/deliveries/{ids[0]}" in event.text

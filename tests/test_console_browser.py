@@ -2,7 +2,8 @@
 FreshBooks simulator as FreshBooks (see ``browser.py`` for the browser and its evidence).
 
 Each test is what an operator does: sign in and out, a form sent without its CSRF token, a tenant
-whose grant FreshBooks revoked showing its reconnect link.
+whose grant FreshBooks revoked showing its reconnect link, a subscription whose secret is shown
+once, a dead delivery replayed from its page.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class Console:
 def console(database_url, simulator, tmp_path) -> Iterator[Console]:
     require_chromium()
     port = free_port()
-    env = service_env(database_url, simulator, port)
+    # one attempt per delivery: a refused one is dead at once, for the replay test
+    env = service_env(database_url, simulator, port, delivery_retry_schedule="0")
     with children(tmp_path) as processes:
         service = processes.start_service("service", port, env)
         admin = Admin(service.base_url, env["ADMIN_TOKEN"])
@@ -226,3 +228,45 @@ def test_a_subscription_created_in_the_console_shows_its_secret_once(console, ch
     [listed] = console.admin.get("/subscriptions")
     assert listed["url"] == f"{sink.base_url}/hook" and listed["event_types"] == ["invoice.*"]
     assert "secret" not in listed
+
+
+def test_a_dead_delivery_replayed_from_its_page_succeeds(console, chrome, simulator, sink):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    console.admin.subscribe(f"{sink.base_url}/hook")
+    sink.sink.script(500)  # the subscriber fails the first delivery; with one attempt it is dead
+    with httpx.Client(timeout=10.0) as client:
+        assert FreshBooksSender(simulator).post(client, console.service.base_url, 1) == 200
+    [dead] = wait_until(
+        lambda: [d for d in console.admin.deliveries() if d["status"] == "dead"] or None,
+        STARTUP_TIMEOUT,
+        "the delivery to be dead",
+    )
+
+    sign_in(chrome, console)
+    wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
+    chrome.find_element(By.LINK_TEXT, "Deliveries").click()
+    wait_for(chrome, lambda c: heading(c) == "Deliveries", "the deliveries")
+    Select(chrome.find_element(By.ID, "status")).select_by_value("dead")
+    chrome.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    chrome.find_element(By.LINK_TEXT, dead["id"]).click()
+    wait_for(chrome, lambda c: heading(c) == "Delivery", "the delivery's page")
+    timeline = chrome.find_element(By.CSS_SELECTOR, "ol.timeline").text
+    assert "#1" in timeline and "HTTP 500" in timeline
+
+    chrome.find_element(By.ID, "replay").click()
+    wait_for(chrome, lambda c: "Queued again" in c.page_source, "the replay's notice")
+
+    def succeeded(c: Any) -> bool:
+        if c.find_element(By.ID, "delivery-status").text == "succeeded":
+            return True
+        c.refresh()
+        return False
+
+    wait_for(chrome, succeeded, "the replayed delivery to succeed")
+    timeline = chrome.find_element(By.CSS_SELECTOR, "ol.timeline").text
+    assert "HTTP 500" in timeline and "HTTP 200" in timeline
+    screenshot_for_readme(chrome, "delivery")
+    ids = {request.headers["webhook-id"] for request in sink.sink.received}
+    assert len(sink.sink.received) == 2 and len(ids) == 1  # the same delivery, sent again

@@ -13,6 +13,7 @@ from webhook_service.storage import delivery_records as records
 from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Subscription
+from webhook_service.storage.paging import Position
 
 REPLAYABLE = (DeliveryStatus.FAILED.value, DeliveryStatus.DEAD.value, DeliveryStatus.SUCCEEDED.value)
 RECOVERABLE = (DeliveryStatus.FAILED.value, DeliveryStatus.DEAD.value)
@@ -91,8 +92,9 @@ async def list_deliveries(
     subscription_id: str | None = None,
     event_id: str | None = None,
     limit: int = 100,
+    before: Position | None = None,
 ) -> list[Delivery]:
     async with runtime.db.sessions() as session:
         return await records.list_deliveries(
-            session, status=status, subscription_id=subscription_id, event_id=event_id, limit=limit
+            session, status=status, subscription_id=subscription_id, event_id=event_id, limit=limit, before=before
         )

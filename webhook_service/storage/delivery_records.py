@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage.bulk import insert_rows, update_by_id
 from webhook_service.storage.models import Delivery, DeliveryAttempt
+from webhook_service.storage.paging import Position, older_than
 from webhook_service.storage.session import conflicts
 
 
@@ -30,11 +31,16 @@ async def attempts(session: AsyncSession, delivery_id: str) -> list[DeliveryAtte
     return list(rows.scalars())
 
 
-async def list_deliveries(session: AsyncSession, *, limit: int = 100, **equal: str | None) -> list[Delivery]:
+async def list_deliveries(
+    session: AsyncSession, *, limit: int = 100, before: Position | None = None, **equal: str | None
+) -> list[Delivery]:
     """Newest first. ``equal`` names columns (``status``, ``subscription_id``, ``event_id``): each
-    given a value keeps the deliveries that have it."""
+    given a value keeps the deliveries that have it. ``before``: the page after the one that ended
+    with that delivery's ``created_at`` and ``id`` (a page reads its own rows only)."""
     filters = [getattr(Delivery, column) == value for column, value in equal.items() if value is not None]
-    query = select(Delivery).where(*filters).order_by(Delivery.created_at.desc(), Delivery.id).limit(limit)
+    if before is not None:
+        filters.append(older_than(Delivery.created_at, Delivery.id, before))
+    query = select(Delivery).where(*filters).order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(limit)
     return list((await session.execute(query)).scalars())
 
 

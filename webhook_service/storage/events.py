@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage.models import Event
+from webhook_service.storage.paging import Position, older_than
 
 
 async def get(session: AsyncSession, event_id: str) -> Event | None:
@@ -19,8 +20,12 @@ async def list_events(
     event_type: str | None = None,
     origin: str | None = None,
     limit: int = 100,
+    before: Position | None = None,
 ) -> list[Event]:
-    query = select(Event).order_by(Event.created_at.desc(), Event.id).limit(limit)
+    """Newest first; ``before``: the page after the event at that position (see ``paging``)."""
+    query = select(Event).order_by(Event.created_at.desc(), Event.id.desc()).limit(limit)
+    if before is not None:
+        query = query.where(older_than(Event.created_at, Event.id, before))
     if origin is not None:
         query = query.where(Event.origin == origin)
     if tenant_id is not None:

@@ -229,6 +229,8 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_tenant_created", "tenant_id", "created_at"),
         Index("ix_events_created_at", "created_at"),  # retention (migration 0007)
+        Index("ix_events_type_created", "type", "created_at"),  # the console's lists by type and origin (0011)
+        Index("ix_events_origin_created", "origin", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -306,6 +308,8 @@ class Delivery(Base):
             **DELIVERY_DUE_ROWS,
         ),
         Index("ix_deliveries_subscription", "subscription_id", "created_at"),
+        Index("ix_deliveries_created", "created_at", "id"),  # the console's list, newest first (migration 0011)
+        Index("ix_deliveries_status_created", "status", "created_at", "id"),  # the same by status (0011)
         Index("ix_deliveries_completed", "status", "completed_at"),  # retention (migration 0007)
         Index(  # strict order: is an earlier delivery of this object still due? (migration 0009)
             "ix_deliveries_ordering",

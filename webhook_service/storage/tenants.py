@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage.columns import new_id
 from webhook_service.storage.models import Tenant, TenantStatus
+from webhook_service.storage.paging import Position, newer_than
 
 
 async def get(session: AsyncSession, tenant_id: str) -> Tenant | None:
@@ -53,17 +54,11 @@ async def list_all(session: AsyncSession, *, status: str | None = None) -> list[
     return list((await session.execute(query)).scalars())
 
 
-async def list_page(
-    session: AsyncSession, *, after: tuple[datetime, str] | None = None, limit: int = 50
-) -> list[Tenant]:
-    """Tenants oldest first, from just after ``after`` (a tenant's ``created_at`` and ``id``): a
-    page reads only its own rows, however many tenants there are."""
+async def list_page(session: AsyncSession, *, after: Position | None = None, limit: int = 50) -> list[Tenant]:
+    """Tenants oldest first, from just after ``after`` (a tenant's ``created_at`` and ``id``)."""
     query = select(Tenant).order_by(Tenant.created_at, Tenant.id).limit(limit)
     if after is not None:
-        created_at, tenant_id = after
-        query = query.where(
-            or_(Tenant.created_at > created_at, and_(Tenant.created_at == created_at, Tenant.id > tenant_id))
-        )
+        query = query.where(newer_than(Tenant.created_at, Tenant.id, after))
     return list((await session.execute(query)).scalars())
 
 

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from webhook_service.web.console import overview, pages, sign_in, subscriptions, tenants
+from webhook_service.web.console import deliveries, events, overview, pages, sign_in, subscriptions, tenants
 from webhook_service.web.console.security import PATH, SecurityHeaders, SignInThrottle
 
 
@@ -44,6 +44,12 @@ def mount() -> Mount:
             Route("/subscriptions/{subscription_id}/rotate-secret", subscriptions.rotate, methods=["POST"]),
             Route("/subscriptions/{subscription_id}/delete", subscriptions.confirm_delete, methods=["GET"]),
             Route("/subscriptions/{subscription_id}/delete", subscriptions.delete, methods=["POST"]),
+            Route("/events", events.listing),
+            Route("/events/{event_id}", events.detail),
+            Route("/deliveries", deliveries.listing),
+            Route("/deliveries/recover", deliveries.recover, methods=["POST"]),
+            Route("/deliveries/{delivery_id}", deliveries.detail),
+            Route("/deliveries/{delivery_id}/replay", deliveries.replay_one, methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
             Route("/{rest:path}", pages.not_found),
         ],

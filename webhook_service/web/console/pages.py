@@ -50,7 +50,7 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         session = await security.load(request, runtime)
         if session is None or not session.signed_in:
             if request.method != "GET":
-                return render(request, "error.html", {"message": "Sign in first."}, status=403)
+                return refuse(request, None, "Sign in first.", 403)
             return RedirectResponse(f"{security.PATH}/sign-in", status_code=303)
         if request.method == "POST":
             form = await read_form(request)
@@ -77,26 +77,31 @@ def render(
     )
 
 
+def refuse(request: Request, session: Session | None, message: str, status: int) -> Response:
+    """A page that says what was not done and why (a 404, a 409, a 422...)."""
+    return render(request, "error.html", {"message": message}, status=status, session=session)
+
+
 def refuse_csrf(request: Request, session: Session | None) -> Response:
     log.warning("console_refused", reason="csrf", path=request.url.path[:120])
     message = "This form has expired or did not come from this console. Go back, reload the page and try again."
-    return render(request, "error.html", {"message": message}, status=403, session=session)
+    return refuse(request, session, message, 403)
 
 
 async def read_form(request: Request) -> FormData | Response:
     """The POSTed form (url-encoded, at most :data:`FORM_BYTES`), or the answer refusing it."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != FORM_TYPE:
-        return render(request, "error.html", {"message": f"Forms are sent as {FORM_TYPE}."}, status=415)
+        return refuse(request, None, f"Forms are sent as {FORM_TYPE}.", 415)
     try:
         body = await _read_capped(request, FORM_BYTES)
         pairs: list[tuple[str, str | UploadFile]] = [
             *parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
         ]
     except Refusal as refusal:
-        return render(request, "error.html", {"message": refusal.message}, status=refusal.status)
+        return refuse(request, None, refusal.message, refusal.status)
     except UnicodeDecodeError:
-        return render(request, "error.html", {"message": "The form is not UTF-8."}, status=400)
+        return refuse(request, None, "The form is not UTF-8.", 400)
     return FormData(pairs)
 
 
@@ -107,7 +112,7 @@ def client_of(request: Request) -> str:
 async def not_found(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     session = await security.load(request, runtime)
-    return render(request, "error.html", {"message": "There is no such page."}, status=404, session=session)
+    return refuse(request, session, "There is no such page.", 404)
 
 
 def next_cursor(created_at: datetime, record_id: str) -> str:

@@ -7,7 +7,7 @@ from starlette.responses import RedirectResponse, Response
 
 from webhook_service.runtime import Runtime
 from webhook_service.web.console import security
-from webhook_service.web.console.pages import client_of, log, page, read_form, refuse_csrf, render
+from webhook_service.web.console.pages import client_of, log, page, read_form, refuse, refuse_csrf, render
 from webhook_service.web.console.security import Session
 
 
@@ -40,9 +40,7 @@ async def submit(request: Request, throttle: security.SignInThrottle) -> Respons
     wait = throttle.wait(client)
     if wait:
         log.warning("console_sign_in_refused", reason="too_many_failures", client=client, retry_after=wait)
-        response = render(
-            request, "error.html", {"message": f"Too many failed sign-ins. Try again in {wait} s."}, status=429
-        )
+        response = refuse(request, None, f"Too many failed sign-ins. Try again in {wait} s.", 429)
         response.headers["Retry-After"] = str(wait)
         return response
     session = await security.load(request, runtime)

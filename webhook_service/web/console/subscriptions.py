@@ -20,7 +20,7 @@ from webhook_service.delivery import subscriptions
 from webhook_service.runtime import Runtime
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.web import schemas
-from webhook_service.web.console.pages import log, page, render
+from webhook_service.web.console.pages import log, page, refuse, render
 from webhook_service.web.console.security import PATH, Session
 from webhook_service.web.views import subscription_view
 
@@ -198,4 +198,4 @@ async def _found(runtime: Runtime, subscription_id: str) -> Any:
 
 
 def _missing(request: Request, session: Session) -> Response:
-    return render(request, "error.html", {"message": "There is no such subscription."}, status=404, session=session)
+    return refuse(request, session, "There is no such subscription.", 404)

@@ -9,7 +9,7 @@ from webhook_service.runtime import Runtime
 from webhook_service.storage import backfill_state
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import tenants as tenant_store
-from webhook_service.web.console.pages import PAGE_SIZE, cursor, next_cursor, page, render
+from webhook_service.web.console.pages import PAGE_SIZE, cursor, next_cursor, page, refuse, render
 from webhook_service.web.console.security import Session
 from webhook_service.web.views import callback_view, tenant_view
 
@@ -31,7 +31,7 @@ async def detail(request: Request, runtime: Runtime, session: Session) -> Respon
     async with runtime.db.sessions() as db:
         found = await tenant_store.get(db, tenant_id)
         if found is None:
-            return render(request, "error.html", {"message": f"No tenant {tenant_id}."}, status=404, session=session)
+            return refuse(request, session, f"No tenant {tenant_id}.", 404)
         callbacks = await callback_store.list_all(db, tenant_id=tenant_id)
         backfill = await backfill_state.of_tenant(db, tenant_id)
     context = {

@@ -1,6 +1,7 @@
 """the console: its sessions (``console_sessions``, so signing out ends a session everywhere), and
 its reads: delivery attempts by start time (success rates and the chart read the recent past),
-tenants in creation order (its tenant pages)
+tenants in creation order, deliveries newest first (all, and by status), events by type and by
+origin: every list page reads its own rows through an index, with a million of them
 
 Revision ID: 0011
 Revises: 0010
@@ -32,9 +33,17 @@ def upgrade() -> None:
     op.create_index("ix_console_sessions_expires_at", "console_sessions", ["expires_at"])
     op.create_index("ix_delivery_attempts_started", "delivery_attempts", ["started_at"])
     op.create_index("ix_tenants_created", "tenants", ["created_at", "id"])
+    op.create_index("ix_deliveries_created", "deliveries", ["created_at", "id"])
+    op.create_index("ix_deliveries_status_created", "deliveries", ["status", "created_at", "id"])
+    op.create_index("ix_events_type_created", "events", ["type", "created_at"])
+    op.create_index("ix_events_origin_created", "events", ["origin", "created_at"])
 
 
 def downgrade() -> None:
     op.drop_table("console_sessions")
+    op.drop_index("ix_events_origin_created", table_name="events")
+    op.drop_index("ix_events_type_created", table_name="events")
+    op.drop_index("ix_deliveries_status_created", table_name="deliveries")
+    op.drop_index("ix_deliveries_created", table_name="deliveries")
     op.drop_index("ix_tenants_created", table_name="tenants")
     op.drop_index("ix_delivery_attempts_started", table_name="delivery_attempts")

@@ -1,0 +1,37 @@
+"""Rows the tests write directly, when how they came to be is not what a test is about."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from webhook_service.freshbooks.catalogue import CATALOGUE
+from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
+from webhook_service.storage.models import Event, Tenant
+
+
+def invoice_event(tenant: Tenant, now: datetime) -> tuple[Event, dict[str, Any]]:
+    """An ``invoice.updated`` event of invoice 1234, as the pipeline would store it (its first,
+    so ``sequence`` 1), and its payload."""
+    built = build(
+        tenant=tenant,
+        resource=CATALOGUE["invoice"],
+        freshbooks_event={"name": "invoice.update", "object_id": "1234"},
+        obj={"id": 1234, "updated": "2026-11-21 07:00:00", "vis_state": 0},
+        origin=ORIGIN_WEBHOOK,
+        fallback_time=now,
+    )
+    payload = {**built.document, "data": {**built.document["data"], "sequence": 1}}  # numbered as emit numbers it
+    event = Event(
+        id=built.id,
+        tenant_id=tenant.id,
+        type=built.type,
+        resource="invoice",
+        object_id="1234",
+        origin="webhook",
+        occurred_at=built.occurred_at,
+        payload=json.dumps(payload),
+        created_at=now,
+    )
+    return event, payload
