@@ -3,6 +3,7 @@ its OpenAPI document. Every response a test receives is also checked against tha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -12,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import make_settings
+from conftest import OWNER_ACCOUNT_ID, make_settings
 from records import invoice_event
 
 from webhook_service.app import create_app
@@ -468,3 +469,33 @@ def test_the_document_is_consistent():
     for sample in samples:
         accepted = not invalid_patterns([sample])
         assert bool(re.fullmatch(EVENT_TYPE_PATTERN, sample)) == accepted, sample
+
+
+async def test_a_backfill_job_is_started_polled_and_answered_once_per_tenant(
+    api, service, runtime, connected, simulator
+):
+    simulator.state.delivery_drop_rate = 1.0  # webhooks lost: the backfill finds the invoice
+    simulator.state.create_object(OWNER_ACCOUNT_ID, "invoice")
+    started = await api.post(f"/tenants/{connected.id}/backfill")
+    assert started.status_code == 202
+    job = started.json()
+    assert job["status"] == "running" and job["tenant_id"] == connected.id and "invoice" in job["resources"]
+    again = await api.post(f"/tenants/{connected.id}/backfill")
+    assert again.status_code == 202 and again.json()["id"] == job["id"]  # one job per tenant at a time
+
+    async def finished() -> dict[str, Any]:
+        while True:
+            polled = (await api.get(f"/backfill-jobs/{job['id']}")).json()
+            if polled["status"] != "running":
+                return polled
+            await asyncio.sleep(0.1)
+
+    done = await asyncio.wait_for(finished(), 120)
+    assert done["status"] == "succeeded" and done["emitted"] == 1 and done["finished_at"]
+    assert done["resources_done"] == len(done["resources"])
+    assert (await api.post("/tenants/ten_nobody/backfill")).status_code == 404
+    assert (await api.get("/backfill-jobs/bfj_nothing")).status_code == 404
+
+    synced = await api.post(f"/tenants/{connected.id}/callbacks/sync")
+    assert synced.status_code == 200 and synced.json()["error"] is None
+    assert "invoice" in synced.json()["unchanged"]

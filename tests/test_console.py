@@ -356,3 +356,29 @@ async def test_deliveries_page_through_a_filter_replay_and_recover(browser, runt
     event = await browser.get(f"{CONSOLE}/events/{event_id}")
     assert event.status_code == 200 and "&#34;sequence&#34;: 1" in event.text  # pretty-printed, escaped
     assert f"/console/deliveries/{ids[0]}" in event.text
+
+
+async def test_tenant_actions_sync_backfill_and_disconnect(browser, connected, simulator):
+    await sign_in(browser)
+    page = await browser.get(f"{CONSOLE}/tenants/{connected.id}")
+    csrf = CSRF.search(page.text).group(1)
+    assert 'id="run-backfill"' in page.text and 'id="sync-callbacks"' in page.text
+
+    assert (await browser.post(f"{CONSOLE}/tenants/{connected.id}/sync-callbacks", data={})).status_code == 403
+    synced = await browser.post(f"{CONSOLE}/tenants/{connected.id}/sync-callbacks", data={"csrf_token": csrf})
+    assert synced.status_code == 303 and "done=synced" in synced.headers["location"]
+    assert "Callbacks synced with FreshBooks." in (await browser.get(synced.headers["location"])).text
+
+    started = await browser.post(f"{CONSOLE}/tenants/{connected.id}/backfill", data={"csrf_token": csrf})
+    assert started.status_code == 303
+    page = await browser.get(f"{CONSOLE}/tenants/{connected.id}")
+    assert 'id="backfill-job"' in page.text
+
+    confirm = await browser.get(f"{CONSOLE}/tenants/{connected.id}/disconnect")
+    assert confirm.status_code == 200 and "revoke its grant" in confirm.text
+    gone = await browser.post(f"{CONSOLE}/tenants/{connected.id}/disconnect", data={"csrf_token": csrf})
+    assert gone.status_code == 303 and "done=disconnected" in gone.headers["location"]
+    page = await browser.get(gone.headers["location"])
+    assert "status disconnected" in page.text and 'id="run-backfill"' not in page.text
+    refused = await browser.post(f"{CONSOLE}/tenants/{connected.id}/backfill", data={"csrf_token": csrf})
+    assert refused.status_code == 409  # FreshBooks cannot be asked for a disconnected tenant

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from browser import keep_evidence, require_chromium, screenshot_for_readme, start_chromium, wait_for
+from conftest import OWNER_ACCOUNT_ID
 from processes import (
     STARTUP_TIMEOUT,
     Admin,
@@ -270,3 +271,33 @@ def test_a_dead_delivery_replayed_from_its_page_succeeds(console, chrome, simula
     screenshot_for_readme(chrome, "delivery")
     ids = {request.headers["webhook-id"] for request in sink.sink.received}
     assert len(sink.sink.received) == 2 and len(ids) == 1  # the same delivery, sent again
+
+
+def test_a_backfill_started_from_the_tenant_page_runs_to_completion_with_progress_shown(console, chrome, simulator):
+    from selenium.webdriver.common.by import By
+
+    # Three invoices made while FreshBooks dropped every webhook: what a backfill exists to recover.
+    simulator.state.delivery_drop_rate = 1.0
+    for _ in range(3):
+        simulator.state.create_object(OWNER_ACCOUNT_ID, "invoice")
+    simulator.state.flush_deliveries()
+    sign_in(chrome, console)
+    wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
+    chrome.get(f"{console.url}/tenants/{console.tenant_id}")
+    chrome.find_element(By.ID, "run-backfill").click()
+    counts = wait_for(chrome, lambda c: c.find_element(By.ID, "backfill-counts"), "the job's progress")
+    assert "resources" in counts.text
+    assert "Backfill running" in chrome.page_source or "Backfill finished" in chrome.page_source
+    # the page refreshes itself (console.js) while the job runs: no reload from here on
+    wait_for(
+        chrome,
+        lambda c: "Backfill finished" in c.find_element(By.ID, "backfill-job").text,
+        "the backfill to finish",
+        timeout=120,
+    )
+    done = chrome.find_element(By.ID, "backfill-counts").text
+    assert "3 events recovered" in done, done
+    progress = chrome.find_element(By.ID, "backfill-progress")
+    assert progress.get_attribute("value") == progress.get_attribute("max")
+    recovered = console.admin.get("/events", origin="backfill")
+    assert sorted(event["type"] for event in recovered) == ["invoice.created"] * 3

@@ -25,6 +25,8 @@ from schemathesis.checks import negative_data_rejection, positive_data_acceptanc
 from test_admin_api import _seed
 
 from webhook_service.delivery import subscriptions
+from webhook_service.storage import backfill_jobs
+from webhook_service.storage.columns import new_id, utcnow
 from webhook_service.web import admin
 
 ADMIN_TOKEN = "fuzz-admin-token"
@@ -73,12 +75,17 @@ async def seeded(service, runtime, tenant) -> dict[str, str]:
     """Ids of real rows, by path parameter name."""
     created = await subscriptions.create(runtime, {"url": "http://127.0.0.1:9/hook", "tenant_id": tenant.id})
     ids = await _seed(runtime, tenant, created.subscription.id)
+    async with runtime.db.sessions() as session:  # a finished backfill job to read
+        job = backfill_jobs.add(session, new_id("bfj"), tenant.id, ["invoice"], utcnow())
+        await backfill_jobs.record(session, job.id, status="succeeded", finished_at=utcnow())
+        await session.commit()
     return {
         "subscription_id": created.subscription.id,
         "tenant_id": tenant.id,
         "event_id": ids["event"],
         "delivery_id": ids["fresh"],
         "type": "invoice.updated",
+        "job_id": job.id,
     }
 
 

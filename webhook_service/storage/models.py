@@ -178,6 +178,27 @@ class Lease(Base):
     until: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class BackfillJob(Base):
+    """A backfill of one tenant an operator asked for (``POST /admin/v1/tenants/{id}/backfill``):
+    its progress, written as it goes, so any replica can answer how far it is."""
+
+    __tablename__ = "backfill_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    resources: Mapped[str] = mapped_column(Text)
+    """The resources it covers, in order, comma-separated."""
+    current_resource: Mapped[str | None] = mapped_column(String(64))
+    resources_done: Mapped[int] = mapped_column(Integer, default=0)
+    scanned: Mapped[int] = mapped_column(Integer, default=0)
+    emitted: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class ConsoleSession(Base):
     """A browser signed in to the console: its cookie names this row, so signing out (or an
     operator ending it) ends it everywhere, on every replica, before the cookie expires."""

@@ -23,19 +23,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from webhook_service import __version__
+from webhook_service.backfill import jobs
 from webhook_service.contract import schemas as catalogue
 from webhook_service.core.logs import get_logger
 from webhook_service.delivery import replay, subscriptions
+from webhook_service.inbound import registrar
 from webhook_service.runtime import Runtime
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import events as event_store
 from webhook_service.storage import inbox as inbox_store
 from webhook_service.storage import tenants as tenant_store
+from webhook_service.storage.columns import utcnow
 from webhook_service.web import schemas
 from webhook_service.web.errors import error_response
 from webhook_service.web.openapi import build_document
 from webhook_service.web.operations import ApiError, Operations
 from webhook_service.web.views import (
+    backfill_job_view,
+    callback_sync_view,
     callback_view,
     delivery_view,
     event_type_view,
@@ -174,6 +179,41 @@ async def list_tenants(runtime: Runtime) -> Json:
 async def get_tenant(runtime: Runtime, tenant_id: str) -> Json:
     """One tenant (never its tokens)."""
     return tenant_view(await _one(runtime, "tenant", tenant_id, tenant_store.get))
+
+
+@operation("POST", "/tenants/{tenant_id}/backfill", schemas.BackfillJob, status=202, errors=(409,), tag="tenants")
+async def start_backfill(runtime: Runtime, tenant_id: str) -> Json:
+    """Backfill the tenant now, in the background: every resource, from its watermark. Answers the
+    job at once; poll it at `GET /backfill-jobs/{job_id}`. While a job runs for the tenant, asking
+    again answers that job (409: the tenant is not active)."""
+    try:
+        job, new = await jobs.start(runtime, tenant_id)
+    except jobs.TenantNotFound:
+        raise ApiError(404, "not_found", f"No tenant {tenant_id}.") from None
+    except jobs.TenantNotActive as exc:
+        raise ApiError(409, "tenant_not_active", str(exc)) from None
+    if new:
+        log.info("admin_backfill_started", tenant_id=tenant_id, job_id=job.id)
+    return backfill_job_view(job, utcnow())
+
+
+@operation("GET", "/backfill-jobs/{job_id}", schemas.BackfillJob, tag="tenants")
+async def get_backfill_job(runtime: Runtime, job_id: str) -> Json:
+    """A backfill job and how far it has got."""
+    job = await jobs.get(runtime, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", f"No backfill job {job_id}.")
+    return backfill_job_view(job, utcnow())
+
+
+@operation("POST", "/tenants/{tenant_id}/callbacks/sync", schemas.CallbackSync, tag="tenants")
+async def sync_callbacks(runtime: Runtime, tenant_id: str) -> Json:
+    """Reconcile the tenant's FreshBooks callbacks now (create the missing, ask FreshBooks to verify
+    the unverified again, delete what is not ours), as the hourly sync does."""
+    tenant = await _one(runtime, "tenant", tenant_id, tenant_store.get)
+    report = await registrar.sync_tenant(runtime, tenant)
+    log.info("admin_callbacks_synced", tenant_id=tenant_id, error=report.error)
+    return callback_sync_view(report)
 
 
 @operation("GET", "/callbacks", schemas.CallbackList, tag="tenants")

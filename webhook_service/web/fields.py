@@ -114,6 +114,7 @@ PATH_IDS = {
     "tenant_id": "A tenant id (ten_...).",
     "event_id": "An event id (evt_...).",
     "delivery_id": "A delivery id.",
+    "job_id": "A backfill job id (bfj_...).",
     "type": "An event type (invoice.updated); GET /admin/v1/event-types lists them.",
 }
 """Every id a path may hold (each a :data:`RecordId`), described."""

@@ -9,7 +9,7 @@ are in :mod:`webhook_service.web.fields`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -312,6 +312,39 @@ class EventTypeDetail(EventTypeSummary):
 
 class SubscriptionList(Page[Subscription]):
     """Subscriptions, oldest first."""
+
+
+class BackfillJob(View):
+    """A backfill of one tenant an operator started, and how far it has got (poll it until
+    ``status`` is no longer ``running``)."""
+
+    id: str
+    tenant_id: str
+    status: Literal["running", "succeeded", "failed", "abandoned"] = Field(
+        description="abandoned: the process running it stopped and nobody updates it."
+    )
+    resources: list[str] = Field(description="The resources it scans, in order.")
+    current_resource: str | None
+    resources_done: int
+    scanned: int = Field(description="Objects listed so far.")
+    emitted: int = Field(description="Events it found that no webhook had brought.")
+    error: str | None
+    created_at: Time
+    updated_at: Time
+    finished_at: Time | None
+
+
+class CallbackSync(View):
+    """What a callback sync did to one tenant's FreshBooks callbacks."""
+
+    tenant_id: str
+    created: list[str] = Field(description="Events for which a callback was created.")
+    resent: list[str] = Field(description="Callbacks FreshBooks was asked to send their verification again.")
+    replaced: list[str]
+    deleted: list[int] = Field(description="FreshBooks callback ids deleted (not ours, or duplicates).")
+    retired: list[str]
+    unchanged: list[str]
+    error: str | None
 
 
 class TenantList(Page[Tenant]):

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, TypeVar
 
+from webhook_service.backfill import jobs
 from webhook_service.contract.schemas import EventType
+from webhook_service.inbound.registrar import SyncReport
 from webhook_service.storage import models
 from webhook_service.storage.deliveries import DUE
 from webhook_service.web import schemas
@@ -84,3 +87,11 @@ def event_type_view(kind: EventType, *, detail: bool = True) -> dict[str, Any]:
 
 def backfill_state_view(state: models.BackfillState) -> dict[str, Any]:
     return view(schemas.BackfillState, state, recovered_by_polling=state.recovered_total)
+
+
+def backfill_job_view(job: models.BackfillJob, now: datetime) -> dict[str, Any]:
+    return view(schemas.BackfillJob, job, status=jobs.state(job, now), resources=job.resources.split(","))
+
+
+def callback_sync_view(report: SyncReport) -> dict[str, Any]:
+    return view(schemas.CallbackSync, report)

@@ -54,8 +54,8 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return RedirectResponse(f"{security.PATH}/sign-in", status_code=303)
         if request.method == "POST":
             form = await read_form(request)
-            if isinstance(form, Response):
-                return form
+            if isinstance(form, Response):  # not a form at all: no token either
+                return refuse_csrf(request, session) if form.status_code == 415 else form
             if not security.csrf_matches(session, form.get(security.CSRF_FIELD)):
                 return refuse_csrf(request, session)
             request.state.form = form

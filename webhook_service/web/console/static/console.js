@@ -4,7 +4,8 @@
 (function () {
   const main = document.querySelector("main[data-refresh]");
   if (!main) return;
-  const seconds = Math.max(5, parseInt(main.dataset.refresh, 10) || 15);
+  const seconds = Math.max(1, parseInt(main.dataset.refresh, 10) || 15);
+  let timer = null;
   async function refresh() {
     if (document.hidden || main.contains(document.activeElement) && document.activeElement !== main) return;
     try {
@@ -12,12 +13,14 @@
       if (response.redirected || !response.ok) return; // signed out, or the service is away: leave the page as it is
       const page = new DOMParser().parseFromString(await response.text(), "text/html");
       const fresh = page.querySelector("main");
-      if (fresh) main.innerHTML = fresh.innerHTML;
+      if (!fresh) return;
+      main.innerHTML = fresh.innerHTML;
+      if (!fresh.hasAttribute("data-refresh")) window.clearInterval(timer); // done (a finished job): stop asking
     } catch (error) {
       // offline for a moment: try again next time
     }
   }
-  window.setInterval(refresh, seconds * 1000);
+  timer = window.setInterval(refresh, seconds * 1000);
 })();
 
 // Copy buttons: <button data-copy="ELEMENT_ID"> puts that element's text on the clipboard.
