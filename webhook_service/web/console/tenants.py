@@ -17,6 +17,7 @@ from webhook_service.storage import backfill_state
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow
+from webhook_service.storage.models import Tenant
 from webhook_service.tenants import onboarding
 from webhook_service.web.console.pages import PAGE_SIZE, cursor, log, next_cursor, page, refuse, render
 from webhook_service.web.console.security import PATH, Session
@@ -40,7 +41,7 @@ async def detail(request: Request, runtime: Runtime, session: Session) -> Respon
     async with runtime.db.sessions() as db:
         found = await tenant_store.get(db, tenant_id)
         if found is None:
-            return refuse(request, session, f"No tenant {tenant_id}.", 404)
+            return _no_tenant(request, session, tenant_id)
         callbacks = await callback_store.list_all(db, tenant_id=tenant_id)
         backfill = await backfill_state.of_tenant(db, tenant_id)
     job = await jobs.latest(runtime, tenant_id)
@@ -64,7 +65,7 @@ async def run_backfill(request: Request, runtime: Runtime, session: Session) -> 
     try:
         job, new = await jobs.start(runtime, tenant_id)
     except jobs.TenantNotFound:
-        return refuse(request, session, f"No tenant {tenant_id}.", 404)
+        return _no_tenant(request, session, tenant_id)
     except jobs.TenantNotActive as exc:
         return refuse(request, session, str(exc), 409)
     if new:
@@ -72,13 +73,21 @@ async def run_backfill(request: Request, runtime: Runtime, session: Session) -> 
     return RedirectResponse(f"{PATH}/tenants/{tenant_id}#backfill-job", status_code=303)
 
 
+async def _tenant(runtime: Runtime, tenant_id: str) -> Tenant | None:
+    async with runtime.db.sessions() as db:
+        return await tenant_store.get(db, tenant_id)
+
+
+def _no_tenant(request: Request, session: Session, tenant_id: str) -> Response:
+    return refuse(request, session, f"No tenant {tenant_id}.", 404)
+
+
 @page
 async def sync_callbacks(request: Request, runtime: Runtime, session: Session) -> Response:
     tenant_id = request.path_params["tenant_id"]
-    async with runtime.db.sessions() as db:
-        found = await tenant_store.get(db, tenant_id)
+    found = await _tenant(runtime, tenant_id)
     if found is None:
-        return refuse(request, session, f"No tenant {tenant_id}.", 404)
+        return _no_tenant(request, session, tenant_id)
     report = await registrar.sync_tenant(runtime, found)
     log.info("console_callbacks_synced", tenant_id=tenant_id, error=report.error)
     if report.error:
@@ -89,10 +98,9 @@ async def sync_callbacks(request: Request, runtime: Runtime, session: Session) -
 @page
 async def confirm_disconnect(request: Request, runtime: Runtime, session: Session) -> Response:
     tenant_id = request.path_params["tenant_id"]
-    async with runtime.db.sessions() as db:
-        found = await tenant_store.get(db, tenant_id)
+    found = await _tenant(runtime, tenant_id)
     if found is None:
-        return refuse(request, session, f"No tenant {tenant_id}.", 404)
+        return _no_tenant(request, session, tenant_id)
     context = {"tenant": tenant_view(found), "current": "tenants"}
     return render(request, "tenant_disconnect.html", context, session=session)
 
