@@ -14,6 +14,7 @@ import httpx
 import pytest
 from conftest import make_settings
 from records import invoice_event
+from starlette.routing import Route
 
 from webhook_service.app import create_app
 from webhook_service.core.logs import configure_logging
@@ -22,6 +23,7 @@ from webhook_service.sandbox.serving import BackgroundServer
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import Delivery, DeliveryAttempt
 from webhook_service.storage.outbox import new_delivery_id
+from webhook_service.web.console import mount
 from webhook_service.web.console.pages import PAGE_SIZE
 from webhook_service.web.console.security import SignInThrottle
 from webhook_service.web.server import build_config
@@ -63,13 +65,28 @@ async def sign_in(browser: httpx.AsyncClient, token: str = ADMIN_TOKEN) -> httpx
     return await browser.post(f"{CONSOLE}/sign-in", data={"csrf_token": csrf, "token": token})
 
 
-async def test_pages_need_a_session(browser):
-    for path in ("/", "/tenants", "/tenants/ten_x"):
-        response = await browser.get(CONSOLE + path)
-        assert response.status_code == 303, path
-        assert response.headers["location"] == f"{CONSOLE}/sign-in"
-    refused = await browser.post(f"{CONSOLE}/sign-out", data={"csrf_token": "anything"})
-    assert refused.status_code == 403
+def console_routes() -> list[tuple[str, str]]:
+    """Every page and action of the console, its path ids filled in: (method, path)."""
+    found = []
+    for route in mount().routes:
+        if isinstance(route, Route) and "{rest" not in route.path:
+            path = CONSOLE + re.sub(r"\{[a-z_]+\}", "x_1", route.path)
+            found += [(method, path) for method in sorted(route.methods or ()) if method != "HEAD"]
+    return found
+
+
+async def test_no_page_or_action_works_without_a_session(browser):
+    routes = console_routes()
+    assert ("POST", f"{CONSOLE}/deliveries/x_1/replay") in routes and len(routes) > 20
+    for method, path in routes:
+        if path.endswith("/sign-in"):
+            continue  # the way in
+        response = await browser.request(method, path, data={"csrf_token": "anything"} if method == "POST" else None)
+        if method == "GET":
+            assert response.status_code == 303, path
+            assert response.headers["location"] == f"{CONSOLE}/sign-in"
+        else:
+            assert response.status_code == 403, path
 
 
 async def test_sign_in_sets_a_strict_http_only_expiring_cookie_and_shows_the_overview(browser, json_logs):

@@ -104,7 +104,6 @@ def test_an_operator_signs_in_sees_the_overview_and_signs_out(console, chrome):
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/console"
     assert chrome.execute_script("return document.cookie") == ""  # out of any script's reach
     assert "verified" in chrome.page_source  # the tenant's callbacks, counted
-    screenshot_for_readme(chrome, "overview")
 
     chrome.find_element(By.CSS_SELECTOR, ".sign-out button").click()
     wait_for(chrome, lambda c: heading(c) == "Sign in", "the sign-in form after signing out")
@@ -301,3 +300,50 @@ def test_a_backfill_started_from_the_tenant_page_runs_to_completion_with_progres
     assert progress.get_attribute("value") == progress.get_attribute("max")
     recovered = console.admin.get("/events", origin="backfill")
     assert sorted(event["type"] for event in recovered) == ["invoice.created"] * 3
+    chrome.get(f"{console.url}/")
+    wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
+    screenshot_for_readme(chrome, "overview")
+
+
+UNLABELLED = """
+return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+  .filter(field => field.labels.length === 0 && !field.closest('label'))
+  .map(field => field.name || field.id);
+"""
+OVERFLOW = "return document.documentElement.scrollWidth - window.innerWidth;"
+
+
+def test_every_page_works_from_a_keyboard_and_at_390_px_wide(console, request):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    narrow = start_chromium(width=390, height=844)
+    try:
+        narrow.get(f"{console.url}/")
+        wait_for(narrow, lambda c: heading(c) == "Sign in", "the sign-in form")
+        narrow.switch_to.active_element.send_keys(console.token + Keys.ENTER)  # the field has the focus
+        wait_for(narrow, lambda c: heading(c) == "Overview", "the overview")
+        for path in (
+            "/",
+            "/tenants",
+            f"/tenants/{console.tenant_id}",
+            "/subscriptions",
+            "/subscriptions/new",
+            "/events",
+            "/deliveries",
+        ):
+            narrow.get(console.url + path)
+            wait_for(narrow, lambda c: c.find_element(By.TAG_NAME, "h1"), f"{path} to load")
+            assert narrow.execute_script(UNLABELLED) == [], path
+            assert narrow.execute_script(OVERFLOW) <= 1, f"{path} is wider than the screen"
+        # from the top of a page, the first Tab reaches "skip to content", which moves the focus there
+        narrow.get(f"{console.url}/deliveries")
+        narrow.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+        assert narrow.switch_to.active_element.text == "Skip to content"
+        narrow.switch_to.active_element.send_keys(Keys.ENTER)
+        assert narrow.switch_to.active_element.get_attribute("id") == "main"
+    except BaseException:
+        print(f"\\nscreenshot of the failure: {keep_evidence(narrow, request.node.name)}")
+        raise
+    finally:
+        narrow.quit()
