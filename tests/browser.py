@@ -75,6 +75,12 @@ def wait_for(chrome: Any, check: Callable[[Any], Any], what: str, timeout: float
     return waiting.until(check, message=f"waited for {what}")
 
 
+def click(chrome: Any, by: str, value: str, what: str | None = None) -> None:
+    """Click the element once it is there; found on a page being replaced (the next page loading,
+    or a page refreshing itself), look for it again."""
+    wait_for(chrome, lambda c: c.find_element(by, value).click() or True, what or f"{value} to click")
+
+
 def keep_evidence(chrome: Any, test_name: str) -> Path:
     """A failing test's screenshot and HTML, named after it."""
     ARTIFACTS.mkdir(exist_ok=True)

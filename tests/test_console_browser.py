@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from browser import keep_evidence, require_chromium, screenshot_for_readme, start_chromium, wait_for
+from browser import click, keep_evidence, require_chromium, screenshot_for_readme, start_chromium, wait_for
 from conftest import OWNER_ACCOUNT_ID
 from processes import (
     STARTUP_TIMEOUT,
@@ -105,7 +105,7 @@ def test_an_operator_signs_in_sees_the_overview_and_signs_out(console, chrome):
     assert chrome.execute_script("return document.cookie") == ""  # out of any script's reach
     assert "verified" in chrome.page_source  # the tenant's callbacks, counted
 
-    chrome.find_element(By.CSS_SELECTOR, ".sign-out button").click()
+    click(chrome, By.CSS_SELECTOR, ".sign-out button")
     wait_for(chrome, lambda c: heading(c) == "Sign in", "the sign-in form after signing out")
     chrome.get(f"{console.url}/tenants")
     wait_for(chrome, lambda c: heading(c) == "Sign in", "a page to send a signed-out browser to sign in")
@@ -127,7 +127,7 @@ def test_a_form_posted_without_its_csrf_token_is_refused(console, chrome):
     wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
     # what a forged form would send: the same form without the token
     chrome.execute_script("document.querySelector('.sign-out input[name=csrf_token]').remove()")
-    chrome.find_element(By.CSS_SELECTOR, ".sign-out button").click()
+    click(chrome, By.CSS_SELECTOR, ".sign-out button")
     wait_for(chrome, lambda c: heading(c) == "Not done", "the refusal page")
     assert "did not come from this console" in chrome.page_source
     cookies = {cookie["name"]: cookie["value"] for cookie in chrome.get_cookies()}
@@ -163,9 +163,9 @@ def test_a_tenant_waiting_for_reauthorization_shows_its_reconnect_link(console, 
     sign_in(chrome, console)
     wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
     assert "Tenants needing attention" in chrome.page_source
-    chrome.find_element(By.LINK_TEXT, "Tenants").click()
+    click(chrome, By.LINK_TEXT, "Tenants")
     wait_for(chrome, lambda c: heading(c) == "Tenants", "the tenant list")
-    chrome.find_element(By.CSS_SELECTOR, f"a[href='/console/tenants/{console.tenant_id}']").click()
+    click(chrome, By.CSS_SELECTOR, f"a[href='/console/tenants/{console.tenant_id}']")
     link = wait_for(chrome, lambda c: c.find_element(By.ID, "reconnect"), "the reconnect link")
     assert link.get_attribute("href").endswith("/oauth/freshbooks/start?business_id=" + _business_id(console))
     assert "invalid_grant" in chrome.page_source  # the reason
@@ -203,24 +203,24 @@ def test_a_subscription_created_in_the_console_shows_its_secret_once(console, ch
 
     sign_in(chrome, console)
     wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
-    chrome.find_element(By.LINK_TEXT, "Subscriptions").click()
+    click(chrome, By.LINK_TEXT, "Subscriptions")
     wait_for(chrome, lambda c: heading(c) == "Subscriptions", "the subscriptions")
-    chrome.find_element(By.LINK_TEXT, "New subscription").click()
+    click(chrome, By.LINK_TEXT, "New subscription")
     wait_for(chrome, lambda c: heading(c) == "New subscription", "the form")
     chrome.find_element(By.ID, "url").send_keys(f"{sink.base_url}/hook")
     chrome.find_element(By.ID, "description").send_keys("billing system")
     events = chrome.find_element(By.ID, "event_types")
     events.clear()
     events.send_keys("invoice.*")
-    chrome.find_element(By.CSS_SELECTOR, "form.fields button[type=submit]").click()
+    click(chrome, By.CSS_SELECTOR, "form.fields button[type=submit]")
     wait_for(chrome, lambda c: heading(c) == "Subscription created", "the secret page")
     secret = chrome.find_element(By.ID, "secret").text
     assert secret.startswith("whsec_")
-    chrome.find_element(By.CSS_SELECTOR, "button[data-copy=secret]").click()
+    click(chrome, By.CSS_SELECTOR, "button[data-copy=secret]")
     wait_for(chrome, lambda c: c.find_element(By.CSS_SELECTOR, "button[data-copy]").text != "Copy", "the copy button")
     assert chrome.current_url == f"{console.url}/subscriptions"  # the secret is in no URL
 
-    chrome.find_element(By.LINK_TEXT, "Done").click()
+    click(chrome, By.LINK_TEXT, "Done")
     wait_for(chrome, lambda c: heading(c) == "Subscription", "the subscription's page")
     assert secret not in chrome.page_source
     chrome.back()  # the answer that showed it is not cached (no-store): going back does not show it again
@@ -246,16 +246,16 @@ def test_a_dead_delivery_replayed_from_its_page_succeeds(console, chrome, simula
 
     sign_in(chrome, console)
     wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
-    chrome.find_element(By.LINK_TEXT, "Deliveries").click()
+    click(chrome, By.LINK_TEXT, "Deliveries")
     wait_for(chrome, lambda c: heading(c) == "Deliveries", "the deliveries")
     Select(chrome.find_element(By.ID, "status")).select_by_value("dead")
-    chrome.find_element(By.CSS_SELECTOR, "form.filters button").click()
-    chrome.find_element(By.LINK_TEXT, dead["id"]).click()
+    click(chrome, By.CSS_SELECTOR, "form.filters button")
+    click(chrome, By.LINK_TEXT, dead["id"])
     wait_for(chrome, lambda c: heading(c) == "Delivery", "the delivery's page")
     timeline = chrome.find_element(By.CSS_SELECTOR, "ol.timeline").text
     assert "#1" in timeline and "HTTP 500" in timeline
 
-    chrome.find_element(By.ID, "replay").click()
+    click(chrome, By.ID, "replay")
     wait_for(chrome, lambda c: "Queued again" in c.page_source, "the replay's notice")
 
     def succeeded(c: Any) -> bool:
@@ -283,7 +283,7 @@ def test_a_backfill_started_from_the_tenant_page_runs_to_completion_with_progres
     sign_in(chrome, console)
     wait_for(chrome, lambda c: heading(c) == "Overview", "the overview")
     chrome.get(f"{console.url}/tenants/{console.tenant_id}")
-    chrome.find_element(By.ID, "run-backfill").click()
+    click(chrome, By.ID, "run-backfill")
     counts = wait_for(chrome, lambda c: c.find_element(By.ID, "backfill-counts"), "the job's progress")
     assert "resources" in counts.text
     assert "Backfill running" in chrome.page_source or "Backfill finished" in chrome.page_source

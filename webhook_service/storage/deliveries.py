@@ -281,7 +281,7 @@ def _next_in_order() -> ColumnElement[bool]:
 
 def _delivery_due(now: When) -> ColumnElement[bool]:
     """Still to send, and due by ``now``: the first term is the partial index's predicate
-    (:data:`~webhook_service.storage.models.DELIVERY_DUE_ROWS`), word for word, so a claim walks
+    (:data:`~webhook_service.storage.claimable.DELIVERY_DUE_ROWS`), word for word, so a claim walks
     that index in ``next_attempt_at`` order and stops at its limit."""
     return and_(_unindexed(Delivery.status).in_([_written(status) for status in DUE]), Delivery.next_attempt_at <= now)
 
@@ -289,7 +289,7 @@ def _delivery_due(now: When) -> ColumnElement[bool]:
 def _inbox_due(now: When) -> ColumnElement[bool]:
     """Pending, or a redelivery of something processed (a recheck); only of active tenants. Needs
     ``Tenant`` joined. The first term is the partial index's predicate
-    (:data:`~webhook_service.storage.models.INBOX_DUE_ROWS`), word for word; given it, a row is due
+    (:data:`~webhook_service.storage.claimable.INBOX_DUE_ROWS`), word for word; given it, a row is due
     when it has no next attempt or that time has come (a recheck always has one)."""
     status = _unindexed(InboxEvent.status)
     return and_(

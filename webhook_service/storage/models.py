@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from webhook_service.storage.claimable import DELIVERY_DUE_ROWS, INBOX_DUE_ROWS
 from webhook_service.storage.columns import UTCDateTime, utcnow
 
 
@@ -113,22 +113,6 @@ class InboxStatus(enum.StrEnum):
     DUPLICATE = "duplicate"
     PROCESSED = "processed"
     FAILED = "failed"
-
-
-def _due_rows(sqlite: str, postgresql: str) -> dict[str, Any]:
-    return {"sqlite_where": text(sqlite), "postgresql_where": text(postgresql)}
-
-
-INBOX_DUE_ROWS = _due_rows(
-    "+status = 'pending' OR +status = 'duplicate' AND processed_at IS NULL AND next_attempt_at IS NOT NULL",
-    "status = 'pending' OR status = 'duplicate' AND processed_at IS NULL AND next_attempt_at IS NOT NULL",
-)
-"""The inbox rows a claim may take (pending, or a duplicate awaiting its recheck), as a partial
-index's predicate. A claim states it in the same words (``storage/deliveries.py``): a database uses
-a partial index only for a query it can prove stays within it, and SQLite proves it from the
-statement's text. On SQLite ``+status`` keeps the planner off the status indexes (see there)."""
-DELIVERY_DUE_ROWS = _due_rows("+status IN ('pending', 'failed')", "status IN ('pending', 'failed')")
-"""The deliveries still to send (now or at their next attempt), as a partial index's predicate."""
 
 
 class InboxEvent(Base):

@@ -24,7 +24,7 @@ down_revision = "0009"
 branch_labels = None
 depends_on = None
 
-# As the models state them (storage/models.py); written out here so this migration stays what it was.
+# As storage/claimable.py states them; written out here so this migration stays what it was.
 _INBOX = "status = 'pending' OR status = 'duplicate' AND processed_at IS NULL AND next_attempt_at IS NOT NULL"
 _DELIVERIES = "status IN ('pending', 'failed')"
 
