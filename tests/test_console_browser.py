@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from browser import click, keep_evidence, require_chromium, screenshot_for_readme, start_chromium, wait_for
-from conftest import OWNER_ACCOUNT_ID
+from conftest import ON_POSTGRES, OWNER_ACCOUNT_ID
 from processes import (
     STARTUP_TIMEOUT,
     Admin,
@@ -34,7 +34,12 @@ from webhook_service.core.crypto import SecretBox
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import Tenant
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # The browser sees the same pages on either database; the pages' reads and writes run on
+    # PostgreSQL in tests/test_console.py. Once per CI run keeps each run under six minutes.
+    pytest.mark.skipif(ON_POSTGRES, reason="the browser tests run once, on SQLite"),
+]
 
 
 @dataclass
