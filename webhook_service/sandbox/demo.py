@@ -367,6 +367,7 @@ class _Demo:
         )
         say(f"service    {self.service.base_url}   admin token: {self.admin_token}")
         say(f"  curl -H 'Authorization: Bearer {self.admin_token}' {self.service.base_url}/admin/v1/events")
+        say(f"console    {self.service.base_url}/console   (sign in with the admin token)")
         say(f"simulator  {self.simulator.base_url}   make a change:")
         say(
             f"  curl -X POST -H 'Content-Type: application/json' -d '{{\"organization\": \"Babbage & Co\"}}' "
