@@ -399,3 +399,17 @@ async def test_tenant_actions_sync_backfill_and_disconnect(browser, connected, s
     assert "status disconnected" in page.text and 'id="run-backfill"' not in page.text
     refused = await browser.post(f"{CONSOLE}/tenants/{connected.id}/backfill", data={"csrf_token": csrf})
     assert refused.status_code == 409  # FreshBooks cannot be asked for a disconnected tenant
+
+
+SUBSCRIPTION_LINK = re.compile(r'href="/console/subscriptions/(sub_[A-Za-z0-9]+)"')
+
+
+async def test_the_subscription_list_pages_with_a_cursor(browser, runtime, sink):
+    made = [(await subscriptions.create(runtime, {"url": f"{sink.base_url}/{n}"})).subscription.id for n in range(52)]
+    await sign_in(browser)
+    first = await browser.get(f"{CONSOLE}/subscriptions")
+    older = re.search(r'href="(/console/subscriptions\?after=[^"]+)" rel="next"', first.text).group(1)
+    second = await browser.get(older)
+    shown = SUBSCRIPTION_LINK.findall(first.text) + SUBSCRIPTION_LINK.findall(second.text)
+    assert len(SUBSCRIPTION_LINK.findall(first.text)) == PAGE_SIZE and 'rel="next"' not in second.text
+    assert sorted(shown) == sorted(made)  # every one once, oldest first

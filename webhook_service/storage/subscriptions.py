@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage.deliveries import DUE
 from webhook_service.storage.models import Delivery, DeliveryStatus, Subscription
+from webhook_service.storage.paging import Position, newer_than
 
 
 async def get(session: AsyncSession, subscription_id: str) -> Subscription | None:
@@ -18,6 +19,14 @@ async def get(session: AsyncSession, subscription_id: str) -> Subscription | Non
 
 async def list_all(session: AsyncSession) -> list[Subscription]:
     return list((await session.execute(select(Subscription).order_by(Subscription.created_at))).scalars())
+
+
+async def list_page(session: AsyncSession, *, after: Position | None = None, limit: int = 50) -> list[Subscription]:
+    """Oldest first, from just after ``after`` (a subscription's ``created_at`` and ``id``)."""
+    query = select(Subscription).order_by(Subscription.created_at, Subscription.id).limit(limit)
+    if after is not None:
+        query = query.where(newer_than(Subscription.created_at, Subscription.id, after))
+    return list((await session.execute(query)).scalars())
 
 
 async def enabled(session: AsyncSession) -> list[Subscription]:

@@ -18,17 +18,24 @@ from starlette.responses import RedirectResponse, Response
 
 from webhook_service.delivery import subscriptions
 from webhook_service.runtime import Runtime
+from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.web import schemas
-from webhook_service.web.console.pages import log, page, refuse, render
+from webhook_service.web.console.pages import PAGE_SIZE, cursor, log, next_cursor, page, refuse, render
 from webhook_service.web.console.security import PATH, Session
 from webhook_service.web.views import subscription_view
 
 
 @page
 async def listing(request: Request, runtime: Runtime, session: Session) -> Response:
-    found = [subscription_view(s) for s in await subscriptions.list_all(runtime)]
-    return render(request, "subscriptions.html", {"subscriptions": found, "current": "subscriptions"}, session=session)
+    async with runtime.db.sessions() as db:
+        rows = await subscription_store.list_page(
+            db, after=cursor(request.query_params.get("after")), limit=PAGE_SIZE + 1
+        )
+    shown = rows[:PAGE_SIZE]
+    following = next_cursor(shown[-1].created_at, shown[-1].id) if len(rows) > PAGE_SIZE else None
+    context = {"subscriptions": [subscription_view(s) for s in shown], "next": following, "current": "subscriptions"}
+    return render(request, "subscriptions.html", context, session=session)
 
 
 @page
