@@ -14,7 +14,6 @@ secret leaves here, except a subscription's new secret in the answers to create 
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -34,7 +33,7 @@ from webhook_service.storage import events as event_store
 from webhook_service.storage import inbox as inbox_store
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow
-from webhook_service.web import schemas
+from webhook_service.web import admin_token, schemas
 from webhook_service.web.errors import error_response
 from webhook_service.web.openapi import build_document
 from webhook_service.web.operations import ApiError, Operations
@@ -67,14 +66,14 @@ RecordT = TypeVar("RecordT")
 
 def _refusal(request: Request) -> Response | None:
     """503 while ADMIN_TOKEN is unset, 401 unless the bearer token matches; None to go on."""
-    expected = request.app.state.runtime.settings.admin_token
+    settings = request.app.state.runtime.settings
     where = {"method": request.method, "path": request.url.path[:120]}
-    if expected is None or not expected.get_secret_value():
+    if not admin_token.enabled(settings):
         log.warning("admin_refused", reason="admin_disabled", **where)
         return error_response(request, 503, "admin_disabled", "set ADMIN_TOKEN to enable the admin API")
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
     presented = presented.strip()
-    if scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), expected.get_secret_value().encode()):
+    if scheme.lower() == "bearer" and admin_token.matches(settings, presented):
         return None
     log.warning("admin_refused", reason="wrong_credentials" if presented else "missing_credentials", **where)
     response = error_response(request, 401, "unauthorized", "Send Authorization: Bearer <ADMIN_TOKEN>.")

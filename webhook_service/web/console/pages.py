@@ -25,6 +25,7 @@ from starlette.templating import Jinja2Templates
 from webhook_service.core.logs import get_logger
 from webhook_service.inbound.receiver import Refusal
 from webhook_service.runtime import Runtime
+from webhook_service.web import admin_token
 from webhook_service.web.console import security
 from webhook_service.web.console.security import Session
 from webhook_service.web.webhooks import FORM_TYPE, _read_capped
@@ -45,7 +46,7 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     @functools.wraps(handler)
     async def guarded(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
-        if not security.enabled(runtime):
+        if not admin_token.enabled(runtime.settings):
             return render(request, "disabled.html", status=503)
         session = await security.load(request, runtime)
         if session is None or not session.signed_in:

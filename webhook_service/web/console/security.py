@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from webhook_service.runtime import Runtime
 from webhook_service.storage import console_sessions
 from webhook_service.storage.columns import utcnow
+from webhook_service.web import admin_token
 
 COOKIE = "console_session"
 PATH = "/console"
@@ -64,17 +65,6 @@ class Session:
         return self.id is not None
 
 
-def enabled(runtime: Runtime) -> bool:
-    token = runtime.settings.admin_token
-    return token is not None and bool(token.get_secret_value())
-
-
-def is_admin_token(runtime: Runtime, presented: str) -> bool:
-    token = runtime.settings.admin_token
-    expected = token.get_secret_value() if token is not None else ""
-    return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
-
-
 async def load(request: Request, runtime: Runtime) -> Session | None:
     """The browser's session, if its cookie is ours and unexpired; signed in only while its row is
     live and it was signed in with today's token."""
@@ -88,7 +78,7 @@ async def load(request: Request, runtime: Runtime) -> Session | None:
     if not isinstance(data, dict) or not isinstance(data.get("csrf"), str):
         return None
     session_id, who = data.get("sid"), data.get("who")
-    if not (isinstance(session_id, str) and isinstance(who, str) and enabled(runtime)):
+    if not (isinstance(session_id, str) and isinstance(who, str) and admin_token.enabled(runtime.settings)):
         return Session(csrf=data["csrf"])
     if not hmac.compare_digest(who, _fingerprint(runtime)):
         return Session(csrf=data["csrf"])

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from webhook_service.runtime import Runtime
+from webhook_service.web import admin_token
 from webhook_service.web.console import security
 from webhook_service.web.console.pages import client_of, log, page, read_form, refuse, refuse_csrf, render
 from webhook_service.web.console.security import Session
@@ -13,7 +14,7 @@ from webhook_service.web.console.security import Session
 
 async def form(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    if not security.enabled(runtime):
+    if not admin_token.enabled(runtime.settings):
         return render(request, "disabled.html", status=503)
     session = await security.load(request, runtime)
     if session is not None and session.signed_in:
@@ -24,17 +25,16 @@ async def form(request: Request) -> Response:
 def _sign_in_page(
     request: Request, runtime: Runtime, session: Session | None, *, problem: str | None = None, status: int = 200
 ) -> Response:
-    fresh = session is None or session.signed_in
-    shown = security.anonymous() if fresh or session is None else session
+    shown = session if session is not None and not session.signed_in else security.anonymous()
     response = render(request, "sign_in.html", {"problem": problem, "csrf": shown.csrf}, status=status)
-    if fresh:  # a session of its own before signing in, holding the form's CSRF token
+    if shown is not session:  # a session of its own before signing in, holding the form's CSRF token
         security.store(response, runtime, shown)
     return response
 
 
 async def submit(request: Request, throttle: security.SignInThrottle) -> Response:
     runtime: Runtime = request.app.state.runtime
-    if not security.enabled(runtime):
+    if not admin_token.enabled(runtime.settings):
         return render(request, "disabled.html", status=503)
     client = client_of(request)
     wait = throttle.wait(client)
@@ -50,7 +50,7 @@ async def submit(request: Request, throttle: security.SignInThrottle) -> Respons
     if not security.csrf_matches(session, form.get(security.CSRF_FIELD)):
         return refuse_csrf(request, None)
     presented = form.get("token")
-    if not isinstance(presented, str) or not security.is_admin_token(runtime, presented.strip()):
+    if not isinstance(presented, str) or not admin_token.matches(runtime.settings, presented.strip()):
         throttle.failed(client)
         log.warning("console_sign_in_failed", client=client)
         return _sign_in_page(request, runtime, session, problem="That is not this service's admin token.", status=401)
