@@ -15,8 +15,9 @@ from starlette.responses import RedirectResponse, Response
 
 from webhook_service.delivery import replay, subscriptions
 from webhook_service.runtime import Runtime
+from webhook_service.storage.deliveries import DUE
 from webhook_service.storage.models import DeliveryStatus
-from webhook_service.web.console.pages import PAGE_SIZE, cursor, log, next_cursor, page, refuse, render
+from webhook_service.web.console.pages import PAGE_SIZE, cursor, log, one_page, page, refuse, render
 from webhook_service.web.console.security import PATH, Session
 from webhook_service.web.views import delivery_view
 
@@ -36,11 +37,9 @@ async def listing(request: Request, runtime: Runtime, session: Session) -> Respo
         limit=PAGE_SIZE + 1,
         before=cursor(params.get("before")),
     )
-    shown = rows[:PAGE_SIZE]
-    following = None
-    if len(rows) > PAGE_SIZE:
-        kept = {"status": status or "", "subscription_id": subscription_id or ""}
-        following = urlencode({**kept, "before": next_cursor(shown[-1].created_at, shown[-1].id)})
+    shown, before = one_page(rows)
+    kept = {"status": status or "", "subscription_id": subscription_id or ""}
+    following = urlencode({**kept, "before": before}) if before else None
     context = {
         "deliveries": [delivery_view(delivery) for delivery in shown],
         "subscriptions": [(s.id, s.url) for s in await subscriptions.list_all(runtime)],
@@ -65,7 +64,7 @@ async def detail(request: Request, runtime: Runtime, session: Session) -> Respon
     context = {
         "delivery": delivery_view(delivery, attempts),
         "replayed": request.query_params.get("replayed") == "1",
-        "refresh": REFRESH_SECONDS if delivery.status in ("pending", "failed") else None,
+        "refresh": REFRESH_SECONDS if delivery.status in DUE else None,
         "current": "deliveries",
     }
     return render(request, "delivery.html", context, session=session)

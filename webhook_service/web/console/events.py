@@ -13,7 +13,7 @@ from webhook_service.delivery import replay
 from webhook_service.runtime import Runtime
 from webhook_service.storage import events as event_store
 from webhook_service.storage import tenants as tenant_store
-from webhook_service.web.console.pages import PAGE_SIZE, cursor, next_cursor, page, refuse, render
+from webhook_service.web.console.pages import PAGE_SIZE, cursor, one_page, page, refuse, render
 from webhook_service.web.console.security import Session
 from webhook_service.web.views import delivery_view, event_view
 
@@ -38,10 +38,8 @@ async def listing(request: Request, runtime: Runtime, session: Session) -> Respo
             before=cursor(params.get("before")),
         )
         tenants = await tenant_store.list_all(db)
-    shown = rows[:PAGE_SIZE]
-    following = None
-    if len(rows) > PAGE_SIZE:
-        following = urlencode({**chosen, "before": next_cursor(shown[-1].created_at, shown[-1].id)})
+    shown, before = one_page(rows)
+    following = urlencode({**chosen, "before": before}) if before else None
     context = {
         "events": [event_view(event, with_payload=False) for event in shown],
         "tenants": [(t.id, t.name or t.id) for t in tenants],

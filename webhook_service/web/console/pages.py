@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import FormData, UploadFile
@@ -116,8 +116,22 @@ async def not_found(request: Request) -> Response:
     return refuse(request, session, "There is no such page.", 404)
 
 
-def next_cursor(created_at: datetime, record_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{record_id}".encode()).decode().rstrip("=")
+class Positioned(Protocol):
+    created_at: datetime
+    id: str
+
+
+RowT = TypeVar("RowT", bound=Positioned)
+
+
+def one_page(rows: Sequence[RowT]) -> tuple[list[RowT], str | None]:
+    """Of rows read with a limit of ``PAGE_SIZE + 1``, those shown, and the cursor of the page after
+    them (None on the last page: the extra row is how a page knows another follows)."""
+    shown = list(rows[:PAGE_SIZE])
+    if len(rows) <= PAGE_SIZE:
+        return shown, None
+    last = shown[-1]
+    return shown, base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode().rstrip("=")
 
 
 def cursor(value: str | None) -> tuple[datetime, str] | None:

@@ -21,7 +21,7 @@ from webhook_service.runtime import Runtime
 from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.web import schemas
-from webhook_service.web.console.pages import PAGE_SIZE, cursor, log, next_cursor, page, refuse, render
+from webhook_service.web.console.pages import PAGE_SIZE, cursor, log, one_page, page, refuse, render
 from webhook_service.web.console.security import PATH, Session
 from webhook_service.web.views import subscription_view
 
@@ -32,8 +32,7 @@ async def listing(request: Request, runtime: Runtime, session: Session) -> Respo
         rows = await subscription_store.list_page(
             db, after=cursor(request.query_params.get("after")), limit=PAGE_SIZE + 1
         )
-    shown = rows[:PAGE_SIZE]
-    following = next_cursor(shown[-1].created_at, shown[-1].id) if len(rows) > PAGE_SIZE else None
+    shown, following = one_page(rows)
     context = {"subscriptions": [subscription_view(s) for s in shown], "next": following, "current": "subscriptions"}
     return render(request, "subscriptions.html", context, session=session)
 

@@ -19,7 +19,7 @@ from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import Tenant
 from webhook_service.tenants import onboarding
-from webhook_service.web.console.pages import PAGE_SIZE, cursor, log, next_cursor, page, refuse, render
+from webhook_service.web.console.pages import PAGE_SIZE, cursor, log, one_page, page, refuse, render
 from webhook_service.web.console.security import PATH, Session
 from webhook_service.web.views import backfill_job_view, callback_view, tenant_view
 
@@ -29,8 +29,7 @@ async def listing(request: Request, runtime: Runtime, session: Session) -> Respo
     after = cursor(request.query_params.get("after"))
     async with runtime.db.sessions() as db:
         rows = await tenant_store.list_page(db, after=after, limit=PAGE_SIZE + 1)
-    shown = rows[:PAGE_SIZE]
-    following = next_cursor(shown[-1].created_at, shown[-1].id) if len(rows) > PAGE_SIZE else None
+    shown, following = one_page(rows)
     context = {"tenants": [tenant_view(t) for t in shown], "next": following, "current": "tenants"}
     return render(request, "tenants.html", context, session=session)
 
