@@ -8,7 +8,7 @@ from typing import Any
 
 from webhook_service.freshbooks.catalogue import CATALOGUE
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
-from webhook_service.storage.models import Event, Tenant
+from webhook_service.storage.models import Delivery, Event, Tenant
 
 
 def invoice_event(tenant: Tenant, now: datetime) -> tuple[Event, dict[str, Any]]:
@@ -35,3 +35,19 @@ def invoice_event(tenant: Tenant, now: datetime) -> tuple[Event, dict[str, Any]]
         created_at=now,
     )
     return event, payload
+
+
+def dead_delivery(delivery_id: str, event_id: str, subscription_id: str, at: datetime) -> Delivery:
+    """A delivery that gave up after two attempts answered 500, at ``at``."""
+    return Delivery(
+        id=delivery_id,
+        event_id=event_id,
+        subscription_id=subscription_id,
+        status="dead",
+        attempts=2,
+        last_status_code=500,
+        last_error="HTTP 500",
+        created_at=at,
+        updated_at=at,
+        completed_at=at,
+    )

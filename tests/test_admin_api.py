@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import OWNER_ACCOUNT_ID, make_settings
-from records import invoice_event
+from records import dead_delivery, invoice_event
 
 from webhook_service.app import create_app
 from webhook_service.contract.matching import invalid_patterns
@@ -365,18 +365,7 @@ async def _seed(runtime, tenant, subscription_id: str) -> dict[str, Any]:
     fresh, recent, old = new_delivery_id(), new_delivery_id(), new_delivery_id()
 
     def dead(delivery_id: str, created_at: datetime) -> Delivery:
-        return Delivery(
-            id=delivery_id,
-            event_id=event.id,
-            subscription_id=subscription_id,
-            status="dead",
-            attempts=2,
-            last_status_code=500,
-            last_error="HTTP 500",
-            created_at=created_at,
-            updated_at=created_at,
-            completed_at=created_at,
-        )
+        return dead_delivery(delivery_id, event.id, subscription_id, created_at)
 
     async with runtime.db.sessions() as session:
         session.add(event)

@@ -13,7 +13,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from conftest import make_settings
-from records import invoice_event
+from records import dead_delivery, invoice_event
 from starlette.routing import Route
 
 from webhook_service.app import create_app
@@ -21,7 +21,7 @@ from webhook_service.core.logs import configure_logging
 from webhook_service.delivery import subscriptions
 from webhook_service.sandbox.serving import BackgroundServer
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.models import Delivery, DeliveryAttempt
+from webhook_service.storage.models import DeliveryAttempt
 from webhook_service.storage.outbox import new_delivery_id
 from webhook_service.web.console import mount
 from webhook_service.web.console.pages import PAGE_SIZE
@@ -299,21 +299,7 @@ async def _seed_dead_deliveries(runtime, tenant, subscription_id: str, count: in
         session.add(event)
         await session.flush()
         for n, delivery_id in enumerate(ids):
-            at = now - timedelta(seconds=n)
-            session.add(
-                Delivery(
-                    id=delivery_id,
-                    event_id=event.id,
-                    subscription_id=subscription_id,
-                    status="dead",
-                    attempts=2,
-                    last_status_code=500,
-                    last_error="HTTP 500",
-                    created_at=at,
-                    updated_at=at,
-                    completed_at=at,
-                )
-            )
+            session.add(dead_delivery(delivery_id, event.id, subscription_id, now - timedelta(seconds=n)))
         await session.flush()
         for number in (1, 2):
             session.add(
