@@ -15,13 +15,16 @@ import httpx
 import pytest
 from conftest import OWNER_ACCOUNT_ID, make_settings
 from records import dead_delivery, invoice_event
+from sqlalchemy import select
 
 from webhook_service.app import create_app
+from webhook_service.backfill import jobs
 from webhook_service.contract.matching import invalid_patterns
 from webhook_service.core.logs import configure_logging
 from webhook_service.sandbox.serving import BackgroundServer, bind_socket
+from webhook_service.storage import backfill_jobs
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.models import Delivery, DeliveryAttempt
+from webhook_service.storage.models import BackfillJob, Delivery, DeliveryAttempt
 from webhook_service.storage.outbox import new_delivery_id
 from webhook_service.web import admin
 from webhook_service.web.fields import EVENT_TYPE_PATTERN
@@ -488,3 +491,38 @@ async def test_a_backfill_job_is_started_polled_and_answered_once_per_tenant(
     synced = await api.post(f"/tenants/{connected.id}/callbacks/sync")
     assert synced.status_code == 200 and synced.json()["error"] is None
     assert "invoice" in synced.json()["unchanged"]
+
+
+async def test_a_start_that_misses_the_running_job_in_its_look_still_leaves_one(runtime, tenant, monkeypatch):
+    """The race on purpose: a second start looks for a running job before the first one's commit
+    lands (another replica, or this process between its look and its insert). The database keeps
+    one running job per tenant, and the second start answers with it."""
+    now = utcnow()
+    async with runtime.db.sessions() as session:
+        existing = await backfill_jobs.add(session, "bfj_first", tenant.id, ["invoice"], now)
+        await session.commit()
+    real_look = backfill_jobs.running_for
+    looks = []
+
+    async def missing_it_once(*args: Any, **kwargs: Any) -> Any:
+        looks.append(1)
+        return None if len(looks) == 1 else await real_look(*args, **kwargs)
+
+    monkeypatch.setattr(backfill_jobs, "running_for", missing_it_once)
+    job, new = await jobs.start(runtime, tenant.id)
+    assert (job.id, new) == (existing.id, False) and len(looks) == 2
+    async with runtime.db.sessions() as session:
+        running = (await session.execute(select(BackfillJob.id).where(BackfillJob.status == "running"))).scalars().all()
+    assert running == [existing.id]
+
+
+async def test_a_silent_running_job_is_marked_abandoned_when_a_new_one_starts(runtime, tenant):
+    long_ago = utcnow() - jobs.ABANDONED_AFTER - timedelta(seconds=1)
+    async with runtime.db.sessions() as session:
+        await backfill_jobs.add(session, "bfj_silent", tenant.id, ["invoice"], long_ago)
+        await session.commit()
+    job, new = await jobs.start(runtime, tenant.id)
+    assert new and job.id != "bfj_silent"
+    async with runtime.db.sessions() as session:
+        silent = await backfill_jobs.get(session, "bfj_silent")
+    assert silent is not None and silent.status == "abandoned" and silent.finished_at is not None

@@ -76,7 +76,7 @@ async def seeded(service, runtime, tenant) -> dict[str, str]:
     created = await subscriptions.create(runtime, {"url": "http://127.0.0.1:9/hook", "tenant_id": tenant.id})
     ids = await _seed(runtime, tenant, created.subscription.id)
     async with runtime.db.sessions() as session:  # a finished backfill job to read
-        job = backfill_jobs.add(session, new_id("bfj"), tenant.id, ["invoice"], utcnow())
+        job = await backfill_jobs.add(session, new_id("bfj"), tenant.id, ["invoice"], utcnow())
         await backfill_jobs.record(session, job.id, status="succeeded", finished_at=utcnow())
         await session.commit()
     return {

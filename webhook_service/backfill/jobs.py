@@ -1,9 +1,10 @@
 """Backfill jobs: a tenant's backfill started on request (the admin API, the console), run in the
 background of the process that was asked, with its progress in the database for anyone to poll.
 
-One job per tenant at a time: asking again while one runs answers with that one. A job writes its
-progress at most once a second (``HEARTBEAT``); one silent for ``ABANDONED_AFTER`` was left by a
-process that stopped, reads as ``abandoned``, and no longer keeps a new one from starting. A job
+One job per tenant at a time (the database holds to it: a partial unique index on running jobs):
+asking again while one runs answers with that one. A job writes its progress every second
+(``HEARTBEAT``); one silent for ``ABANDONED_AFTER`` was left by a process that stopped, reads as
+``abandoned``, and is marked so when a new one starts. A job
 that a stopping process cancels says so (``failed``, "stopped with the process"); the scans it
 finished are kept, as after any backfill (watermarks only move over what was committed).
 """
@@ -23,6 +24,7 @@ from webhook_service.storage import backfill_jobs
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import new_id, utcnow
 from webhook_service.storage.models import BackfillJob, TenantStatus
+from webhook_service.storage.session import Conflict
 
 log = get_logger(__name__)
 
@@ -50,7 +52,15 @@ async def start(runtime: Runtime, tenant_id: str) -> tuple[BackfillJob, bool]:
         running = await backfill_jobs.running_for(session, tenant_id, heard_since=now - ABANDONED_AFTER)
         if running is not None:
             return running, False
-        job = backfill_jobs.add(session, new_id("bfj"), tenant_id, list(CATALOGUE), now)
+        await backfill_jobs.abandon_silent(session, tenant_id, heard_before=now - ABANDONED_AFTER, now=now)
+        try:
+            job = await backfill_jobs.add(session, new_id("bfj"), tenant_id, list(CATALOGUE), now)
+        except Conflict:  # another request (here or on another replica) started one since the look
+            await session.rollback()
+            running = await backfill_jobs.running_for(session, tenant_id, heard_since=now - ABANDONED_AFTER)
+            if running is None:
+                raise
+            return running, False
         await session.commit()
     runtime.tasks.spawn(_run(runtime, job.id, tenant_id), name=f"backfill-job:{job.id}")
     log.info("backfill_job_started", job_id=job.id, tenant_id=tenant_id)

@@ -9,9 +9,12 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage.models import BackfillJob
+from webhook_service.storage.session import conflicts
 
 
-def add(session: AsyncSession, job_id: str, tenant_id: str, resources: list[str], now: datetime) -> BackfillJob:
+async def add(session: AsyncSession, job_id: str, tenant_id: str, resources: list[str], now: datetime) -> BackfillJob:
+    """A running job (flushed, not committed). A tenant has one running job at most (a partial
+    unique index): a second one, however the two requests interleave, raises ``Conflict``."""
     job = BackfillJob(
         id=job_id,
         tenant_id=tenant_id,
@@ -24,7 +27,24 @@ def add(session: AsyncSession, job_id: str, tenant_id: str, resources: list[str]
         updated_at=now,
     )
     session.add(job)
+    with conflicts():
+        await session.flush()
     return job
+
+
+async def abandon_silent(session: AsyncSession, tenant_id: str, *, heard_before: datetime, now: datetime) -> None:
+    """Mark the tenant's running jobs nobody has updated since ``heard_before`` abandoned (their
+    process stopped), so a new one may start (not committed)."""
+    await session.execute(
+        update(BackfillJob)
+        .where(
+            BackfillJob.tenant_id == tenant_id,
+            BackfillJob.status == "running",
+            BackfillJob.updated_at < heard_before,
+        )
+        .values(status="abandoned", error="the process running it stopped", finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def get(session: AsyncSession, job_id: str) -> BackfillJob | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -14,6 +15,11 @@ from webhook_service.storage.columns import UTCDateTime, utcnow
 
 class Base(DeclarativeBase):
     pass
+
+
+def _where(predicate: str) -> dict[str, Any]:
+    """A partial index's predicate, the same on both databases."""
+    return {"sqlite_where": text(predicate), "postgresql_where": text(predicate)}
 
 
 class TenantStatus(enum.StrEnum):
@@ -167,6 +173,9 @@ class BackfillJob(Base):
     its progress, written as it goes, so any replica can answer how far it is."""
 
     __tablename__ = "backfill_jobs"
+    __table_args__ = (  # one running job per tenant (migration 0011)
+        Index("ux_backfill_jobs_running", "tenant_id", unique=True, **_where("status = 'running'")),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -321,8 +330,7 @@ class Delivery(Base):
             "subscription_id",
             "ordering_key",
             "sequence",
-            sqlite_where=text("ordering_key IS NOT NULL"),
-            postgresql_where=text("ordering_key IS NOT NULL"),
+            **_where("ordering_key IS NOT NULL"),
         ),
     )
 
@@ -357,8 +365,7 @@ class DeliveryAttempt(Base):
         Index(  # the response bodies retention still has to clear (migration 0007)
             "ix_delivery_attempts_body_started",
             "started_at",
-            sqlite_where=text("response_body IS NOT NULL"),
-            postgresql_where=text("response_body IS NOT NULL"),
+            **_where("response_body IS NOT NULL"),
         ),
     )
 

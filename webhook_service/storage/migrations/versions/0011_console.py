@@ -50,6 +50,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_backfill_jobs_tenant_id", "backfill_jobs", ["tenant_id"])
+    running = sa.text("status = 'running'")  # one running job per tenant
+    op.create_index(
+        "ux_backfill_jobs_running",
+        "backfill_jobs",
+        ["tenant_id"],
+        unique=True,
+        sqlite_where=running,
+        postgresql_where=running,
+    )
     op.create_index("ix_delivery_attempts_started", "delivery_attempts", ["started_at"])
     op.create_index("ix_tenants_created", "tenants", ["created_at", "id"])
     op.create_index("ix_deliveries_created", "deliveries", ["created_at", "id"])
