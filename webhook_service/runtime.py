@@ -30,8 +30,7 @@ from webhook_service.storage import inbox, migrate
 from webhook_service.storage.callbacks import CallbackCache
 from webhook_service.storage.database import Database
 from webhook_service.storage.deliveries import HandedDelivery
-from webhook_service.storage.inbox import Arrival, HandedInboxEvent
-from webhook_service.storage.models import InboxEvent
+from webhook_service.storage.inbox import Arrival, HandedInboxEvent, Recorded
 
 
 def secret_box_from_settings(settings: Settings) -> SecretBox:
@@ -102,7 +101,7 @@ class Runtime:
     """The policy ``outbound`` enforces (``OUTBOUND_ALLOWED_CIDRS``, ``OUTBOUND_HTTPS_ONLY``)."""
     callbacks: CallbackCache
     """Where the webhook endpoint finds its callback (cached briefly; see the class)."""
-    inbox_writer: Batcher[Arrival, InboxEvent]
+    inbox_writer: Batcher[Arrival, Recorded]
     """The one way into the inbox: group commit of concurrent deliveries."""
     signals: Signals
     lease_owner: str

@@ -23,9 +23,13 @@ the sink, and N invoices seeded. The driver (this process, ``aiohttp``) POSTs Fr
    --workers 1`` and ``serve --workers 2`` (target: 2 workers >= 1.4x 1 worker), and, with
    ``--baseline-command``, the other build's ``serve``. The CPU seconds of every process (web,
    each worker, simulator, sink, driver) are printed: on a 2-core machine they share two cores,
-   and that ceiling is visible in them.
+   and that ceiling is visible in them; the ceiling line says what the cores allow a second worker
+   when every process keeps the CPU per event of the 1-worker run.
 3. CPU per event: the service's processes' CPU seconds per 1,000 events, from part 2 (target: at
    most half of the baseline build's).
+4. Workers on a backlog: the web role alone takes N webhooks, then 1 or 2 ``serve --role worker``
+   processes drain the inbox, timed from the first delivery to the last. The web process and the
+   driver are idle meanwhile, so this is the workers' own scaling (not a target of its own).
 
 Databases: temporary SQLite files by default; ``--database-url postgresql+asyncpg://USER@HOST/DB``
 creates (and drops) fresh databases on that server.
@@ -255,6 +259,17 @@ def service_cpu(result: Burst) -> float:
     return sum(v for k, v in result.cpu.items() if k not in ("simulator", "sink", "driver", "postgres"))
 
 
+def ceiling(result: Burst, cores: int) -> str:
+    """What the machine allows a second worker: every process (the service's, the simulator, the
+    sink, the driver, PostgreSQL) kept its CPU per event, the cores could carry at most this much."""
+    wall = result.pipeline_s or result.ingest_s
+    used = sum(result.cpu.values()) / wall
+    return (
+        f"ceiling: the 1-worker run kept {used:.2f} of {cores} cores busy (all processes); at the same CPU per "
+        f"event, {cores} cores carry at most {min(cores / used, 2.0):.2f}x its rate"
+    )
+
+
 def describe_cpu(result: Burst) -> str:
     wall = result.pipeline_s or result.ingest_s
     return ", ".join(f"{name} {seconds:.1f} s ({seconds / wall:.0%})" for name, seconds in result.cpu.items())
@@ -362,6 +377,9 @@ async def run_pipeline(args: argparse.Namespace, databases: Databases, procs: Ch
         f"   2 workers / 1 worker: {two / one:.2f}x (best of each) -> {verdict(two / one >= SCALING_TARGET)} "
         f"(target >= {SCALING_TARGET:g}x)"
     )
+    single = [r for r in results.get("serve --workers 1", []) if r.pipeline_s and rate(r) == one]
+    if single:
+        print(f"   {ceiling(single[0], os.cpu_count() or 1)}")
     print("\n== 3. CPU per event (service processes, CPU-seconds per 1,000 events; least of the rounds)")
     for label in results:
         print(f"   {label:<24} {-best(label, cpu_per_1000):5.2f}")
@@ -373,11 +391,75 @@ async def run_pipeline(args: argparse.Namespace, databases: Databases, procs: Ch
                 print(f"   {label:<24} {ratio:.2f}x the baseline build -> {verdict(ratio <= CPU_TARGET)}")
 
 
+# -- 4. workers on a backlog ------------------------------------------------------------------
+async def drain(run: Run, workers: int, *, drain_timeout: float) -> Burst:
+    """The web role alone takes every webhook; then ``workers`` worker processes start and drain the
+    inbox. Timed, and the CPU counted, from the first delivery the sink sees (the workers' start-up
+    is left out) to the last."""
+    ingested = await burst(run, 32, drain_timeout=0, wait_for_delivery=False)
+    started = [
+        run.stack.procs.start(
+            f"worker-{n}", [*run.stack.command, "serve", "--role", "worker", "--port", str(free_port())], run.stack.env
+        )
+        for n in range(1, workers + 1)
+    ]
+    pids = {f"worker-{n}": child.popen.pid for n, child in enumerate(started, 1)}
+    pids.update(simulator=_pid_named(run, "simulator"), sink=_pid_named(run, "sink"))
+
+    def cpu_now() -> dict[str, float]:
+        now = {name: cpu_seconds(pid) or math.nan for name, pid in pids.items()}
+        database = database_cpu()
+        return now if database is None else {**now, "postgres": database}
+
+    result = Burst(ingested.sent, ingested.statuses, [], ingested.ingest_s, None, 0)
+    first: tuple[float, int, dict[str, float]] | None = None
+    began = time.perf_counter()
+    async with httpx.AsyncClient(timeout=10.0) as control:
+        while time.perf_counter() - began < drain_timeout:
+            run.stack.procs.ensure_alive()
+            result.delivered = await sink_count(control, run.stack.sink_url)
+            if first is None and result.delivered:
+                first = (time.perf_counter(), result.delivered, cpu_now())
+            if first is not None and result.delivered >= result.accepted:
+                result.pipeline_s = time.perf_counter() - first[0]
+                result.sent = result.accepted - first[1]  # the deliveries timed
+                result.cpu = {name: seconds - first[2][name] for name, seconds in cpu_now().items()}
+                break
+            await asyncio.sleep(0.02)
+    return result
+
+
+async def run_drain(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
+    print(
+        f"\n== 4. Workers on a backlog: the web role takes {args.events} webhooks with no worker running, then 1 or "
+        f"2 worker processes (`serve --role worker`) drain the inbox; timed from the first delivery to the last "
+        f"({args.rounds} round(s), alternating). The web process and the driver are idle meanwhile."
+    )
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for round_number in range(1, args.rounds + 1):
+        for workers in (1, 2):
+            config = Configuration("web role", service_command(), ["--role", "web"])
+            async with configured(databases, procs, config, f"drain{round_number}-{workers}", args.events) as run:
+                result = await drain(run, workers, drain_timeout=args.drain_timeout)
+            if result.pipeline_s is None:
+                print(f"   {workers} worker(s): ! only {result.delivered} of {result.accepted} delivered in time")
+                continue
+            rates[workers].append(result.sent / result.pipeline_s)
+            print(
+                f"   {workers} worker(s)  {rates[workers][-1]:6.0f} deliveries/s over {result.sent}; {load()}\n"
+                f"   {'':<12} CPU: {describe_cpu(result)}"
+            )
+    if rates[1] and rates[2]:
+        print(f"   2 workers / 1 worker on a backlog: {max(rates[2]) / max(rates[1]):.2f}x (best of each)")
+
+
 async def run_all(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
     if args.only in (None, "ingest"):
         await run_ingest(args, databases, procs)
     if args.only in (None, "pipeline"):
         await run_pipeline(args, databases, procs)
+    if args.only in (None, "drain"):
+        await run_drain(args, databases, procs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -393,7 +475,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="another build's `webhook-service` (e.g. a checkout of the previous commit in its own venv): its "
         "`serve` is measured in part 2 as the baseline of part 3",
     )
-    parser.add_argument("--only", choices=("ingest", "pipeline"), help="run one part only")
+    parser.add_argument("--only", choices=("ingest", "pipeline", "drain"), help="run one part only")
     parser.add_argument(
         "--configs", default="one,w1,w2", help="pipeline configurations: one (serve), w1, w2 (--workers 1, 2)"
     )
