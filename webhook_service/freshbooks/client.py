@@ -8,6 +8,7 @@ on 429 and 5xx, limits concurrent calls per tenant, and walks every page.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -247,7 +248,10 @@ def _unwrap(unwrap: Callable[[Any], T], body: Any) -> T:
 
 def _log_sent(method: str, url: str, attempt: int, started: float, **outcome: int | str) -> None:
     """One debug line per request sent (each attempt): the path without its query string, never a
-    token or a body. ``outcome``: the ``status``, or the transport ``error``."""
+    token or a body. ``outcome``: the ``status``, or the transport ``error``. Below ``LOG_LEVEL``
+    it costs a level check: the line's fields are not even worked out (one per FreshBooks request)."""
+    if not log.is_enabled_for(logging.DEBUG):
+        return
     log.debug(
         "freshbooks_request",
         method=method,
