@@ -179,7 +179,7 @@ async def test_no_more_deliveries_are_handed_over_than_can_start(settings, runti
     async with runtime.db.sessions() as session:
         _, items, _ = await emit.stage_leased(session, [(event, tenant.id, None)], now=now, lease=grant)
         await session.commit()
-    runtime.signals.delivery_lane.hand_over(grant, items)
+    runtime.signals.delivery_lane.hand_over(grant, emit.handed(items))
     leased = [d async for d in _all_deliveries(runtime) if d.lease_owner is not None]
     assert len(handed) == len(leased) == 2 and runtime.delivery_capacity.room == 0
     assert {d.lease_owner for d in leased} == {grant.token}

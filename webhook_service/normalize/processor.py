@@ -266,7 +266,7 @@ class InboxProcessor:
                 lane.cancel(grant)
             raise
         if grant is not None:
-            lane.hand_over(grant, handed)
+            lane.hand_over(grant, emit.handed(handed))
         if waiting:  # left for a claim: wake one now
             self._runtime.signals.deliveries_ready()
         outcome = dict(zip((r.row.id for r in held), added, strict=True))
