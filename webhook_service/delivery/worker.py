@@ -246,22 +246,16 @@ class DeliveryWorker:
         if not outcomes:
             return
         now = self._clock()
-        to_disable: dict[str, str] = {}
+        # The rows first, before the fence takes the database's write lock (SQLite's one writer)
+        states = {o.delivery_id: self._next_state(deliveries[o.delivery_id], o, now) for o in outcomes}
         async with self._runtime.db.sessions() as session:
             held = {o.delivery_id: deliveries[o.delivery_id].lease_owner for o in outcomes}
             kept = await claims.fence(session, Delivery, held)  # a lost lease records nothing
             outcomes = [outcome for outcome in outcomes if outcome.delivery_id in kept]
-            updates: list[dict[str, object]] = []
-            attempts: list[dict[str, object]] = []
-            for outcome in outcomes:
-                delivery = deliveries[outcome.delivery_id]
-                updates.append({"id": delivery.id, **self._next_state(delivery, outcome, now)})
-                if outcome.deferred_until is not None or outcome.skip_reason is not None:
-                    continue
-                attempts.append(attempt_row(outcome))
-                if outcome.status_code == 410:
-                    to_disable[outcome.subscription_id] = "the endpoint answered 410 Gone"
-            await records.record_outcomes(session, updates, attempts)  # a few statements for the batch
+            updates = [{"id": o.delivery_id, **states[o.delivery_id]} for o in outcomes]
+            sent = [o for o in outcomes if o.deferred_until is None and o.skip_reason is None]
+            to_disable = {o.subscription_id: "the endpoint answered 410 Gone" for o in sent if o.status_code == 410}
+            await records.record_outcomes(session, updates, [attempt_row(o) for o in sent])  # a few statements
             dead = [dead_event(v, o, now) for v, o in zip(updates, outcomes, strict=True) if exhausted(v, o)]
             await outbox.emit(session, *dead, now=now)
             failing = await self._track_health(session, outcomes, now)
