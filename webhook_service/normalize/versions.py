@@ -22,8 +22,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
+from webhook_service.core.jsontext import compact
 from webhook_service.freshbooks.catalogue import Resource
 
 GONE = "gone"
@@ -53,10 +52,7 @@ def content_version(resource: Resource, normalized: Mapping[str, Any] | None) ->
 
 def _canonical(content: Mapping[str, Any]) -> bytes:
     """Compact JSON with every object's keys sorted, UTF-8."""
-    try:
-        return orjson.dumps(content, option=orjson.OPT_SORT_KEYS, default=str)
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits: the stdlib has no bound (same object, same path)
-        return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return compact(content, sort_keys=True, default=str)
 
 
 def stamp_version(resource: Resource, normalized: Mapping[str, Any] | None) -> str:

@@ -16,13 +16,13 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.contract.filters import from_json
 from webhook_service.contract.matching import matches
 from webhook_service.contract.operational import Operational
 from webhook_service.contract.types import ORIGIN_SERVICE
+from webhook_service.core.jsontext import compact
 from webhook_service.core.timeparse import isoformat_utc
 from webhook_service.storage import sequences
 from webhook_service.storage import subscriptions as subscription_store
@@ -105,21 +105,11 @@ def event_row(
         "object_id": object_id,
         "origin": origin,
         "occurred_at": occurred_at,
-        "payload": _compact(document),
+        "payload": compact(document).decode("utf-8"),  # the bytes every attempt signs and sends
         "inbox_event_id": inbox_event_id,
         "created_at": now,
         "received_at": received_at or now,
     }
-
-
-def _compact(document: Mapping[str, Any]) -> str:
-    """The body as compact UTF-8 JSON, the same text the stdlib writes with ``separators=(",", ":")``
-    and ``ensure_ascii=False``. orjson writes it 15 times faster (20 µs of an event's CPU); an
-    integer beyond 64 bits, which it refuses, goes the stdlib's way."""
-    try:
-        return orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
 
 
 async def emit(session: AsyncSession, *events: Operational, now: datetime, exclude: Collection[str] = ()) -> None:
