@@ -128,6 +128,23 @@ class Burst:
     def accepted(self) -> int:
         return sum(n for status, n in self.statuses.items() if status.startswith("200"))
 
+    @property
+    def wall(self) -> float:
+        """The seconds its CPU figures are shares of: the whole pipeline's, or the ingest's alone."""
+        return self.pipeline_s or self.ingest_s
+
+
+@dataclass
+class Drained:
+    """Part 4's run: the deliveries timed (from the first the sink saw), over how long, and the CPU
+    of every process over that time."""
+
+    accepted: int
+    delivered: int = 0
+    timed: int = 0
+    seconds: float | None = None
+    cpu: dict[str, float] = field(default_factory=dict)
+
 
 def _children_of(pid: int) -> list[int]:
     found: list[int] = []
@@ -262,17 +279,15 @@ def service_cpu(result: Burst) -> float:
 def ceiling(result: Burst, cores: int) -> str:
     """What the machine allows a second worker: every process (the service's, the simulator, the
     sink, the driver, PostgreSQL) kept its CPU per event, the cores could carry at most this much."""
-    wall = result.pipeline_s or result.ingest_s
-    used = sum(result.cpu.values()) / wall
+    used = sum(result.cpu.values()) / result.wall
     return (
         f"ceiling: the 1-worker run kept {used:.2f} of {cores} cores busy (all processes); at the same CPU per "
         f"event, {cores} cores carry at most {min(cores / used, 2.0):.2f}x its rate"
     )
 
 
-def describe_cpu(result: Burst) -> str:
-    wall = result.pipeline_s or result.ingest_s
-    return ", ".join(f"{name} {seconds:.1f} s ({seconds / wall:.0%})" for name, seconds in result.cpu.items())
+def describe_cpu(cpu: dict[str, float], wall: float) -> str:
+    return ", ".join(f"{name} {seconds:.1f} s ({seconds / wall:.0%})" for name, seconds in cpu.items())
 
 
 # -- 1. ingest --------------------------------------------------------------------------------
@@ -314,8 +329,8 @@ async def run_ingest(args: argparse.Namespace, databases: Databases, procs: Chil
         rate, bare_rate = service.accepted / service.ingest_s, baseline.accepted / baseline.ingest_s
         for label, result, r in (("bare Starlette", baseline, bare_rate), ("web role", service, rate)):
             print(
-                f"   {label:<15} {r:7.0f} req/s   {describe_ms(result.latencies)}   CPU: {describe_cpu(result)}; "
-                f"{load()}; answers {dict(result.statuses)}"
+                f"   {label:<15} {r:7.0f} req/s   {describe_ms(result.latencies)}   "
+                f"CPU: {describe_cpu(result.cpu, result.wall)}; {load()}; answers {dict(result.statuses)}"
             )
         print(
             f"   web / bare: throughput {rate / bare_rate:.2f}x -> {verdict(rate / bare_rate >= INGEST_TARGET)}; "
@@ -359,7 +374,7 @@ async def run_pipeline(args: argparse.Namespace, databases: Databases, procs: Ch
                 f"(ingest {result.accepted / result.ingest_s:5.0f}/s), "
                 f"{service_cpu(result) / result.accepted * 1000:5.2f} service CPU-s per 1,000 events; {load()}"
             )
-            print(f"   {'':<24} CPU: {describe_cpu(result)}")
+            print(f"   {'':<24} CPU: {describe_cpu(result.cpu, result.wall)}")
             print(f"   {'':<24} peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in result.peak_mb.items()))
 
     def best(label: str, key) -> float:
@@ -392,11 +407,11 @@ async def run_pipeline(args: argparse.Namespace, databases: Databases, procs: Ch
 
 
 # -- 4. workers on a backlog ------------------------------------------------------------------
-async def drain(run: Run, workers: int, *, drain_timeout: float) -> Burst:
+async def drain(run: Run, workers: int, *, concurrency: int, drain_timeout: float) -> Drained:
     """The web role alone takes every webhook; then ``workers`` worker processes start and drain the
     inbox. Timed, and the CPU counted, from the first delivery the sink sees (the workers' start-up
     is left out) to the last."""
-    ingested = await burst(run, 32, drain_timeout=0, wait_for_delivery=False)
+    ingested = await burst(run, concurrency, drain_timeout=0, wait_for_delivery=False)
     started = [
         run.stack.procs.start(
             f"worker-{n}", [*run.stack.command, "serve", "--role", "worker", "--port", str(free_port())], run.stack.env
@@ -411,7 +426,7 @@ async def drain(run: Run, workers: int, *, drain_timeout: float) -> Burst:
         database = database_cpu()
         return now if database is None else {**now, "postgres": database}
 
-    result = Burst(ingested.sent, ingested.statuses, [], ingested.ingest_s, None, 0)
+    result = Drained(ingested.accepted)
     first: tuple[float, int, dict[str, float]] | None = None
     began = time.perf_counter()
     async with httpx.AsyncClient(timeout=10.0) as control:
@@ -421,8 +436,8 @@ async def drain(run: Run, workers: int, *, drain_timeout: float) -> Burst:
             if first is None and result.delivered:
                 first = (time.perf_counter(), result.delivered, cpu_now())
             if first is not None and result.delivered >= result.accepted:
-                result.pipeline_s = time.perf_counter() - first[0]
-                result.sent = result.accepted - first[1]  # the deliveries timed
+                result.seconds = time.perf_counter() - first[0]
+                result.timed = result.accepted - first[1]
                 result.cpu = {name: seconds - first[2][name] for name, seconds in cpu_now().items()}
                 break
             await asyncio.sleep(0.02)
@@ -440,14 +455,14 @@ async def run_drain(args: argparse.Namespace, databases: Databases, procs: Child
         for workers in (1, 2):
             config = Configuration("web role", service_command(), ["--role", "web"])
             async with configured(databases, procs, config, f"drain{round_number}-{workers}", args.events) as run:
-                result = await drain(run, workers, drain_timeout=args.drain_timeout)
-            if result.pipeline_s is None:
+                result = await drain(run, workers, concurrency=args.concurrency, drain_timeout=args.drain_timeout)
+            if result.seconds is None:
                 print(f"   {workers} worker(s): ! only {result.delivered} of {result.accepted} delivered in time")
                 continue
-            rates[workers].append(result.sent / result.pipeline_s)
+            rates[workers].append(result.timed / result.seconds)
             print(
-                f"   {workers} worker(s)  {rates[workers][-1]:6.0f} deliveries/s over {result.sent}; {load()}\n"
-                f"   {'':<12} CPU: {describe_cpu(result)}"
+                f"   {workers} worker(s)  {rates[workers][-1]:6.0f} deliveries/s over {result.timed}; {load()}\n"
+                f"   {'':<12} CPU: {describe_cpu(result.cpu, result.seconds)}"
             )
     if rates[1] and rates[2]:
         print(f"   2 workers / 1 worker on a backlog: {max(rates[2]) / max(rates[1]):.2f}x (best of each)")
