@@ -1,9 +1,15 @@
-"""FreshBooks timestamps become aware UTC datetimes, zone chosen by resource."""
+"""FreshBooks timestamps become aware UTC datetimes, zone chosen by resource; the service's own
+columns store aware datetimes as naive UTC and give them back aware."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.types import DateTime
 
 from webhook_service.freshbooks.catalogue import get_resource
 from webhook_service.freshbooks.timestamps import EASTERN, parse_timestamp
+from webhook_service.storage.columns import UTCDateTime
 
 
 def test_zone_less_accounting_time_is_us_eastern_with_dst():
@@ -28,3 +34,36 @@ def test_resource_knows_its_zone():
         "updated": datetime(2026, 11, 21, 15, 0, tzinfo=UTC),
         "signup_date": datetime(2026, 11, 21, 10, 0, tzinfo=UTC),
     }
+
+
+MOMENTS = [
+    datetime(2026, 12, 3, 15, 30, 28, 702726, tzinfo=UTC),
+    datetime(2026, 12, 3, 15, 30, 28, tzinfo=UTC),  # no microseconds: still six digits
+    datetime(2026, 7, 1, 8, 0, 0, 5, tzinfo=timezone(timedelta(hours=-4))),  # another zone: converted
+    datetime(2027, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=5, minutes=30))),  # across a year
+    datetime(999, 3, 4, 5, 6, 7, 8, tzinfo=UTC),  # a three-digit year is zero-padded
+    datetime(2026, 3, 8, 3, 30, tzinfo=EASTERN),  # a named zone, just after its DST change
+]
+
+
+@pytest.mark.parametrize("moment", MOMENTS, ids=str)
+def test_sqlite_stores_the_text_sqlalchemy_would(moment):
+    """The SQLite bind processor is one fused function; rows written before it and after it must
+    compare and sort alike, so its text is the one the generic chain produced."""
+    dialect = sqlite.dialect()
+    column = UTCDateTime()
+    generic = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    expected = generic(column.process_bind_param(moment, dialect))
+    stored = column.bind_processor(dialect)(moment)
+    assert stored == expected
+    assert column.process_result_value(datetime.fromisoformat(stored), dialect) == moment.astimezone(UTC)
+
+
+def test_a_naive_datetime_is_refused_on_every_backend():
+    for dialect in (sqlite.dialect(), None):
+        with pytest.raises(ValueError, match="naive"):
+            if dialect is None:
+                UTCDateTime().process_bind_param(datetime(2026, 1, 1), dialect)
+            else:
+                UTCDateTime().bind_processor(dialect)(datetime(2026, 1, 1))
+    assert UTCDateTime().bind_processor(sqlite.dialect())(None) is None

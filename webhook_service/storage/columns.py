@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.type_api import _BindProcessorType
 from sqlalchemy.types import TypeDecorator
 
 
@@ -27,10 +29,32 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given to a UTC column")
         return value.astimezone(UTC).replace(tzinfo=None)
 
+    def bind_processor(self, dialect: Dialect) -> _BindProcessorType[datetime] | None:
+        """On SQLite, one function from the aware value to the stored text.
+
+        SQLAlchemy otherwise chains :meth:`process_bind_param` and SQLite's ``DATETIME`` formatter
+        (``%04d-%02d-%02d %02d:%02d:%02d.%06d`` from a dict of seven fields): about 4 µs a value,
+        against 2 µs here, and an event writes some twenty of them (inbox, event, delivery, attempt).
+        The text is the same, character for character (``tests/test_timestamps.py``).
+        """
+        if dialect.name == "sqlite":
+            return _sqlite_text
+        return super().bind_processor(dialect)
+
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC)
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # the "+00:00" cut off: stored naive, in UTC
 
 
 def utcnow() -> datetime:
