@@ -29,8 +29,8 @@ from webhook_service.storage import deliveries as claims
 from webhook_service.storage import inbox, migrate
 from webhook_service.storage.callbacks import CallbackCache
 from webhook_service.storage.database import Database
-from webhook_service.storage.deliveries import HandedDelivery
 from webhook_service.storage.inbox import Arrival, HandedInboxEvent, Recorded
+from webhook_service.storage.leased import HandedDelivery
 
 
 def secret_box_from_settings(settings: Settings) -> SecretBox:

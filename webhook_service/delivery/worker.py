@@ -25,7 +25,7 @@ import structlog
 from webhook_service.core.batching import Batcher
 from webhook_service.core.egress import egress_refusal
 from webhook_service.core.logs import get_logger
-from webhook_service.core.metrics import DELIVERY_ATTEMPT_SECONDS, DELIVERY_ATTEMPTS
+from webhook_service.core.metrics import DELIVERY_ATTEMPT_SECONDS, DELIVERY_ATTEMPTS, labelled
 from webhook_service.core.retry_after import parse_retry_after
 from webhook_service.delivery import signing
 from webhook_service.delivery.outcomes import (
@@ -44,8 +44,8 @@ from webhook_service.storage import delivery_records as records
 from webhook_service.storage import outbox
 from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.deliveries import HandedDelivery
-from webhook_service.storage.models import Delivery, DeliveryStatus, Event, Subscription
+from webhook_service.storage.leased import EventToSend, HandedDelivery, LeasedDelivery
+from webhook_service.storage.models import Delivery, DeliveryStatus, Subscription
 from webhook_service.storage.session import Conflict, Session
 
 log = get_logger(__name__)
@@ -74,7 +74,7 @@ class DeliveryWorker:
         self._runtime = runtime
         self._clock = clock
         self._settings = runtime.settings
-        self._recorder: Batcher[tuple[Outcome, Delivery], None] = Batcher(
+        self._recorder: Batcher[tuple[Outcome, LeasedDelivery], None] = Batcher(
             self._record_batch, name="delivery-record", split_on=(Conflict,)
         )
         self._capacity = runtime.delivery_capacity
@@ -142,7 +142,7 @@ class DeliveryWorker:
         return claimed
 
     async def _attempt_in_slot(
-        self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime
+        self, delivery: LeasedDelivery, event: EventToSend, subscription: Subscription, now: datetime
     ) -> Outcome | None:
         """:meth:`_attempt`, its unit of capacity given back as soon as the send is over."""
         try:
@@ -150,7 +150,9 @@ class DeliveryWorker:
         finally:
             self._capacity.give_back()
 
-    async def _deliver(self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime) -> None:
+    async def _deliver(
+        self, delivery: LeasedDelivery, event: EventToSend, subscription: Subscription, now: datetime
+    ) -> None:
         structlog.contextvars.bind_contextvars(delivery_id=delivery.id, event_id=event.id)  # this task's own context
         outcome = await self._attempt_in_slot(delivery, event, subscription, now)
         if outcome is None:  # no time left in its lease to send: let it be claimed afresh
@@ -173,13 +175,13 @@ class DeliveryWorker:
         a delivery cut off mid-send is sent again, with the same ``webhook-id``, at least once)."""
         await self._recorder.idle()
 
-    async def _record_batch(self, items: Sequence[tuple[Outcome, Delivery]]) -> list[None]:
+    async def _record_batch(self, items: Sequence[tuple[Outcome, LeasedDelivery]]) -> list[None]:
         await self._record([outcome for outcome, _ in items], {d.id: d for _, d in items})
         return [None] * len(items)
 
     # -- one attempt --------------------------------------------------------------------------
     async def _attempt(
-        self, delivery: Delivery, event: Event, subscription: Subscription, now: datetime
+        self, delivery: LeasedDelivery, event: EventToSend, subscription: Subscription, now: datetime
     ) -> Outcome | None:
         """One send, or None when what is left of the lease cannot cover it (then nothing is sent)."""
         outcome = Outcome(delivery.id, subscription.id, delivery.attempts + 1, now)
@@ -229,10 +231,10 @@ class DeliveryWorker:
         elapsed = time.perf_counter() - started
         outcome.latency_ms = round(elapsed * 1000, 2)
         DELIVERY_ATTEMPT_SECONDS.observe(elapsed)
-        DELIVERY_ATTEMPTS.labels(outcome=outcome_class(outcome)).inc()
+        labelled(DELIVERY_ATTEMPTS, outcome_class(outcome)).inc()
         return outcome
 
-    def _send_budget(self, delivery: Delivery) -> float | None:
+    def _send_budget(self, delivery: LeasedDelivery) -> float | None:
         """Seconds this send may take: ``DELIVERY_TIMEOUT``, cut so that ``DELIVERY_LEASE_SECONDS``
         of the lease are left to record the outcome; None when less than a second would be left."""
         if delivery.lease_until is None:  # not leased (a test drives _attempt directly)
@@ -242,7 +244,7 @@ class DeliveryWorker:
         return budget if budget >= MIN_SEND_SECONDS else None
 
     # -- bookkeeping --------------------------------------------------------------------------
-    async def _record(self, outcomes: list[Outcome], deliveries: dict[str, Delivery]) -> None:
+    async def _record(self, outcomes: list[Outcome], deliveries: dict[str, LeasedDelivery]) -> None:
         if not outcomes:
             return
         now = self._clock()
@@ -273,7 +275,7 @@ class DeliveryWorker:
             await disable(self._runtime, subscription_id, reason)
             log.warning("subscription_disabled", subscription_id=subscription_id, reason=reason)
 
-    def _next_state(self, delivery: Delivery, outcome: Outcome, now: datetime) -> dict[str, object]:
+    def _next_state(self, delivery: LeasedDelivery, outcome: Outcome, now: datetime) -> dict[str, object]:
         values: dict[str, object] = {"lease_owner": None, "lease_until": None, "updated_at": now}
         if outcome.deferred_until is not None:
             return {**values, "next_attempt_at": outcome.deferred_until}

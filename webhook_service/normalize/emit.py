@@ -28,8 +28,8 @@ from webhook_service.normalize.events import NormalizedEvent
 from webhook_service.storage import ledger as ledger_store
 from webhook_service.storage import sequences
 from webhook_service.storage import subscriptions as subscription_store
-from webhook_service.storage.deliveries import HandedDelivery
-from webhook_service.storage.models import Delivery, Event, Subscription
+from webhook_service.storage.leased import EventToSend, HandedDelivery, LeasedDelivery
+from webhook_service.storage.models import Subscription
 from webhook_service.storage.outbox import delivery_rows, event_row, ordering_key
 from webhook_service.storage.session import Session
 
@@ -43,16 +43,15 @@ HandedRow = tuple[dict[str, Any], dict[str, Any], Subscription]
 
 
 def handed(rows: Sequence[HandedRow]) -> list[HandedDelivery]:
-    """The deliveries to hand over, as a delivery worker takes them, built once the transaction
-    that staged them is committed: an ORM instance costs 25-30 µs, and inside the transaction
-    that time holds SQLite's one writer from every other process."""
-    events: dict[str, Event] = {}
+    """The deliveries to hand over, as a delivery worker takes them (:mod:`~webhook_service.storage.leased`),
+    built once the transaction that staged them is committed, not while it holds SQLite's one writer."""
+    events: dict[str, EventToSend] = {}
     built: list[HandedDelivery] = []
     for delivery, event, subscription in rows:
-        instance = events.get(event["id"])
-        if instance is None:
-            instance = events[event["id"]] = Event(**event)
-        built.append((Delivery(**delivery), instance, subscription))
+        record = events.get(event["id"])
+        if record is None:
+            record = events[event["id"]] = EventToSend.of(event)
+        built.append((LeasedDelivery.of(delivery), record, subscription))
     return built
 
 

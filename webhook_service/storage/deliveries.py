@@ -47,6 +47,7 @@ from webhook_service.core.logs import get_logger
 from webhook_service.core.metrics import LEASES_LOST
 from webhook_service.storage.bulk import table_of
 from webhook_service.storage.database import Database
+from webhook_service.storage.leased import DELIVERY_COLUMNS, EVENT_COLUMNS, HandedDelivery, from_claimed
 from webhook_service.storage.models import (
     Delivery,
     DeliveryStatus,
@@ -65,9 +66,6 @@ DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value)
 """A delivery in one of these is still to be sent (now or at its next attempt)."""
 
 Leased = type[Delivery] | type[InboxEvent]
-
-HandedDelivery = tuple[Delivery, Event, Subscription]
-"""A delivery leased to this process's workers, with what sending it needs."""
 
 
 def new_owner() -> str:
@@ -90,13 +88,13 @@ def _unleased(lease_until: InstrumentedAttribute[datetime | None], now: When) ->
 
 async def claim_deliveries(
     session: AsyncSession, *, owner: str, now: datetime, limit: int, lease: timedelta
-) -> list[tuple[Delivery, Event, Subscription]]:
+) -> list[HandedDelivery]:
     due, stamp, read = _delivery_claim()
     ids = await _lease(session, due, stamp, owner, {"now": now, "limit": limit, "until": now + lease})
     if not ids:
         return []
     rows = await session.execute(read, {"ids": ids})
-    claimed = [(d, e, s) for d, e, s in rows.all()]
+    claimed = [from_claimed(row) for row in rows.all()]
     await session.commit()
     return claimed
 
@@ -120,7 +118,7 @@ async def claim_inbox(
 # (``now``, ``limit``), the lease stamped on them (``now``, ``limit``, ``token``, ``until``), which
 # returns their ids, and the rows read back by those ``ids`` (by the token, nothing indexes it: the
 # read went through the whole table).
-DeliveryClaim = tuple[Select[Any], Update, Select[Delivery, Event, Subscription]]
+DeliveryClaim = tuple[Select[Any], Update, Select[Any]]
 InboxClaim = tuple[Select[Any], Update, Select[InboxEvent]]
 
 
@@ -134,7 +132,7 @@ def _delivery_claim() -> DeliveryClaim:
         .limit(bindparam("limit", type_=Integer))
     )
     read = (
-        select(Delivery, Event, Subscription)
+        select(*DELIVERY_COLUMNS, *EVENT_COLUMNS, Subscription)
         .join(Event, Event.id == Delivery.event_id)
         .join(Subscription, Subscription.id == Delivery.subscription_id)
         .where(Delivery.id.in_(bindparam("ids", expanding=True)))
@@ -157,8 +155,9 @@ def _inbox_claim() -> InboxClaim:
 
 
 def _stamp(model: Leased, locked: Select[Any]) -> Update:
-    # On the table, not the mapped class: the ORM's bulk UPDATE path re-derives the statement's
-    # cache key on every execution, which costs more than the UPDATE.
+    # On the table, not the mapped class, and run on the session's connection (_lease): the ORM's
+    # bulk UPDATE path re-derives the statement's cache key on every execution, which costs more
+    # than the UPDATE.
     table = table_of(model)
     return (
         update(table)
@@ -343,7 +342,10 @@ async def _lease(
     none are due)."""
     if not await _any(session, due, params):
         return []
-    result = await session.execute(stamp, {**params, "token": lease_token(owner)})
+    # On the session's connection: the subquery's ORM columns would still send it down the ORM's
+    # bulk UPDATE path (see _stamp).
+    connection = await session.connection()
+    result = await connection.execute(stamp, {**params, "token": lease_token(owner)})
     ids = list(result.scalars())
     if not ids:
         await session.commit()
