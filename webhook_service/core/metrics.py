@@ -6,7 +6,11 @@ are bounded sets (refusal reasons, outcome classes, resource names), never ids.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+
+Metric = TypeVar("Metric", Counter, Gauge, Histogram)
 
 #: Latency buckets from a millisecond to a minute: the hot path is milliseconds, retries are not.
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -87,3 +91,16 @@ RETENTION_BODIES_CLEARED = Counter(
     "webhook_service_retention_response_bodies_cleared_total",
     "Delivery attempts whose subscriber response body the retention purge cleared (the attempt stays).",
 )
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Metric, *values: str) -> Metric:
+    """``metric.labels(*values)``, looked up once per metric and values. ``labels`` takes a lock and
+    builds its key on every call, and the hot path counts every webhook, attempt and delivery; the
+    label values are bounded sets (see above), so this stays small."""
+    key = (id(metric), values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child  # type: ignore[no-any-return]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from webhook_service.contract.operational import Operational, delivery_dead
 from webhook_service.contract.types import is_operational
 from webhook_service.core.logs import get_logger
-from webhook_service.core.metrics import DELIVERIES_FINISHED, INBOUND_TO_DELIVERED_SECONDS
+from webhook_service.core.metrics import DELIVERIES_FINISHED, INBOUND_TO_DELIVERED_SECONDS, labelled
 from webhook_service.storage.models import DeliveryStatus
 
 log = get_logger("webhook_service.delivery.worker")  # the worker's lines, under its name as before
@@ -112,8 +112,8 @@ def count_finished(updates: list[dict[str, object]], outcomes: list[Outcome]) ->
     for values, outcome in zip(updates, outcomes, strict=True):
         status = values.get("status")
         if status in (DeliveryStatus.SUCCEEDED.value, DeliveryStatus.DEAD.value):
-            DELIVERIES_FINISHED.labels(status=status).inc()
+            labelled(DELIVERIES_FINISHED, status).inc()
         if status == DeliveryStatus.SUCCEEDED.value and outcome.received_at is not None:
-            INBOUND_TO_DELIVERED_SECONDS.labels(origin=outcome.origin or "unknown").observe(
+            labelled(INBOUND_TO_DELIVERED_SECONDS, outcome.origin or "unknown").observe(
                 max(0.0, (now - outcome.received_at).total_seconds())
             )

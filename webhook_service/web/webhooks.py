@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from webhook_service.core.logs import get_logger
-from webhook_service.core.metrics import INBOUND_ACCEPTED, INBOUND_REFUSED, INGEST_SECONDS
+from webhook_service.core.metrics import INBOUND_ACCEPTED, INBOUND_REFUSED, INGEST_SECONDS, labelled
 from webhook_service.inbound.receiver import Refusal, accept, find_callback
 from webhook_service.runtime import Runtime
 from webhook_service.web.errors import error_response
@@ -25,8 +25,6 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 _ENDPOINT_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What the registrar's keys look like (``secrets.token_urlsafe``); anything else is no key, asked of
 no database (PostgreSQL cannot even compare a string holding NUL)."""
-_EVENTS, _DUPLICATES = INBOUND_ACCEPTED.labels(kind="event"), INBOUND_ACCEPTED.labels(kind="duplicate")
-"""The counters every accepted webhook adds to, looked up once (``labels`` takes a lock and a dict lookup)."""
 _DIGITS = re.compile(r"[0-9]+")
 """A Content-Length: ASCII digits only (``str.isdigit`` also takes ``²``, which ``int`` refuses)."""
 
@@ -46,15 +44,15 @@ async def receive(request: Request) -> Response:
         outcome = await accept(runtime, callback, body, {k.lower(): v for k, v in request.headers.items()})
     except Refusal as refusal:
         log.warning("inbound_refused", reason=refusal.reason, status=refusal.status, path=request.url.path[:40])
-        INBOUND_REFUSED.labels(reason=refusal.reason).inc()
+        labelled(INBOUND_REFUSED, refusal.reason).inc()
         response = error_response(request, refusal.status, refusal.reason, refusal.message)
         if refusal.retry_after is not None:
             response.headers["Retry-After"] = str(refusal.retry_after)
         return response
     if outcome.kind == "verification":
-        INBOUND_ACCEPTED.labels(kind="verification").inc()
+        labelled(INBOUND_ACCEPTED, "verification").inc()
         return JSONResponse({"status": "verification_started"})
-    (_DUPLICATES if outcome.duplicate else _EVENTS).inc()
+    labelled(INBOUND_ACCEPTED, "duplicate" if outcome.duplicate else "event").inc()
     INGEST_SECONDS.observe(time.perf_counter() - started)
     return JSONResponse(
         {"status": "duplicate" if outcome.duplicate else "accepted", "id": outcome.inbox_id}, status_code=200
