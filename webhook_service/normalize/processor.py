@@ -30,6 +30,7 @@ from webhook_service.storage import deliveries as claims
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.bulk import update_by_id
 from webhook_service.storage.columns import utcnow
+from webhook_service.storage.leased import LeasedInboxEvent
 from webhook_service.storage.models import InboxEvent, InboxStatus, Tenant, TenantStatus
 from webhook_service.storage.session import Conflict
 
@@ -91,7 +92,7 @@ class InboxProcessor:
         idle = min(IDLE_POLL_START, poll)
         try:
             while True:
-                claimed: list[tuple[InboxEvent, Tenant | None]] = []
+                claimed: list[tuple[LeasedInboxEvent, Tenant | None]] = []
                 try:
                     claimed = await self._claim(self._capacity.limit)
                 except Exception:
@@ -105,13 +106,13 @@ class InboxProcessor:
         finally:
             lane.detach()
 
-    def _start(self, items: Sequence[tuple[InboxEvent, Tenant | None]]) -> None:
+    def _start(self, items: Sequence[tuple[LeasedInboxEvent, Tenant | None]]) -> None:
         """Take events that arrive with their tenant rows (handed over, or claimed and looked up),
         for which capacity is already reserved (one unit each)."""
         if items:
             self._runtime.tasks.spawn(self._process(items), name=f"inbox:{items[0][0].id}")
 
-    async def _process(self, items: Sequence[tuple[InboxEvent, Tenant | None]]) -> None:
+    async def _process(self, items: Sequence[tuple[LeasedInboxEvent, Tenant | None]]) -> None:
         try:
             if len(items) == 1:  # the usual hand-over: no child task, no extra loop iteration
                 await self._handle(*items[0])
@@ -120,20 +121,20 @@ class InboxProcessor:
         finally:
             self._capacity.give_back(len(items))
 
-    async def _claim(self, limit: int) -> list[tuple[InboxEvent, Tenant | None]]:
+    async def _claim(self, limit: int) -> list[tuple[LeasedInboxEvent, Tenant | None]]:
         """Claimed events with their tenants, read in the same session; no more than there is room
         for (the room taken stays reserved for what was claimed)."""
         room = self._capacity.reserve(limit)
         if not room:
             return []
-        found: list[tuple[InboxEvent, Tenant | None]] = []
+        found: list[tuple[LeasedInboxEvent, Tenant | None]] = []
         try:
             found = await self._claim_rows(room)
         finally:
             self._capacity.give_back(room - len(found), finished=False)
         return found
 
-    async def _claim_rows(self, limit: int) -> list[tuple[InboxEvent, Tenant | None]]:
+    async def _claim_rows(self, limit: int) -> list[tuple[LeasedInboxEvent, Tenant | None]]:
         lease = timedelta(seconds=self._runtime.settings.processor_lease_seconds)
         async with self._runtime.db.sessions() as session:
             rows = await claims.claim_inbox(
@@ -145,7 +146,7 @@ class InboxProcessor:
         log.debug("inbox_events_claimed", count=len(rows))
         return [(row, tenants.get(row.tenant_id)) for row in rows]
 
-    async def _handle(self, row: InboxEvent, tenant: Tenant | None) -> None:
+    async def _handle(self, row: LeasedInboxEvent, tenant: Tenant | None) -> None:
         # every log line about this event (the FreshBooks client's too) carries its inbox id
         with structlog.contextvars.bound_contextvars(inbox_id=row.id, tenant_id=row.tenant_id):
             await self._settle(row, tenant)
@@ -154,7 +155,7 @@ class InboxProcessor:
         """Wait for the commit under way (at shutdown: it may be handing deliveries over)."""
         await self._committer.idle()
 
-    async def _settle(self, row: InboxEvent, tenant: Tenant | None) -> None:
+    async def _settle(self, row: LeasedInboxEvent, tenant: Tenant | None) -> None:
         ready = await self._guarded(row, tenant)
         if ready is None:
             return
@@ -177,7 +178,7 @@ class InboxProcessor:
             tenant_id=row.tenant_id,
         )
 
-    async def _guarded(self, row: InboxEvent, tenant: Tenant | None) -> Ready | None:
+    async def _guarded(self, row: LeasedInboxEvent, tenant: Tenant | None) -> Ready | None:
         async with self._slots:
             try:
                 return await self._prepare(row, tenant)
@@ -186,7 +187,7 @@ class InboxProcessor:
                 await self._retry_later(row, f"{type(exc).__name__}: {exc}")
                 return None
 
-    async def _prepare(self, row: InboxEvent, tenant: Tenant | None) -> Ready | None:
+    async def _prepare(self, row: LeasedInboxEvent, tenant: Tenant | None) -> Ready | None:
         """Hydrate and normalize one inbox event; anything but an event to commit is settled here."""
         runtime = self._runtime
         noun, verb = split_name(row.event_name)
@@ -236,7 +237,7 @@ class InboxProcessor:
             return None
         return Ready(row, event, outcome)
 
-    def _fetch_deadline(self, row: InboxEvent) -> float | None:
+    def _fetch_deadline(self, row: LeasedInboxEvent) -> float | None:
         """The loop time by which this event's FreshBooks fetch must be over: a quarter of the
         lease before it ends, left for committing the result."""
         if row.lease_until is None:
@@ -272,20 +273,20 @@ class InboxProcessor:
         outcome = dict(zip((r.row.id for r in held), added, strict=True))
         return [outcome.get(r.row.id) for r in ready]
 
-    async def _finish(self, row: InboxEvent, status: InboxStatus, note: str | None) -> None:
+    async def _finish(self, row: LeasedInboxEvent, status: InboxStatus, note: str | None) -> None:
         await self._write_fenced(row, _finished_row(row.id, status, note, self._clock()))
 
-    async def _write_fenced(self, row: InboxEvent, values: dict[str, object]) -> None:
+    async def _write_fenced(self, row: LeasedInboxEvent, values: dict[str, object]) -> None:
         """Write ``values`` (with the row's ``id``) if the event's lease is still the one it was taken with."""
         async with self._runtime.db.sessions() as session:
             if await claims.fence(session, InboxEvent, {row.id: row.lease_owner}):
                 await update_by_id(session, InboxEvent, [values])
                 await session.commit()
 
-    async def _release(self, row: InboxEvent) -> None:
+    async def _release(self, row: LeasedInboxEvent) -> None:
         await claims.release(self._runtime.db, InboxEvent, {row.id: row.lease_owner})
 
-    async def _retry_later(self, row: InboxEvent, error: str) -> None:
+    async def _retry_later(self, row: LeasedInboxEvent, error: str) -> None:
         attempts = row.attempts + 1
         delay = min(3600.0, 2.0 ** min(attempts, 12)) * random.uniform(0.8, 1.2)
         values: dict[str, object] = {
@@ -317,6 +318,6 @@ def _finished_row(inbox_id: int, status: InboxStatus, note: str | None, now: dat
 class Ready:
     """An inbox event hydrated and normalized, waiting to be committed with its batch."""
 
-    row: InboxEvent
+    row: LeasedInboxEvent
     event: NormalizedEvent
     outcome: InboxStatus

@@ -47,7 +47,14 @@ from webhook_service.core.logs import get_logger
 from webhook_service.core.metrics import LEASES_LOST
 from webhook_service.storage.bulk import table_of
 from webhook_service.storage.database import Database
-from webhook_service.storage.leased import DELIVERY_COLUMNS, EVENT_COLUMNS, HandedDelivery, from_claimed
+from webhook_service.storage.leased import (
+    DELIVERY_COLUMNS,
+    EVENT_COLUMNS,
+    INBOX_COLUMNS,
+    HandedDelivery,
+    LeasedInboxEvent,
+    from_claimed,
+)
 from webhook_service.storage.models import (
     Delivery,
     DeliveryStatus,
@@ -101,14 +108,14 @@ async def claim_deliveries(
 
 async def claim_inbox(
     session: AsyncSession, *, owner: str, now: datetime, limit: int, lease: timedelta
-) -> list[InboxEvent]:
+) -> list[LeasedInboxEvent]:
     """Pending inbox events of active tenants; a tenant waiting for re-authorization keeps its own."""
     due, stamp, read = _inbox_claim()
     ids = await _lease(session, due, stamp, owner, {"now": now, "limit": limit, "until": now + lease})
     if not ids:
         return []
     rows = await session.execute(read, {"ids": ids})
-    claimed = list(rows.scalars())
+    claimed = [LeasedInboxEvent(*tuple(row)) for row in rows.all()]
     await session.commit()
     return claimed
 
@@ -119,7 +126,7 @@ async def claim_inbox(
 # returns their ids, and the rows read back by those ``ids`` (by the token, nothing indexes it: the
 # read went through the whole table).
 DeliveryClaim = tuple[Select[Any], Update, Select[Any]]
-InboxClaim = tuple[Select[Any], Update, Select[InboxEvent]]
+InboxClaim = tuple[Select[Any], Update, Select[Any]]
 
 
 @functools.cache
@@ -150,7 +157,7 @@ def _inbox_claim() -> InboxClaim:
         .order_by(InboxEvent.id)
         .limit(bindparam("limit", type_=Integer))
     )
-    read = select(InboxEvent).where(InboxEvent.id.in_(bindparam("ids", expanding=True))).order_by(InboxEvent.id)
+    read = select(*INBOX_COLUMNS).where(InboxEvent.id.in_(bindparam("ids", expanding=True))).order_by(InboxEvent.id)
     return due.limit(1), _stamp(InboxEvent, due.with_for_update(skip_locked=True, of=InboxEvent)), read
 
 

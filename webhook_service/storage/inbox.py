@@ -22,11 +22,12 @@ from webhook_service.core.signals import Grant, Lane
 from webhook_service.storage.bulk import table_of
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
+from webhook_service.storage.leased import LeasedInboxEvent
 from webhook_service.storage.models import Callback, InboxEvent, InboxStatus, Tenant, TenantStatus
 
 log = get_logger(__name__)
 
-HandedInboxEvent = tuple[InboxEvent, Tenant]
+HandedInboxEvent = tuple[LeasedInboxEvent, Tenant]
 """An inbox event leased to this process's processor, with its tenant."""
 
 LAST_EVENT_RESOLUTION = timedelta(minutes=1)
@@ -53,7 +54,7 @@ class Arrival:
 class Recorded:
     """An inbox row as :func:`record_many` wrote it. A webhook's answer needs four of its columns,
     and building the ORM's instance of every row cost a tenth of a webhook's CPU: only a row handed
-    to this process's processor becomes one (:meth:`instance`)."""
+    to this process's processor becomes a record, and a plain one (:meth:`leased`)."""
 
     row: dict[str, Any]
 
@@ -77,8 +78,8 @@ class Recorded:
     def lease_owner(self) -> str | None:
         return self.row["lease_owner"]
 
-    def instance(self) -> InboxEvent:
-        return InboxEvent(**self.row)
+    def leased(self) -> LeasedInboxEvent:
+        return LeasedInboxEvent.of(self.row)
 
 
 def writer(db: Database, settings: Settings, lane: Lane[HandedInboxEvent]) -> Batcher[Arrival, Recorded]:
@@ -126,7 +127,7 @@ def writer(db: Database, settings: Settings, lane: Lane[HandedInboxEvent]) -> Ba
         )
         if grant is not None:
             lane.hand_over(
-                grant, [(e.instance(), tenants[e.row["tenant_id"]]) for e in events if e.lease_owner == grant.token]
+                grant, [(e.leased(), tenants[e.row["tenant_id"]]) for e in events if e.lease_owner == grant.token]
             )
         return events
 

@@ -1,10 +1,11 @@
-"""A leased delivery as a send reads it: plain records, not ORM instances.
+"""Leased work as its worker reads it: plain records, not ORM instances.
 
-A worker reads six fields of a delivery and six of its event; it never changes them through the
-session (every write after the send is a fenced statement, :mod:`~webhook_service.storage.delivery_records`).
-An ORM ``Delivery`` and ``Event`` cost about 40 µs to build for each delivery, handed over or claimed,
-and every attribute read goes through the ORM's instrumentation; these records cost under 2 µs.
-The subscription stays an ORM instance: there are few, read once per batch and shared.
+A sender reads six fields of a delivery and six of its event; the inbox processor reads ten of an
+inbox event. Neither changes them through the session: every write after the work is a fenced
+statement (:func:`~webhook_service.storage.deliveries.fence`). ORM instances cost about 20-30 µs
+each to build, for every row handed over or claimed, and every attribute read goes through the
+ORM's instrumentation; these records cost a microsecond or two. The subscription and the tenant
+stay ORM instances: there are few, read once per batch and shared.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import InstrumentedAttribute
 
-from webhook_service.storage.models import Delivery, Event, Subscription
+from webhook_service.storage.models import Delivery, Event, InboxEvent, Subscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +54,38 @@ class EventToSend:
         return cls(*(row[name] for name in EVENT_FIELDS))
 
 
+@dataclass(frozen=True, slots=True)
+class LeasedInboxEvent:
+    """An inbox event this process holds the lease on, as the processor reads it."""
+
+    id: int
+    tenant_id: str
+    event_name: str
+    object_id: str | None
+    raw_body: str
+    status: str
+    received_at: datetime
+    attempts: int
+    lease_owner: str | None
+    lease_until: datetime | None
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> LeasedInboxEvent:
+        """From an ``inbox_events`` row as written (a dict of its columns)."""
+        return cls(*(row[name] for name in INBOX_FIELDS))
+
+
 HandedDelivery = tuple[LeasedDelivery, EventToSend, Subscription]
 """A delivery leased to this process's workers, with what sending it needs."""
 
 DELIVERY_FIELDS = tuple(LeasedDelivery.__dataclass_fields__)
 EVENT_FIELDS = tuple(EventToSend.__dataclass_fields__)
+INBOX_FIELDS = tuple(LeasedInboxEvent.__dataclass_fields__)
 DELIVERY_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = tuple(getattr(Delivery, name) for name in DELIVERY_FIELDS)
 EVENT_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = tuple(getattr(Event, name) for name in EVENT_FIELDS)
 """What a claim selects, in the records' field order: a row is ``*DELIVERY_COLUMNS, *EVENT_COLUMNS, Subscription``."""
+INBOX_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = tuple(getattr(InboxEvent, name) for name in INBOX_FIELDS)
+"""What an inbox claim selects, in :class:`LeasedInboxEvent`'s field order."""
 
 
 def from_claimed(row: Sequence[Any]) -> HandedDelivery:
