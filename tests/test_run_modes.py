@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -139,13 +140,14 @@ def test_two_workers_share_the_duties_with_one_holder_each_and_take_over_a_dead_
 def test_serve_workers_runs_web_and_workers_and_stops_them_on_sigterm_with_no_lease_held(
     database_url, simulator, sink, tmp_path
 ):
+    """Two web processes on the one port (``--web-processes 2``) and two workers."""
     ids = [obj["id"] for obj in simulator.state.seed(OWNER_ACCOUNT_ID, "invoice", EVENTS)]
     port = free_port()
     env = service_env(database_url, simulator, port)
     log_path: Path = tmp_path / "supervisor.log"
     with log_path.open("ab") as log:
         supervisor = subprocess.Popen(
-            [*service_command(), "serve", "--port", str(port), "--workers", "2"],
+            [*service_command(), "serve", "--port", str(port), "--workers", "2", "--web-processes", "2"],
             env=env,
             cwd=tmp_path,
             stdout=log,
@@ -163,7 +165,15 @@ def test_serve_workers_runs_web_and_workers_and_stops_them_on_sigterm_with_no_le
 
         wait_until(ready, STARTUP_TIMEOUT, "the web process to be ready", interval=0.1)
         worker_pids = _children_of(supervisor.pid)
-        assert len(worker_pids) == 3, "one web process and two workers"
+        assert len(worker_pids) == 4, "two web processes and two workers"
+        answered: set[str] = set()  # request ids are a process's own prefix and a counter
+
+        def both_web_processes_answered() -> bool:
+            response = httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"connection": "close"}, timeout=5)
+            answered.add(response.headers["x-request-id"][:12])
+            return len(answered) == 2
+
+        wait_until(both_web_processes_answered, STARTUP_TIMEOUT, "both web processes to take connections")
         connect_tenant(simulator, env, tmp_path, admin)
         admin.subscribe(f"{sink.base_url}/hook")
         statuses = FreshBooksSender(simulator).stream((f"http://127.0.0.1:{port}", i) for i in ids)
@@ -213,17 +223,30 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+def _serve_to_its_end(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A ``serve`` expected to give up at once: its exit status and what it printed."""
+    return subprocess.run(
+        [*service_command(), "serve", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_serve_workers_on_a_port_already_taken_fails_before_any_child_starts(database_url, simulator, tmp_path):
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        done = _serve_to_its_end(
+            service_env(database_url, simulator, port), tmp_path, "--port", str(port), "--workers", "1"
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "supervisor_started" not in done.stderr and "Traceback" not in done.stderr
+
+
 def test_serve_workers_with_a_role_is_a_usage_error(database_url, simulator, tmp_path):
     env = service_env(database_url, simulator, free_port())
-    done = subprocess.run(
-        [*service_command(), "serve", "--workers", "2", "--role", "worker"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _serve_to_its_end(env, tmp_path, "--workers", "2", "--role", "worker")
     assert done.returncode == 2
-    assert "--workers (SERVE_WORKERS) starts one web and N worker processes itself" in done.stderr
+    assert "--workers (SERVE_WORKERS) and --web-processes (SERVE_WEB_PROCESSES) start the web and worker" in done.stderr
     assert "Traceback" not in done.stderr

@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     # --- run modes ------------------------------------------------------------------------------
     serve_role: Role = "all"
     serve_workers: int = Field(default=0, ge=0, le=64)
+    serve_web_processes: int = Field(default=1, ge=1, le=64)
     duty_lease_seconds: float = Field(default=30.0, ge=2, le=3600)
     duty_concurrency: int = Field(default=200, ge=1, le=10_000)
     freshbooks_background_rate: float = Field(default=1.0, ge=0)

@@ -24,6 +24,7 @@ SWITCH_INTERVAL = 0.001
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import contextlib
+    import socket
     import sys
 
     import uvicorn
@@ -38,22 +39,27 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     cache_loggers()
     role = args.role or settings.serve_role
     workers = args.workers if args.workers is not None else settings.serve_workers
+    web_processes = args.web_processes if args.web_processes is not None else settings.serve_web_processes
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
-    if workers and role != "all":
+    supervised = workers > 0 or web_processes > 1
+    if supervised and role != "all":
         raise UsageError(
-            "--workers (SERVE_WORKERS) starts one web and N worker processes itself: leave --role (SERVE_ROLE) at all"
+            "--workers (SERVE_WORKERS) and --web-processes (SERVE_WEB_PROCESSES) start the web and worker "
+            "processes themselves: leave --role (SERVE_ROLE) at all"
         )
     if workers < 0:
         raise UsageError("--workers takes a number of worker processes, 0 or more")
+    if web_processes < 1:
+        raise UsageError("--web-processes takes a number of web processes, 1 or more")
     asyncio.run(check_database(settings))  # a bad key or database fails here, before the port is bound
-    if workers:
+    if supervised:
         from webhook_service.cli import supervisor
 
         if settings.should_migrate_on_start:
             asyncio.run(_migrate_quietly(settings))
         budget = settings.shutdown_grace_seconds * 2 + DRAIN_SECONDS + supervisor.STOP_MARGIN
-        return supervisor.run(settings, host=host, port=port, workers=workers, stop_budget=budget)
+        return supervisor.run(settings, host=host, port=port, web=web_processes, workers=workers, stop_budget=budget)
     app = create_app(settings, role=role)
     _freeze_heap()
     if args.no_listen:
@@ -62,8 +68,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             runner.run(_run_headless(app))
         return EXIT_OK
     server = uvicorn.Server(build_config(settings, app, host=host, port=port))
+    # A web process of `serve --workers`/`--web-processes` serves the socket its supervisor bound
+    sockets = None if args.listen_fd is None else [socket.socket(fileno=args.listen_fd)]
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutting down
-        server.run()
+        server.run(sockets=sockets)
     return EXIT_OK if server.started else EXIT_FAILED
 
 
@@ -180,7 +188,8 @@ SERVE = (
     "--role worker processes the inbox, delivers, and holds the periodic duties (callback sync, token refresh, "
     "backfill sweeps, retention: each in one worker at a time), answering only /healthz, /readyz and /metrics; "
     "--role all (the default) is both in one process. --workers N runs one web process and N workers on this "
-    "machine, on SQLite as on PostgreSQL. On SQLite the schema is migrated on start (AUTO_MIGRATE)."
+    "machine, on SQLite as on PostgreSQL; --web-processes M runs M web processes on the one port. On SQLite the "
+    "schema is migrated on start (AUTO_MIGRATE)."
 )
 PURGE = (
     "Delete what the service keeps no longer: succeeded and dead deliveries completed more than RETENTION_DAYS ago "
@@ -215,7 +224,14 @@ COMMANDS = (
                 metavar="N",
                 help="start one web process and N worker processes, and stop them together (default: SERVE_WORKERS, 0)",
             ),
+            arg(
+                "--web-processes",
+                type=int,
+                metavar="M",
+                help="with --workers: M web processes sharing the port, not one (default: SERVE_WEB_PROCESSES, 1)",
+            ),
             arg("--no-listen", action="store_true", help=argparse.SUPPRESS),
+            arg("--listen-fd", type=int, help=argparse.SUPPRESS),
         ),
     ),
     Command("migrate", _migrate, "apply database migrations", "Apply every pending migration to DATABASE_URL."),

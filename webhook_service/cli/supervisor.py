@@ -1,10 +1,15 @@
-"""``serve --workers N``: one web process and N worker processes on this machine, as one service.
+"""``serve --workers N [--web-processes M]``: M web processes (one by default) and N worker
+processes on this machine, as one service.
 
 A Python process runs on one core; the pipeline's work (hydration, normalization, delivery) is in
 the workers, so N workers use N cores while the web process keeps answering webhooks at the speed of
-a commit. The supervisor only starts, watches and stops its children: each is an ordinary
-``webhook-service serve --role …`` process, configured by the same environment.
+a commit, and M web processes answer M cores' worth. The supervisor only starts, watches and stops
+its children: each is an ordinary ``webhook-service serve --role …`` process, configured by the
+same environment.
 
+* The supervisor binds the port, once, and the web processes all serve that socket (inherited, as
+  gunicorn's and uvicorn's own workers do): the kernel hands each new connection to one of them. A
+  port already taken fails ``serve`` before any child starts.
 * The schema is migrated once, here, before any child starts (children get ``AUTO_MIGRATE=never``).
 * SIGTERM or SIGINT (Ctrl-C) stops every child the graceful way (SIGTERM: each finishes or hands
   back its work and gives back its leases), then the supervisor exits 0. A child still running
@@ -21,18 +26,22 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from types import FrameType
 
+from webhook_service.cli.common import CommandError
 from webhook_service.config import Settings
 from webhook_service.core.logs import get_logger
 
 log = get_logger(__name__)
 
 POLL_SECONDS = 0.1
+LISTEN_BACKLOG = 2048
+"""uvicorn's own default: connections the kernel queues for the web processes to accept."""
 STOP_MARGIN = 10.0
 """Seconds a child gets beyond its own grace and drain before it is killed."""
 
@@ -41,8 +50,13 @@ def child_command() -> list[str]:
     return [sys.executable, "-m", "webhook_service", "serve"]
 
 
-def run(settings: Settings, *, host: str, port: int, workers: int, stop_budget: float) -> int:
-    """Start the children, wait for a signal or a death, stop them all; the exit status."""
+def run(settings: Settings, *, host: str, port: int, web: int, workers: int, stop_budget: float) -> int:
+    """Bind the port, start the children, wait for a signal or a death, stop them all; the exit status."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     metrics_dir = tempfile.mkdtemp(prefix="webhook-service-metrics-")
     env = {**os.environ, "AUTO_MIGRATE": "never", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     stopping: list[int] = []
@@ -53,17 +67,25 @@ def run(settings: Settings, *, host: str, port: int, workers: int, stop_budget: 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
-        children.append(
-            ("web", subprocess.Popen([*child_command(), "--role", "web", "--host", host, "--port", str(port)], env=env))
-        )
+        fd = listener.fileno()
+        for number in range(1, web + 1):
+            argv = [*child_command(), "--role", "web", "--listen-fd", str(fd)]
+            children.append((f"web-{number}" if web > 1 else "web", subprocess.Popen(argv, env=env, pass_fds=(fd,))))
+        listener.close()  # the web processes hold it now: a dead one takes none of the port with it
         for number in range(1, workers + 1):
             argv = [*child_command(), "--role", "worker", "--no-listen"]
             children.append((f"worker-{number}", subprocess.Popen(argv, env=env)))
-        log.info("supervisor_started", web_pid=children[0][1].pid, worker_pids=[p.pid for _, p in children[1:]])
+        log.info(
+            "supervisor_started",
+            listening=f"{host}:{port}",
+            web_pids=[p.pid for _, p in children[:web]],
+            worker_pids=[p.pid for _, p in children[web:]],
+        )
         failed = _watch(children, stopping)
         _stop(children, stop_budget)
         return 1 if failed else 0
     finally:
+        listener.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _stop(children, stop_budget)  # an exception above must not leave children behind
