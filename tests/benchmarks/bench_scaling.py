@@ -16,7 +16,9 @@ the sink, and N invoices seeded. The driver (this process, ``aiohttp``) POSTs Fr
 
 1. Ingest (``serve --role web``, no worker) against the bare Starlette endpoint (``bare_app.py``)
    under the same generator, closed loop: requests/s, p99, and a check that every acknowledged
-   webhook is a committed inbox row (target: >= 0.5x the bare endpoint).
+   webhook is a committed inbox row (target: >= 0.5x the bare endpoint). Then the same for
+   ``serve --web-processes M`` (``--web-processes``, default 2): M web processes sharing the port,
+   against a bare endpoint measured again beside it.
 2. Whole pipeline, burst then drain: N webhooks as fast as the web process takes them, timed from
    the first POST until the sink has received N deliveries (hydration from the simulator,
    normalization, signing, delivery). Configurations: ``serve`` (one process, role all), ``serve
@@ -106,11 +108,16 @@ class Run:
     bodies: list[Body]
 
     def service_pids(self) -> dict[str, int]:
-        """The service's processes by role: itself, or a supervisor's children (web first)."""
+        """The service's processes by role: itself, or a supervisor's children (web first), each
+        named by the ``--role`` on its command line."""
         found = _children_of(self.service_pid)
         if not found:
             return {"service": self.service_pid}
-        return {"web": found[0], **{f"worker-{n}": pid for n, pid in enumerate(found[1:], start=1)}}
+        roles = {pid: _role_of(pid) for pid in found}
+        web = [pid for pid in found if roles[pid] == "web"]
+        workers = [pid for pid in found if roles[pid] != "web"]
+        named = {"web" if len(web) == 1 else f"web-{n}": pid for n, pid in enumerate(web, start=1)}
+        return {**named, **{f"worker-{n}": pid for n, pid in enumerate(workers, start=1)}}
 
 
 @dataclass
@@ -152,6 +159,14 @@ def _children_of(pid: int) -> list[int]:
         for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
             found += [int(p) for p in (task / "children").read_text().split()]
     return found
+
+
+def _role_of(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    return argv[argv.index(b"--role") + 1].decode() if b"--role" in argv else "all"
 
 
 @contextlib.asynccontextmanager
@@ -313,35 +328,45 @@ async def bare_burst(bodies: list[Body], url: str, pid: int, concurrency: int) -
 
 
 async def run_ingest(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
+    configs = [Configuration("web role", service_command(), ["--role", "web"])]
+    if args.web_processes > 1:
+        configs.append(
+            Configuration(
+                f"{args.web_processes} web processes", service_command(), ["--web-processes", str(args.web_processes)]
+            )
+        )
+    shown = " and ".join(f"`serve {' '.join(c.serve_args)}`" for c in configs)
     print(
-        f"\n== 1. Ingest only: `serve --role web` (no worker) vs a bare Starlette endpoint, {args.ingest_events} "
+        f"\n== 1. Ingest only: {shown} (no worker) vs a bare Starlette endpoint, {args.ingest_events} "
         f"webhooks each, {args.concurrency} in flight (target >= {INGEST_TARGET:g}x)"
     )
-    config = Configuration("web role", service_command(), ["--role", "web"])
-    async with configured(databases, procs, config, "ingest", args.ingest_events) as run:
-        bare_port = free_port()
-        bare = procs.start("bare", [sys.executable, str(BARE_SCRIPT), "--port", str(bare_port)])
-        await wait_for_port(bare_port, procs, "bare endpoint")
-        bare_url = f"http://127.0.0.1:{bare_port}/webhooks/freshbooks/{run.callback_url.rsplit('/', 1)[1]}"
-        baseline = await bare_burst(run.bodies, bare_url, bare.popen.pid, args.concurrency)
-        service = await burst(run, args.concurrency, drain_timeout=0, wait_for_delivery=False)
-        rows = await committed_inbox_rows(run.stack.database_url)
-        rate, bare_rate = service.accepted / service.ingest_s, baseline.accepted / baseline.ingest_s
-        for label, result, r in (("bare Starlette", baseline, bare_rate), ("web role", service, rate)):
+    for index, config in enumerate(configs):
+        async with configured(databases, procs, config, f"ingest{index}", args.ingest_events) as run:
+            bare_port = free_port()
+            bare = procs.start("bare", [sys.executable, str(BARE_SCRIPT), "--port", str(bare_port)])
+            await wait_for_port(bare_port, procs, "bare endpoint")
+            bare_url = f"http://127.0.0.1:{bare_port}/webhooks/freshbooks/{run.callback_url.rsplit('/', 1)[1]}"
+            baseline = await bare_burst(run.bodies, bare_url, bare.popen.pid, args.concurrency)
+            service = await burst(run, args.concurrency, drain_timeout=0, wait_for_delivery=False)
+            rows = await committed_inbox_rows(run.stack.database_url)
+            rate, bare_rate = service.accepted / service.ingest_s, baseline.accepted / baseline.ingest_s
+            for label, result, r in (("bare Starlette", baseline, bare_rate), (config.label, service, rate)):
+                print(
+                    f"   {label:<16} {r:7.0f} req/s   {describe_ms(result.latencies)}   "
+                    f"CPU: {describe_cpu(result.cpu, result.wall)}; {load()}; answers {dict(result.statuses)}"
+                )
+            p99s = [percentile(sorted(r.latencies), 99) * 1000 for r in (service, baseline)]
             print(
-                f"   {label:<15} {r:7.0f} req/s   {describe_ms(result.latencies)}   "
-                f"CPU: {describe_cpu(result.cpu, result.wall)}; {load()}; answers {dict(result.statuses)}"
+                f"   {config.label} / bare: throughput {rate / bare_rate:.2f}x -> "
+                f"{verdict(rate / bare_rate >= INGEST_TARGET)}; p99 {p99s[0]:.1f} ms vs {p99s[1]:.1f} ms"
             )
-        print(
-            f"   web / bare: throughput {rate / bare_rate:.2f}x -> {verdict(rate / bare_rate >= INGEST_TARGET)}; "
-            f"p99 {percentile(sorted(service.latencies), 99) * 1000:.1f} ms vs "
-            f"{percentile(sorted(baseline.latencies), 99) * 1000:.1f} ms"
-        )
-        committed = "every one" if rows == service.accepted else f"MISSED: {rows} rows for {service.accepted}"
-        print(f"   acknowledged webhooks committed to the inbox: {rows} of {service.accepted} ({committed})")
-        backlog = httpx.get(f"{run.stack.service_url}/metrics").text
-        queued = [line for line in backlog.splitlines() if line.startswith('webhook_service_backlog{queue="inbox"}')]
-        print(f"   backlog visible in the web process's /metrics afterwards: {queued[0] if queued else 'not found'}")
+            committed = "every one" if rows == service.accepted else f"MISSED: {rows} rows for {service.accepted}"
+            print(f"   acknowledged webhooks committed to the inbox: {rows} of {service.accepted} ({committed})")
+            backlog = httpx.get(f"{run.stack.service_url}/metrics").text
+            queued = [
+                line for line in backlog.splitlines() if line.startswith('webhook_service_backlog{queue="inbox"}')
+            ]
+            print(f"   backlog visible in /metrics afterwards: {queued[0] if queued else 'not found'}")
 
 
 # -- 2 and 3. the pipeline --------------------------------------------------------------------
@@ -489,6 +514,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--baseline-command",
         help="another build's `webhook-service` (e.g. a checkout of the previous commit in its own venv): its "
         "`serve` is measured in part 2 as the baseline of part 3",
+    )
+    parser.add_argument(
+        "--web-processes",
+        type=int,
+        default=2,
+        help="part 1 measures `serve --web-processes M` (the port shared by M web processes) too, when M > 1 (2)",
     )
     parser.add_argument("--only", choices=("ingest", "pipeline", "drain"), help="run one part only")
     parser.add_argument(
