@@ -76,3 +76,27 @@ async def test_sqlite_is_tuned_for_durability(runtime):
 
 async def test_migrations_reach_head(runtime):
     assert await migrate.pending_revisions(runtime.db) == []
+
+
+def test_the_head_the_code_expects_is_the_newest_migration():
+    """``migrate.HEAD`` spares every start the scripts' reading; a migration added without moving it
+    would leave databases unmigrated."""
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(migrate.alembic_config("sqlite://")).get_current_head() == migrate.HEAD
+
+
+async def test_a_database_behind_head_has_its_revisions_pending(tmp_path):
+    """The fast answer (the database at ``HEAD``) must not hide a database that is behind."""
+    from webhook_service.storage.database import Database
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/behind.db")
+    every = [f"{n:04d}" for n in range(int(migrate.HEAD), 0, -1)]
+    try:
+        assert await migrate.pending_revisions(db) == every  # a new database: nothing applied
+        await migrate.upgrade(db, every[1])
+        assert await migrate.pending_revisions(db) == [migrate.HEAD]
+        await migrate.upgrade(db)
+        assert await migrate.pending_revisions(db) == []
+    finally:
+        await db.dispose()

@@ -61,6 +61,7 @@ from webhook_service.core.egress_policy import (
     EgressBlocked,
     EgressPolicy,
     egress_refusal,
+    url_host,
 )
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ __all__ = [
     "guarded_session",
     "parse_address",
     "system_resolver",
+    "url_host",
 ]
 
 Resolver: TypeAlias = Callable[[str, int], Awaitable[list[str]]]

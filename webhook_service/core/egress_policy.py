@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import httpx
 from yarl import URL
 
 from webhook_service.core.addresses import IPAddress, IPNetwork, blocked_reason, parse_address, parse_ip
+
+if TYPE_CHECKING:
+    import httpx
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 VERDICTS_KEPT = 1024
@@ -198,7 +201,19 @@ class EgressPolicy:
         return None
 
 
+def url_host(url: str) -> str | None:
+    """The host of ``url`` as the policy reads it; None when ``url`` does not parse."""
+    try:
+        return _parse_url(url).host
+    except (ValueError, UnicodeError):  # UnicodeError: a malformed IDNA label such as xn--
+        return None
+
+
 def _parse_url(url: str | httpx.URL) -> httpx.URL:
+    # Imported here: every CLI command imports this module, few check a URL, and httpx costs a
+    # tenth of a second to import.
+    import httpx
+
     if isinstance(url, httpx.URL):
         return url
     try:

@@ -7,13 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
-
 from webhook_service.contract import operational
 from webhook_service.contract.filters import FilterError, canonical
 from webhook_service.contract.matching import invalid_patterns
 from webhook_service.contract.types import FRESHBOOKS_NOUNS, OPERATIONAL_NOUNS
-from webhook_service.core.egress import BLOCKED_NETWORKS, EgressPolicy, IPAddress, parse_address
+from webhook_service.core.egress import BLOCKED_NETWORKS, EgressPolicy, IPAddress, parse_address, url_host
 from webhook_service.delivery.signing import generate_secret
 from webhook_service.runtime import Runtime
 from webhook_service.storage import outbox
@@ -231,9 +229,8 @@ def _url_problem(allowed_cidrs: tuple[str, ...], https_only: bool, url: str) -> 
     problem = policy.validate_subscriber_url(url)
     if problem is None:
         return None
-    try:
-        host = httpx.URL(url).host
-    except (httpx.InvalidURL, UnicodeError):  # a malformed URL, not a refused address
+    host = url_host(url)
+    if host is None:  # a malformed URL, not a refused address
         return problem
     address = parse_address(host)
     reason = policy.refusal_reason(address) if address is not None else None
