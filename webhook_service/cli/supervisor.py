@@ -81,6 +81,11 @@ def run(settings: Settings, *, host: str, port: int, web: int, workers: int, sto
             web_pids=[p.pid for _, p in children[:web]],
             worker_pids=[p.pid for _, p in children[web:]],
         )
+        if not workers:
+            log.warning(  # a web-only service on this machine: the inbox fills, nothing here drains it
+                "supervisor_without_workers",
+                detail="webhooks are stored, not processed here: run `serve --role worker` elsewhere, or --workers N",
+            )
         failed = _watch(children, stopping)
         _stop(children, stop_budget)
         return 1 if failed else 0
