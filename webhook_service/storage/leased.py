@@ -13,15 +13,32 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar, Self
 
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute
 
 from webhook_service.storage.models import Delivery, Event, InboxEvent, Subscription
 
 
+class _Record:
+    """A record whose fields are columns of the same names, in the order a claim selects them."""
+
+    __slots__ = ()
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Self:
+        """From a row as written or staged (a dict of its columns)."""
+        return cls(*(row[name] for name in cls.__dataclass_fields__))  # type: ignore[call-arg]
+
+    @classmethod
+    def columns(cls, model: type[DeclarativeBase]) -> tuple[InstrumentedAttribute[Any], ...]:
+        """``model``'s columns for these fields, in their order: what a claim selects."""
+        return tuple(getattr(model, name) for name in cls.__dataclass_fields__)
+
+
 @dataclass(frozen=True, slots=True)
-class LeasedDelivery:
+class LeasedDelivery(_Record):
     """A delivery this process holds the lease on (``lease_owner`` is the token it was leased with)."""
 
     id: str
@@ -31,14 +48,9 @@ class LeasedDelivery:
     lease_until: datetime | None
     ordering_key: str | None
 
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> LeasedDelivery:
-        """From a ``deliveries`` row as staged (a dict of its columns)."""
-        return cls(*(row[name] for name in DELIVERY_FIELDS))
-
 
 @dataclass(frozen=True, slots=True)
-class EventToSend:
+class EventToSend(_Record):
     """The event a delivery carries: ``payload`` is the exact body every attempt signs and sends."""
 
     id: str
@@ -48,14 +60,9 @@ class EventToSend:
     received_at: datetime | None
     payload: str
 
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> EventToSend:
-        """From an ``events`` row as staged (a dict of its columns)."""
-        return cls(*(row[name] for name in EVENT_FIELDS))
-
 
 @dataclass(frozen=True, slots=True)
-class LeasedInboxEvent:
+class LeasedInboxEvent(_Record):
     """An inbox event this process holds the lease on, as the processor reads it."""
 
     id: int
@@ -69,27 +76,19 @@ class LeasedInboxEvent:
     lease_owner: str | None
     lease_until: datetime | None
 
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> LeasedInboxEvent:
-        """From an ``inbox_events`` row as written (a dict of its columns)."""
-        return cls(*(row[name] for name in INBOX_FIELDS))
-
 
 HandedDelivery = tuple[LeasedDelivery, EventToSend, Subscription]
 """A delivery leased to this process's workers, with what sending it needs."""
 
-DELIVERY_FIELDS = tuple(LeasedDelivery.__dataclass_fields__)
-EVENT_FIELDS = tuple(EventToSend.__dataclass_fields__)
-INBOX_FIELDS = tuple(LeasedInboxEvent.__dataclass_fields__)
-DELIVERY_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = tuple(getattr(Delivery, name) for name in DELIVERY_FIELDS)
-EVENT_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = tuple(getattr(Event, name) for name in EVENT_FIELDS)
-"""What a claim selects, in the records' field order: a row is ``*DELIVERY_COLUMNS, *EVENT_COLUMNS, Subscription``."""
-INBOX_COLUMNS: tuple[InstrumentedAttribute[Any], ...] = tuple(getattr(InboxEvent, name) for name in INBOX_FIELDS)
-"""What an inbox claim selects, in :class:`LeasedInboxEvent`'s field order."""
+DELIVERY_COLUMNS = LeasedDelivery.columns(Delivery)
+EVENT_COLUMNS = EventToSend.columns(Event)
+"""What a delivery claim selects: a row is ``*DELIVERY_COLUMNS, *EVENT_COLUMNS, Subscription``."""
+INBOX_COLUMNS = LeasedInboxEvent.columns(InboxEvent)
+"""What an inbox claim selects."""
 
 
 def from_claimed(row: Sequence[Any]) -> HandedDelivery:
     """A claim's row (``DELIVERY_COLUMNS``, ``EVENT_COLUMNS``, then the subscription) as its records."""
-    split = len(DELIVERY_FIELDS)
-    end = split + len(EVENT_FIELDS)
+    split = len(DELIVERY_COLUMNS)
+    end = split + len(EVENT_COLUMNS)
     return LeasedDelivery(*row[:split]), EventToSend(*row[split:end]), row[end]
