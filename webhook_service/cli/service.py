@@ -228,7 +228,7 @@ COMMANDS = (
                 "--web-processes",
                 type=int,
                 metavar="M",
-                help="with --workers: M web processes sharing the port, not one (default: SERVE_WEB_PROCESSES, 1)",
+                help="M web processes sharing the port, beside the --workers (default: SERVE_WEB_PROCESSES, 1)",
             ),
             arg("--no-listen", action="store_true", help=argparse.SUPPRESS),
             arg("--listen-fd", type=int, help=argparse.SUPPRESS),
