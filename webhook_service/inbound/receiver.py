@@ -79,10 +79,12 @@ _STALE_REASONS = frozenset({"callback_not_verified", "bad_signature", "event_not
 
 
 async def find_callback(runtime: Runtime, endpoint_key: str, *, fresh: bool = False) -> Callback:
-    # a read: bounded like the write, so a busy database answers 503 in time, not late
-    with storage_refusals():
-        async with asyncio.timeout(runtime.settings.inbound_commit_timeout):
-            callback = await runtime.callbacks.get(endpoint_key, fresh=fresh)
+    callback = None if fresh else runtime.callbacks.cached(endpoint_key)
+    if callback is None:
+        # a read: bounded like the write, so a busy database answers 503 in time, not late
+        with storage_refusals():
+            async with asyncio.timeout(runtime.settings.inbound_commit_timeout):
+                callback = await runtime.callbacks.get(endpoint_key, fresh=fresh)
     if callback is None:
         raise Refusal(404, "unknown_endpoint", "No callback is registered at this URI.")
     return callback

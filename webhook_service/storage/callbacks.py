@@ -99,11 +99,20 @@ class CallbackCache:
         self._clock = clock
         self._entries: dict[str, tuple[float, Callback]] = {}
 
-    async def get(self, endpoint_key: str, *, fresh: bool = False) -> Callback | None:
-        now = self._clock()
+    def cached(self, endpoint_key: str) -> Callback | None:
+        """The copy kept for ``endpoint_key`` if it is younger than ``ttl``; None otherwise.
+
+        No await: a busy callback's webhook is served without a read, a timeout or a loop turn."""
         entry = self._entries.get(endpoint_key)
-        if entry is not None and not fresh and now - entry[0] < self._ttl:
+        if entry is not None and self._clock() - entry[0] < self._ttl:
             return entry[1]
+        return None
+
+    async def get(self, endpoint_key: str, *, fresh: bool = False) -> Callback | None:
+        """:meth:`cached`, or (``fresh``, or nothing young kept) the stored row, kept from now."""
+        if not fresh and (callback := self.cached(endpoint_key)) is not None:
+            return callback
+        now = self._clock()
         async with self._db.sessions() as session:
             callback = await by_endpoint_key(session, endpoint_key)
         if callback is None:

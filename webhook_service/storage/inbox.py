@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.config import Settings
 from webhook_service.core.batching import Batcher
+from webhook_service.core.jsontext import compact
 from webhook_service.core.logs import get_logger
 from webhook_service.core.signals import Grant, Lane
 from webhook_service.storage.bulk import table_of
@@ -262,7 +262,7 @@ def _inbox_row(arrival: Arrival, digest: str) -> dict[str, Any]:
         "account_id": fields.get("account_id"),
         "business_id": fields.get("business_id"),
         "raw_body": arrival.raw_body.decode("utf-8"),
-        "headers": json.dumps(arrival.headers, sort_keys=True),
+        "headers": compact(arrival.headers, sort_keys=True).decode("utf-8"),
         "body_hash": digest,
         "status": InboxStatus.PENDING.value,
         "duplicate_of": None,

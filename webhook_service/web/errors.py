@@ -5,9 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from webhook_service.core.logs import get_logger
+from webhook_service.web.responses import JSONResponse
 
 log = get_logger("webhook_service.http")
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from webhook_service.runtime import Runtime
 from webhook_service.storage import migrate, probes
 from webhook_service.storage.database import unavailable
+from webhook_service.web.responses import JSONResponse
 
 PROBE_SECONDS = 2.0
 

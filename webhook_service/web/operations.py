@@ -27,13 +27,14 @@ from typing import Any, TypeVar, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from webhook_service.inbound.receiver import Refusal
 from webhook_service.runtime import Runtime
 from webhook_service.web.errors import error_response
 from webhook_service.web.fields import MAX_BODY_BYTES, PATH_IDS, RecordId
+from webhook_service.web.responses import JSONResponse
 from webhook_service.web.webhooks import _read_capped
 
 Handler = Callable[..., Awaitable[Any]]

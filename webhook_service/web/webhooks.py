@@ -10,7 +10,7 @@ import re
 import time
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from webhook_service.core.logs import get_logger
@@ -18,6 +18,7 @@ from webhook_service.core.metrics import INBOUND_ACCEPTED, INBOUND_REFUSED, INGE
 from webhook_service.inbound.receiver import Refusal, accept, find_callback
 from webhook_service.runtime import Runtime
 from webhook_service.web.errors import error_response
+from webhook_service.web.responses import JSONResponse
 
 log = get_logger("webhook_service.inbound")
 
