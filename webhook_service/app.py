@@ -45,14 +45,17 @@ def create_app(settings: Settings | None = None, *, role: Role | None = None) ->
         async with Runtime.open(settings) as runtime:
             app.state.runtime = runtime
             processor = InboxProcessor(runtime)
-            senders = [DeliveryWorker(runtime) for _ in range(settings.delivery_workers)] if works else []
+            senders = [DeliveryWorker(runtime)] if works and settings.delivery_workers else []
             tasks = []
             if works:
                 tasks = [
                     asyncio.create_task(processor.run_forever(), name="inbox-processor"),
                     *(
-                        asyncio.create_task(sender.run_forever(take_handovers=n == 0), name=f"delivery-worker-{n}")
-                        for n, sender in enumerate(senders)
+                        asyncio.create_task(
+                            sender.run_forever(take_handovers=True, loops=settings.delivery_workers),
+                            name="delivery-worker",
+                        )
+                        for sender in senders
                     ),
                     *(
                         asyncio.create_task(hold(runtime, duty, first_try=n * DUTY_STAGGER), name=lease_name(duty))

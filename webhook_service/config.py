@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     processor_concurrency: int = Field(default=8, ge=1, le=256)
     processor_lease_seconds: int = Field(default=120, ge=5)
     shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=300)
-    delivery_workers: int = Field(default=4, ge=0, le=64)
+    delivery_workers: int = Field(default=1, ge=0, le=64)
     delivery_batch_size: int = Field(default=200, ge=1, le=1000)
     delivery_concurrency: int = Field(default=64, ge=1, le=1024)
     delivery_timeout: float = Field(default=15.0, gt=0, le=120)

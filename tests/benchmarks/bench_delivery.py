@@ -362,22 +362,20 @@ async def delivery_statuses(runtime: Runtime) -> dict[str, int]:
         return {str(status): int(count) for status, count in rows.all()}
 
 
-async def drain(runtime: Runtime, workers: int) -> None:
-    """``workers`` delivery workers running as the service runs them (``run_forever``: claims as
-    capacity frees, one task per send, outcomes group-committed) until no delivery is pending or
-    failed; this loop only looks at the count every ``DRAIN_POLL_S``."""
-    senders = [DeliveryWorker(runtime) for _ in range(workers)]
-    tasks = [asyncio.create_task(sender.run_forever()) for sender in senders]
+async def drain(runtime: Runtime, loops: int) -> None:
+    """The process's delivery worker running as the service runs it (``run_forever`` with
+    ``loops`` claim loops: claims as capacity frees, one task per send, outcomes group-committed)
+    until no delivery is pending or failed; this loop only looks at the count every ``DRAIN_POLL_S``."""
+    sender = DeliveryWorker(runtime)
+    task = asyncio.create_task(sender.run_forever(loops=loops))
     try:
         async with asyncio.timeout(DRAIN_DEADLINE_S):
             while await outstanding_deliveries(runtime):
                 await asyncio.sleep(DRAIN_POLL_S)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for sender in senders:
-            await sender.idle()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sender.idle()
 
 
 def numbered(document: dict) -> dict:

@@ -58,7 +58,7 @@ MIN_SEND_SECONDS = 1.0
 
 
 class DeliveryWorker:
-    """Sends due deliveries; ``DELIVERY_WORKERS`` of these run in each service process.
+    """Sends due deliveries; one runs in each service process, claiming in ``DELIVERY_WORKERS`` loops.
 
     A delivery is leased only when it can start at once: the process's workers share one
     :class:`~webhook_service.core.signals.Capacity` of ``DELIVERY_CONCURRENCY`` sends, claims ask for no
@@ -95,27 +95,36 @@ class DeliveryWorker:
         await self._give_back_unsent(batch, sent)
         return len(batch)
 
-    async def run_forever(self, *, take_handovers: bool = False) -> None:
-        """Send until cancelled; with ``take_handovers`` (one worker per process) this worker also
-        receives the deliveries this process's inbox processor commits, without a claim."""
+    async def run_forever(self, *, take_handovers: bool = False, loops: int = 1) -> None:
+        """Send until cancelled, claiming in ``loops`` loops (``DELIVERY_WORKERS``); with
+        ``take_handovers`` (one worker per process) this worker also receives the deliveries this
+        process's inbox processor commits, without a claim.
+
+        The loops share this worker's outcome recorder, so a process's outcomes are committed
+        together however many loops claim: a recorder per loop split each group commit N ways.
+        """
         signals = self._runtime.signals
         lane = signals.delivery_lane
         self._capacity.when_freed(signals.deliveries_ready)
         if take_handovers:
             lane.attach(self._start, lease=self._lease, capacity=self._capacity)
         try:
-            while True:
-                claimed: list[HandedDelivery] = []
-                try:
-                    claimed = await self._claim(self._settings.delivery_batch_size, self._clock())
-                except Exception:
-                    log.exception("delivery_worker_failed")
-                self._start(claimed)
-                if not claimed:
-                    await signals.wait_deliveries(self._settings.delivery_poll_interval)
+            await asyncio.gather(*(self._claim_forever() for _ in range(loops)))
         finally:
             if take_handovers:
                 lane.detach()
+
+    async def _claim_forever(self) -> None:
+        signals = self._runtime.signals
+        while True:
+            claimed: list[HandedDelivery] = []
+            try:
+                claimed = await self._claim(self._settings.delivery_batch_size, self._clock())
+            except Exception:
+                log.exception("delivery_worker_failed")
+            self._start(claimed)
+            if not claimed:
+                await signals.wait_deliveries(self._settings.delivery_poll_interval)
 
     def _start(self, items: Sequence[HandedDelivery]) -> None:
         """Start sending ``items``, for which capacity is already reserved (one unit each)."""
