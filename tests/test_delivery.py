@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from conftest import OWNER_ACCOUNT_ID
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from webhook_service.delivery import replay, subscriptions
+from webhook_service.delivery import replay, signing, subscriptions
 from webhook_service.delivery.worker import DeliveryWorker
 from webhook_service.freshbooks.catalogue import get_resource
 from webhook_service.inbound import registrar
@@ -233,6 +233,25 @@ async def test_rotation_signs_with_both_secrets_during_grace_then_only_the_new(r
     Webhook(new_secret).verify(after.body, after.headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(old_secret).verify(after.body, after.headers)
+
+
+@pytest.mark.parametrize("zone", [UTC, timezone(timedelta(hours=-5))])
+def test_signatures_are_the_libraries_for_each_secret(zone):
+    """Each secret signs as ``standardwebhooks`` signs (keyed once, copied per message), whatever the
+    timestamp's zone; every signature verifies with the library, and only with its own secret."""
+    current, previous = signing.generate_secret(), signing.generate_secret().rstrip("=")  # unpadded too
+    sent_at = datetime.now(zone)  # the library refuses a timestamp five minutes away from its clock
+    for body in ('{"type":"invoice.updated","name":"Ünïcødé"}', '{"pad":"%s"}' % ("x" * 5000)):
+        headers = signing.headers([current, previous], "evt_1", sent_at, body)
+        expected = [Webhook(secret).sign("evt_1", sent_at.astimezone(UTC), body) for secret in (current, previous)]
+        assert headers["webhook-signature"].split(" ") == expected
+        assert headers["webhook-timestamp"] == str(int(sent_at.timestamp()))
+        for secret in (current, previous):
+            Webhook(secret).verify(body, headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(signing.generate_secret()).verify(body, headers)
+    with pytest.raises(ValueError):
+        signing.headers([signing.SECRET_PREFIX], "evt_1", sent_at, "{}")
 
 
 async def test_rate_limit_is_enforced_per_second(runtime, tenant, sink, clock):
