@@ -2,9 +2,9 @@
 
 The ``standardwebhooks`` library defines them (the tests verify every delivery with its
 ``Webhook.verify``), but its ``sign`` decodes the secret and keys a new HMAC for every message,
-and keying is the costly part: OpenSSL looks the digest up anew each time, 20–60 µs of a
-delivery's CPU under load against about 5 µs for the hashing. So each secret is keyed once
-(:func:`_keyed`) and copied per message.
+and keying is the costly part (OpenSSL looks the digest up anew each time): timed inside a
+draining service, signing took 39–67 µs a delivery that way and takes 22 µs with each secret
+keyed once (:func:`_keyed`) and copied per message.
 
 Two traps are handled here: a timezone-aware non-UTC datetime must sign its UTC instant (so the
 timestamp is always taken in UTC), and there is no multi-secret signing (so during a rotation each

@@ -60,7 +60,7 @@ MIN_SEND_SECONDS = 1.0
 class DeliveryWorker:
     """Sends due deliveries; one runs in each service process, claiming in ``DELIVERY_WORKERS`` loops.
 
-    A delivery is leased only when it can start at once: the process's workers share one
+    A delivery is leased only when it can start at once: the process's claims and hand-overs share one
     :class:`~webhook_service.core.signals.Capacity` of ``DELIVERY_CONCURRENCY`` sends, claims ask for no
     more than its room, and the inbox processor hands over no more than that either. So a lease
     never runs while its delivery waits for a slot, and each send's timeout is cut to what is left
