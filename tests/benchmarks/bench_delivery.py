@@ -907,7 +907,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-configs",
         default="1x50,8x50,4x200,4x50c8",
-        help="WxB[cC],... (workers x batch size [c delivery concurrency]) tried after the defaults",
+        help="WxB[cC],... (claim loops x batch size [c delivery concurrency]) tried after the defaults",
     )
     parser.add_argument("--rate", type=float, default=200.0, help="events per second in the latency run (200)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds of the latency run (10)")
