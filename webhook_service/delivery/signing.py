@@ -45,14 +45,11 @@ def _sign(secret: str, message: bytes) -> str:
     return "v1," + base64.b64encode(mac.digest()).decode("ascii")
 
 
-def signature_header(secrets_: Sequence[str], message_id: str, timestamp: datetime, body: str) -> str:
-    message = f"{message_id}.{int(timestamp.astimezone(UTC).timestamp())}.{body}".encode()
-    return " ".join(_sign(secret, message) for secret in secrets_)
-
-
 def headers(secrets_: Sequence[str], message_id: str, timestamp: datetime, body: str) -> dict[str, str]:
+    seconds = str(int(timestamp.astimezone(UTC).timestamp()))
+    message = f"{message_id}.{seconds}.{body}".encode()
     return {
         "webhook-id": message_id,
-        "webhook-timestamp": str(int(timestamp.astimezone(UTC).timestamp())),
-        "webhook-signature": signature_header(secrets_, message_id, timestamp, body),
+        "webhook-timestamp": seconds,
+        "webhook-signature": " ".join(_sign(secret, message) for secret in secrets_),
     }

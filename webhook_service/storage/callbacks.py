@@ -89,8 +89,8 @@ class CallbackCache:
 
     A busy callback would otherwise read its row once per delivery. A cached copy can be stale (a
     verifier rotated or a verification completed in another replica), so a caller that refuses a
-    delivery because of what the copy says asks again with ``fresh=True`` before answering. Unknown
-    keys are never cached: random keys cannot grow the cache.
+    delivery because of what the copy says reads the row again (:meth:`load`) before answering.
+    Unknown keys are never cached: random keys cannot grow the cache.
     """
 
     def __init__(self, db: Database, *, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -108,10 +108,8 @@ class CallbackCache:
             return entry[1]
         return None
 
-    async def get(self, endpoint_key: str, *, fresh: bool = False) -> Callback | None:
-        """:meth:`cached`, or (``fresh``, or nothing young kept) the stored row, kept from now."""
-        if not fresh and (callback := self.cached(endpoint_key)) is not None:
-            return callback
+    async def load(self, endpoint_key: str) -> Callback | None:
+        """The stored row, kept from now (or forgotten, when there is none)."""
         now = self._clock()
         async with self._db.sessions() as session:
             callback = await by_endpoint_key(session, endpoint_key)

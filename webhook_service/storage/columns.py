@@ -23,11 +23,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return None if value is None else _in_utc(value).replace(tzinfo=None)
 
     def bind_processor(self, dialect: Dialect) -> _BindProcessorType[datetime] | None:
         """On SQLite, one function from the aware value to the stored text.
@@ -47,14 +43,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC)
 
 
+def _in_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive value is refused (its zone would be a guess)."""
+    if value.tzinfo is UTC:
+        return value
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC)
+
+
 def _sqlite_text(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]  # the "+00:00" cut off: stored naive, in UTC
+    return _in_utc(value).isoformat(" ", "microseconds")[:26]  # the "+00:00" cut off: stored naive, in UTC
 
 
 def utcnow() -> datetime:
