@@ -10,7 +10,6 @@ object's key and sequence, which is what a claim orders them by.
 from __future__ import annotations
 
 import json
-import secrets
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
@@ -27,15 +26,16 @@ from webhook_service.core.timeparse import isoformat_utc
 from webhook_service.storage import sequences
 from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.bulk import insert_rows
+from webhook_service.storage.columns import time_ordered_id
 from webhook_service.storage.models import Delivery, DeliveryStatus, Event, Subscription
 
 
 def new_event_id() -> str:
-    return f"evt_{secrets.token_hex(12)}"
+    return time_ordered_id("evt")
 
 
 def new_delivery_id() -> str:
-    return f"dlv_{secrets.token_hex(12)}"
+    return time_ordered_id("dlv")
 
 
 def ordering_key(tenant_id: str | None, resource: str, object_id: str) -> str:
