@@ -100,3 +100,22 @@ async def test_a_database_behind_head_has_its_revisions_pending(tmp_path):
         assert await migrate.pending_revisions(db) == []
     finally:
         await db.dispose()
+
+
+@pytest.mark.parametrize(
+    ("level", "shown"),
+    [("debug", ["d", "i", "w"]), ("info", ["i", "w"]), ("warning", ["w"]), ("error", [])],
+)
+def test_log_level_decides_which_lines_are_written(capsys, level, shown):
+    configure_logging(level, "json")
+    try:
+        log = get_logger("webhook_service.test")
+        log.debug("d", n=1)
+        log.info("i", n=2)
+        log.warning("w", n=3)
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    finally:
+        logging.getLogger().handlers[:] = []
+    assert [line["event"] for line in lines] == shown
+    names = {"d": "debug", "i": "info", "w": "warning"}
+    assert all(line["level"] == names[line["event"]] for line in lines)
