@@ -75,10 +75,10 @@ def time_ordered_id(prefix: str) -> str:
     For the tables that take a row per event or delivery. Their ids are primary keys, and other
     tables' indexes hold them (a delivery's event, an attempt's delivery). A random key lands on a
     random page of each of those B-trees, so a commit of 32 events wrote some 32 pages per index,
-    and more as the tables grew: at 100,000 rows, 280 µs of CPU an event in SQLite against 70 µs
-    with keys that arrive in order, which land on the last few pages
+    and more as the tables grew: at 100,000 rows the pipeline's writes took 350 µs of CPU an event
+    in SQLite against 203 µs with keys that arrive in order, which land on the last few pages
     (``tests/benchmarks/bench_ids.py``). Two ids made in the same millisecond collide with a
-    chance of one in 2**48; a collision fails its transaction, and its events are processed again,
-    with new ids.
+    chance of one in 2**48; a collision fails its transaction (a primary key), so nothing is half
+    written, and an inbox event whose commit failed is processed again later, with new ids.
     """
     return f"{prefix}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
