@@ -435,7 +435,7 @@ async def run_pipeline(args: argparse.Namespace, databases: Databases, procs: Ch
             if label == configs[0].label:
                 continue
             paired = [
-                service_cpu(r) / r.accepted / (service_cpu(b) / b.accepted)
+                cpu_per_1000(r) / cpu_per_1000(b)
                 for r, b in zip(results[label], baseline, strict=True)
                 if r.pipeline_s and b.pipeline_s
             ]
