@@ -1,18 +1,28 @@
-"""Many rows in one statement, through SQLAlchemy Core.
+"""Many rows in one statement: compiled once per table and columns, the rows handed to the driver.
 
 The ORM's bulk paths (``session.execute(insert(Model), rows)``) cost several times the SQL itself
-in Python; on the hot path, where the rows are plain dicts already, Core does the same work.
+in Python. Core costs less, but it still builds a dict of every parameter for each row and runs
+each value through its type's processor one by one, on every call: for the pipeline's writes
+(about seven rows an event, in a few statements a batch) that was an eighth of their cost
+(``tests/benchmarks/bench_ids.py``). Here a statement is compiled once for the dialect, with the
+processors its parameters need; each call turns the rows into tuples in that order and runs the
+SQL through the connection (``exec_driver_sql``), which still wraps the driver's errors as
+SQLAlchemy's (a unique constraint is an ``IntegrityError``) and hides the parameters from them.
+A statement that would need a value the rows do not carry (a column default) goes through Core.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, Update, bindparam, insert, update
+from sqlalchemy import Insert, Table, Update, bindparam, insert, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql.compiler import SQLCompiler
 
 
 def table_of(model: type[DeclarativeBase]) -> Table:
@@ -23,8 +33,12 @@ def table_of(model: type[DeclarativeBase]) -> Table:
 
 
 async def insert_rows(session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(table_of(model)), list(rows))
+    """Rows with the same keys, each a value for every column it names."""
+    if not rows:
+        return
+    table = table_of(model)
+    columns = tuple(rows[0])
+    await _execute_many(session, ("insert", table, columns), rows, _same)
 
 
 async def update_by_id(session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]) -> None:
@@ -34,7 +48,67 @@ async def update_by_id(session: AsyncSession, model: type[DeclarativeBase], rows
     for row in rows:
         groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(row)
     for columns, group in groups.items():
-        await session.execute(_update(table, columns), [{f"_{k}": v for k, v in row.items()} for row in group])
+        await _execute_many(session, ("update", table, columns), group, _unprefixed)
+
+
+def _same(name: str) -> str:
+    return name
+
+
+def _unprefixed(name: str) -> str:
+    return name[1:]  # "_status" binds the row's "status" (an UPDATE's names must differ from its columns)
+
+
+Shape = tuple[str, Table, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    sql: str
+    binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]  # parameter name, its processor, in order
+
+
+async def _execute_many(
+    session: AsyncSession, shape: Shape, rows: Sequence[dict[str, Any]], key_of: Callable[[str], str]
+) -> None:
+    connection = await session.connection()
+    plan = _plan(shape, connection.dialect)
+    if plan is None:
+        prefix = "" if key_of is _same else "_"
+        await connection.execute(_statement(shape), [{prefix + k: v for k, v in row.items()} for row in rows])
+        return
+    binds = [(key_of(name), processor) for name, processor in plan.binds]
+    await connection.exec_driver_sql(
+        plan.sql,
+        [tuple(row[key] if processor is None else processor(row[key]) for key, processor in binds) for row in rows],
+    )
+
+
+_plans: dict[tuple[Shape, str, str], _Plan | None] = {}
+
+
+def _plan(shape: Shape, dialect: Dialect) -> _Plan | None:
+    """The statement compiled for ``dialect``; None when it binds more than the rows' values."""
+    key = (shape, dialect.name, dialect.paramstyle)
+    if key not in _plans:
+        kind, _, columns = shape
+        statement = _statement(shape)
+        names = columns if kind == "insert" else ("id", *columns)
+        compiled = statement.compile(dialect=dialect, column_keys=list(names if kind == "insert" else ()))
+        assert isinstance(compiled, SQLCompiler)
+        order = compiled.positiontup
+        expected = set(names) if kind == "insert" else {f"_{name}" for name in names}
+        if order is None or set(order) != expected or len(order) != len(expected):
+            _plans[key] = None
+        else:
+            binds = tuple((name, compiled.binds[name].type.bind_processor(dialect)) for name in order)
+            _plans[key] = _Plan(compiled.string, binds)
+    return _plans[key]
+
+
+def _statement(shape: Shape) -> Insert | Update:
+    kind, table, columns = shape
+    return insert(table) if kind == "insert" else _update(table, columns)
 
 
 @functools.cache

@@ -1,0 +1,128 @@
+"""The pipeline's bulk writes (``storage.bulk``) store exactly what they are given, on every backend.
+
+They bind their rows through SQL compiled once per table and columns, with the column types'
+own processors, instead of through SQLAlchemy's per-call parameter handling: what is read back
+must be what SQLAlchemy would have stored (times in UTC, None kept, numbers and text unchanged),
+a column a row leaves out still gets its default, and a value no column can take is refused with
+nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+
+from webhook_service.delivery import subscriptions
+from webhook_service.freshbooks.catalogue import get_resource
+from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
+from webhook_service.storage.bulk import insert_rows, update_by_id
+from webhook_service.storage.columns import time_ordered_id, utcnow
+from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Tenant
+from webhook_service.storage.outbox import delivery_rows, event_row
+
+ELSEWHERE = timezone(timedelta(hours=-4))
+
+
+def _event(tenant: Tenant, now: datetime) -> dict[str, object]:
+    """An ``events`` row as the pipeline makes it (a published document), with values that test
+    the binding: a time in another zone, an id past 32 bits, no ``received_at``."""
+    event = build(
+        tenant=tenant,
+        resource=get_resource("invoice"),
+        freshbooks_event={"name": "invoice.update", "object_id": "42"},
+        obj={"id": 42, "updated": "2026-11-21 07:00:00", "vis_state": 0, "amount": {"amount": "1.00", "code": "USD"}},
+        origin=ORIGIN_WEBHOOK,
+        fallback_time=now,
+    )
+    document = {**event.document, "data": {**event.document["data"], "sequence": 1}}
+    row = event_row(
+        document,
+        tenant_id=tenant.id,
+        resource=event.resource,
+        object_id=event.object_id,
+        origin=event.origin,
+        occurred_at=datetime(2026, 7, 1, 8, 0, 0, 5, tzinfo=ELSEWHERE),  # another zone: kept as its instant
+        inbox_event_id=2**40,
+        now=now,
+    )
+    return {**row, "received_at": None}
+
+
+async def test_rows_written_in_bulk_read_back_as_given(runtime, tenant):
+    created = await subscriptions.create(runtime, {"url": "http://127.0.0.1:9/hook"})
+    now = utcnow()
+    event = _event(tenant, now)
+    [delivery] = delivery_rows(
+        [created.subscription],
+        event_id=str(event["id"]),
+        event_type=str(event["type"]),
+        tenant_id=tenant.id,
+        document=json.loads(str(event["payload"])),
+        ordered_as=("", 1),
+        now=now,
+    )
+    attempt = {
+        "delivery_id": delivery["id"],
+        "number": 1,
+        "started_at": now,
+        "status_code": 503,
+        "latency_ms": 12.75,
+        "error": "HTTP 503",
+        "response_body": "busy ✓",
+    }
+    later = datetime(2026, 12, 3, 10, 0, tzinfo=ELSEWHERE)
+    async with runtime.db.sessions() as session:
+        await insert_rows(session, Event, [event])
+        await insert_rows(session, Delivery, [delivery])
+        await insert_rows(session, DeliveryAttempt, [attempt])
+        await update_by_id(
+            session,
+            Delivery,
+            [{"id": delivery["id"], "status": DeliveryStatus.FAILED.value, "attempts": 1, "next_attempt_at": later}],
+        )
+        await session.commit()
+
+    async with runtime.db.sessions() as session:
+        stored_event = (await session.execute(select(Event))).scalar_one()
+        stored_delivery = (await session.execute(select(Delivery))).scalar_one()
+        stored_attempt = (await session.execute(select(DeliveryAttempt))).scalar_one()
+    assert {key: getattr(stored_event, key) for key in event} == {
+        **event,
+        "occurred_at": datetime(2026, 7, 1, 12, 0, 0, 5, tzinfo=UTC),
+    }
+    assert stored_event.occurred_at.tzinfo is UTC
+    assert {key: getattr(stored_attempt, key) for key in attempt} == attempt
+    assert (stored_delivery.status, stored_delivery.attempts) == (DeliveryStatus.FAILED.value, 1)
+    assert stored_delivery.next_attempt_at == later.astimezone(UTC)
+    assert stored_delivery.updated_at == now  # a column the update did not name is left alone
+
+
+async def test_a_column_a_row_leaves_out_gets_its_default(runtime, tenant):
+    created = await subscriptions.create(runtime, {"url": "http://127.0.0.1:9/hook"})
+    before = utcnow()
+    event = _event(tenant, before)
+    bare = {"id": time_ordered_id("dlv"), "event_id": event["id"], "subscription_id": created.subscription.id}
+    async with runtime.db.sessions() as session:
+        await insert_rows(session, Event, [event])
+        await insert_rows(session, Delivery, [bare])
+        await session.commit()
+    async with runtime.db.sessions() as session:
+        stored = (await session.execute(select(Delivery))).scalar_one()
+    assert (stored.status, stored.attempts, stored.schedule_base) == (DeliveryStatus.PENDING.value, 0, 0)
+    assert before <= stored.created_at <= utcnow()
+
+
+async def test_a_naive_time_is_refused_and_nothing_is_written(runtime, tenant):
+    naive = {**_event(tenant, utcnow()), "occurred_at": datetime(2026, 1, 1)}
+    with pytest.raises(Exception) as refused:  # the cause is checked below
+        async with runtime.db.sessions() as session:
+            await insert_rows(session, Event, [_event(tenant, utcnow()), naive])
+            await session.commit()
+    cause = getattr(refused.value, "orig", refused.value)  # SQLAlchemy's StatementError wraps it
+    assert isinstance(cause, ValueError)
+    assert "naive" in str(cause)
+    async with runtime.db.sessions() as session:
+        assert (await session.execute(select(Event))).first() is None
