@@ -124,7 +124,7 @@ class InboxProcessor:
     async def _claim(self, limit: int) -> list[tuple[LeasedInboxEvent, Tenant | None]]:
         """Claimed events with their tenants, read in the same session; no more than there is room
         for (the room taken stays reserved for what was claimed)."""
-        room = self._capacity.reserve(limit)
+        room = self._capacity.reserve_for_claim(limit)
         if not room:
             return []
         found: list[tuple[LeasedInboxEvent, Tenant | None]] = []
