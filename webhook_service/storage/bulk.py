@@ -34,11 +34,8 @@ def table_of(model: type[DeclarativeBase]) -> Table:
 
 async def insert_rows(session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]) -> None:
     """Rows with the same keys, each a value for every column it names."""
-    if not rows:
-        return
-    table = table_of(model)
-    columns = tuple(rows[0])
-    await _execute_many(session, ("insert", table, columns), rows, _same)
+    if rows:
+        await _execute_many(session, ("insert", table_of(model), tuple(rows[0])), rows)
 
 
 async def update_by_id(session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]) -> None:
@@ -48,39 +45,30 @@ async def update_by_id(session: AsyncSession, model: type[DeclarativeBase], rows
     for row in rows:
         groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(row)
     for columns, group in groups.items():
-        await _execute_many(session, ("update", table, columns), group, _unprefixed)
-
-
-def _same(name: str) -> str:
-    return name
-
-
-def _unprefixed(name: str) -> str:
-    return name[1:]  # "_status" binds the row's "status" (an UPDATE's names must differ from its columns)
+        await _execute_many(session, ("update", table, columns), group)
 
 
 Shape = tuple[str, Table, tuple[str, ...]]
+"""``("insert" | "update", table, columns)``: what a statement writes."""
 
 
 @dataclass(frozen=True)
 class _Plan:
     sql: str
-    binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]  # parameter name, its processor, in order
+    binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    """Each parameter in the SQL's order: the row's key it takes, and the processor its value needs."""
 
 
-async def _execute_many(
-    session: AsyncSession, shape: Shape, rows: Sequence[dict[str, Any]], key_of: Callable[[str], str]
-) -> None:
+async def _execute_many(session: AsyncSession, shape: Shape, rows: Sequence[dict[str, Any]]) -> None:
     connection = await session.connection()
     plan = _plan(shape, connection.dialect)
-    if plan is None:
-        prefix = "" if key_of is _same else "_"
+    if plan is None:  # Core fills in what the rows leave out
+        prefix = "_" if shape[0] == "update" else ""
         await connection.execute(_statement(shape), [{prefix + k: v for k, v in row.items()} for row in rows])
         return
-    binds = [(key_of(name), processor) for name, processor in plan.binds]
+    binds = plan.binds
     await connection.exec_driver_sql(
-        plan.sql,
-        [tuple(row[key] if processor is None else processor(row[key]) for key, processor in binds) for row in rows],
+        plan.sql, [tuple(row[key] if process is None else process(row[key]) for key, process in binds) for row in rows]
     )
 
 
@@ -92,16 +80,15 @@ def _plan(shape: Shape, dialect: Dialect) -> _Plan | None:
     key = (shape, dialect.name, dialect.paramstyle)
     if key not in _plans:
         kind, _, columns = shape
-        statement = _statement(shape)
-        names = columns if kind == "insert" else ("id", *columns)
-        compiled = statement.compile(dialect=dialect, column_keys=list(names if kind == "insert" else ()))
+        # An UPDATE's parameters are named "_status" for the row's "status" (see _update)
+        keys = {name: name for name in columns} if kind == "insert" else {f"_{n}": n for n in ("id", *columns)}
+        compiled = _statement(shape).compile(dialect=dialect, column_keys=list(columns) if kind == "insert" else None)
         assert isinstance(compiled, SQLCompiler)
         order = compiled.positiontup
-        expected = set(names) if kind == "insert" else {f"_{name}" for name in names}
-        if order is None or set(order) != expected or len(order) != len(expected):
+        if order is None or sorted(order) != sorted(keys):
             _plans[key] = None
         else:
-            binds = tuple((name, compiled.binds[name].type.bind_processor(dialect)) for name in order)
+            binds = tuple((keys[name], compiled.binds[name].type.bind_processor(dialect)) for name in order)
             _plans[key] = _Plan(compiled.string, binds)
     return _plans[key]
 
