@@ -2,8 +2,9 @@
 
 A claim holds its reservation while it waits for the database; a webhook committed meanwhile must
 still find room to be handed over in memory, or it waits for a claim of its own (another
-transaction and a poll's delay, and that claim in turn holds the room). A claim therefore leaves a
-quarter of the limit to hand-overs, and claimers are woken when half the room is back.
+transaction and a poll's delay, and that claim in turn holds the room). So the inbox processor's
+claims leave a quarter of its capacity to hand-overs; the delivery worker's claims, which are how
+retries and replays reach it, may take all of theirs.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 from webhook_service.core.signals import Capacity, Lane
+from webhook_service.normalize.processor import InboxProcessor
 from webhook_service.storage.columns import utcnow
 
 
 def test_a_webhook_committed_while_a_claim_waits_is_still_handed_over():
-    capacity = Capacity(128)
+    capacity = Capacity(128, kept_for_hand_overs=32)
     handed: list[object] = []
     lane: Lane[object] = Lane(lambda: "token")
     lane.attach(handed.extend, lease=timedelta(seconds=60), capacity=capacity)
@@ -30,33 +32,42 @@ def test_a_webhook_committed_while_a_claim_waits_is_still_handed_over():
     assert capacity.used == 96 + 20
 
 
-def test_a_claim_takes_nothing_from_the_quarter_kept_for_hand_overs():
-    capacity = Capacity(128)
+async def test_the_inbox_processor_keeps_a_quarter_for_its_webhooks(runtime):
+    capacity = InboxProcessor(runtime)._capacity
+    assert capacity.kept_for_hand_overs == capacity.limit // 4 > 0
+    assert capacity.reserve_for_claim(capacity.limit) == capacity.limit - capacity.limit // 4
+
+
+async def test_delivery_claims_may_take_every_send(runtime):
+    """Retries and replays reach the delivery worker only through claims: to a slow subscriber,
+    a quarter kept back would be a quarter fewer sends at once."""
+    capacity = runtime.delivery_capacity
+    assert capacity.reserve_for_claim(10_000) == runtime.settings.delivery_concurrency
+
+
+def test_a_claim_takes_nothing_from_what_is_kept_for_hand_overs():
+    capacity = Capacity(128, kept_for_hand_overs=32)
     assert capacity.reserve(100) == 100  # running work
     assert capacity.reserve_for_claim(50) == 0  # 28 left: all of them kept
     assert capacity.reserve(28) == 28  # a hand-over may still use them
 
 
-def test_a_small_capacity_is_claimed_whole():
-    for limit in (1, 2, 3):
-        assert Capacity(limit).reserve_for_claim(10) == limit
-
-
-def test_claimers_are_woken_once_when_half_the_room_is_back():
-    capacity = Capacity(128)
-    woken: list[int] = []
-    capacity.when_freed(lambda: woken.append(capacity.room))
-    capacity.reserve(128)
-    capacity.give_back(63)
-    assert woken == []
-    capacity.give_back(1)
-    assert woken == [64]
-    capacity.give_back(10)
-    assert woken == [64]
+def test_claimers_are_woken_when_a_quarter_more_than_is_kept_is_back():
+    for kept, wake_at in ((32, 64), (0, 32)):
+        capacity = Capacity(128, kept_for_hand_overs=kept)
+        woken: list[int] = []
+        capacity.when_freed(lambda capacity=capacity, woken=woken: woken.append(capacity.room))
+        capacity.reserve(128)
+        capacity.give_back(wake_at - 1)
+        assert woken == []
+        capacity.give_back(1)
+        assert woken == [wake_at]  # a claim woken now takes a quarter of the limit
+        capacity.give_back(10)
+        assert woken == [wake_at]
 
 
 def test_an_unused_reservation_given_back_wakes_nobody():
-    capacity = Capacity(128)
+    capacity = Capacity(128, kept_for_hand_overs=32)
     woken: list[int] = []
     capacity.when_freed(lambda: woken.append(capacity.room))
     capacity.reserve(128)

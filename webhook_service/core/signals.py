@@ -30,9 +30,11 @@ class Capacity:
     work's, and are given back as each piece finishes (or when fewer rows came than reserved).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, kept_for_hand_overs: int = 0) -> None:
         self.limit = limit
         self.used = 0
+        self.kept_for_hand_overs = kept_for_hand_overs
+        """Units a claim leaves free (:meth:`reserve_for_claim`), for a stage whose own process hands it work."""
         self._on_free: Callable[[], None] = lambda: None
 
     @property
@@ -46,23 +48,25 @@ class Capacity:
         return taken
 
     def reserve_for_claim(self, wanted: int) -> int:
-        """:meth:`reserve` for a claim, which leaves a quarter of the limit to hand-overs.
+        """:meth:`reserve` for a claim, which leaves ``kept_for_hand_overs`` units free.
 
         A claim holds its reservation while it waits for the database. When it took all the room,
         the rows a writer committed meanwhile found none, so they were left unleased for a claim
         of their own: another transaction, a poll's delay, and a claim that in turn took all the
-        room. Under a steady 200 webhooks a second, a third of them went that way (485 claims for
-        2,400 events, 235 of them empty); with the quarter kept, none did.
+        room. The inbox processor keeps a quarter: under a steady 200 webhooks a second a third of
+        them had gone that way (485 claims for 2,400 events, 235 of them empty), and with the
+        quarter kept none did. The delivery worker keeps nothing: retries and replays reach it only
+        through claims, and a quarter kept would cut their sends to a slow subscriber by as much.
         """
-        return self.reserve(min(wanted, self.room - self._headroom))
+        return self.reserve(min(wanted, self.room - self.kept_for_hand_overs))
 
     def give_back(self, units: int = 1, *, finished: bool = True) -> None:
         """Return units; ``finished`` when work ended (not a reservation left unused).
 
-        When finished work brings the room back up to half the limit after it had fallen below,
-        whoever claims is woken: waiting work may be claimable now, and a claim then takes a
-        batch (a quarter of the limit at least), not the one row a single finished piece of work
-        made room for.
+        When finished work brings the room back up to a quarter of the limit above what claims
+        leave free, after it had fallen below, whoever claims is woken: waiting work may be
+        claimable now, and a claim then takes a batch (a quarter of the limit at least), not the
+        one row a single finished piece of work made room for.
         """
         before = self.limit - self.used
         self.used -= units
@@ -70,12 +74,8 @@ class Capacity:
             self._on_free()
 
     @property
-    def _headroom(self) -> int:
-        return self.limit // 4
-
-    @property
     def _wake_at(self) -> int:
-        return max(1, 2 * self._headroom)
+        return max(1, self.kept_for_hand_overs + self.limit // 4)
 
     def when_freed(self, callback: Callable[[], None]) -> None:
         self._on_free = callback

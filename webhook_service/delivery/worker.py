@@ -62,13 +62,12 @@ class DeliveryWorker:
 
     A delivery is leased only when it can start at once: the process's claims and hand-overs share one
     :class:`~webhook_service.core.signals.Capacity` of ``DELIVERY_CONCURRENCY`` sends, claims ask for no
-    more than its room (less a quarter kept for hand-overs), and the inbox processor hands over no
-    more than that either. So a lease never runs while its delivery waits for a slot, and each
-    send's timeout is cut to what is left of its lease (keeping ``DELIVERY_LEASE_SECONDS`` for
-    recording the outcome). Outcomes are recorded together (group commit) as they come in, each
-    fenced on its lease (:func:`~webhook_service.storage.deliveries.fence`): a worker whose lease
-    was lost records nothing, and an attempt number is recorded once per delivery (a unique
-    constraint).
+    more than its room, and the inbox processor hands over no more than that either. So a lease
+    never runs while its delivery waits for a slot, and each send's timeout is cut to what is left
+    of its lease (keeping ``DELIVERY_LEASE_SECONDS`` for recording the outcome). Outcomes are
+    recorded together (group commit) as they come in, each fenced on its lease
+    (:func:`~webhook_service.storage.deliveries.fence`): a worker whose lease was lost records
+    nothing, and an attempt number is recorded once per delivery (a unique constraint).
     """
 
     def __init__(self, runtime: Runtime, *, clock: Callable[[], datetime] = utcnow) -> None:

@@ -74,7 +74,9 @@ class InboxProcessor:
         # Events in flight: enough that a busy inbox is handed over rather than claimed back (a
         # claim per few events cost the hot path a tenth of its time); waiting for a fetch slot
         # is safe, as no fetch runs past its event's lease.
-        self._capacity = Capacity(IN_FLIGHT_PER_FETCH * runtime.settings.processor_concurrency)
+        limit = IN_FLIGHT_PER_FETCH * runtime.settings.processor_concurrency
+        # A claim leaves a quarter to this process's webhooks, handed over as they are committed
+        self._capacity = Capacity(limit, kept_for_hand_overs=limit // 4)
 
     async def run_once(self, limit: int = 100) -> int:
         """Process what is due now and wait for it; returns how many inbox events were claimed."""
