@@ -19,9 +19,9 @@ from webhook_service.delivery import subscriptions
 from webhook_service.freshbooks.catalogue import get_resource
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
 from webhook_service.storage.bulk import insert_rows, update_by_id
-from webhook_service.storage.columns import time_ordered_id, utcnow
+from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Tenant
-from webhook_service.storage.outbox import delivery_rows, event_row
+from webhook_service.storage.outbox import delivery_rows, event_row, new_delivery_id
 
 ELSEWHERE = timezone(timedelta(hours=-4))
 
@@ -104,7 +104,7 @@ async def test_a_column_a_row_leaves_out_gets_its_default(runtime, tenant):
     created = await subscriptions.create(runtime, {"url": "http://127.0.0.1:9/hook"})
     before = utcnow()
     event = _event(tenant, before)
-    bare = {"id": time_ordered_id("dlv"), "event_id": event["id"], "subscription_id": created.subscription.id}
+    bare = {"id": new_delivery_id(), "event_id": event["id"], "subscription_id": created.subscription.id}
     async with runtime.db.sessions() as session:
         await insert_rows(session, Event, [event])
         await insert_rows(session, Delivery, [bare])

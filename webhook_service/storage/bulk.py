@@ -63,8 +63,8 @@ async def _execute_many(session: AsyncSession, shape: Shape, rows: Sequence[dict
     connection = await session.connection()
     plan = _plan(shape, connection.dialect)
     if plan is None:  # Core fills in what the rows leave out
-        prefix = "_" if shape[0] == "update" else ""
-        await connection.execute(_statement(shape), [{prefix + k: v for k, v in row.items()} for row in rows])
+        names = _parameters(shape)
+        await connection.execute(_statement(shape), [{name: row[key] for name, key in names.items()} for row in rows])
         return
     binds = plan.binds
     await connection.exec_driver_sql(
@@ -80,8 +80,7 @@ def _plan(shape: Shape, dialect: Dialect) -> _Plan | None:
     key = (shape, dialect.name, dialect.paramstyle)
     if key not in _plans:
         kind, _, columns = shape
-        # An UPDATE's parameters are named "_status" for the row's "status" (see _update)
-        keys = {name: name for name in columns} if kind == "insert" else {f"_{n}": n for n in ("id", *columns)}
+        keys = _parameters(shape)
         compiled = _statement(shape).compile(dialect=dialect, column_keys=list(columns) if kind == "insert" else None)
         assert isinstance(compiled, SQLCompiler)
         order = compiled.positiontup
@@ -91,6 +90,13 @@ def _plan(shape: Shape, dialect: Dialect) -> _Plan | None:
             binds = tuple((keys[name], compiled.binds[name].type.bind_processor(dialect)) for name in order)
             _plans[key] = _Plan(compiled.string, binds)
     return _plans[key]
+
+
+def _parameters(shape: Shape) -> dict[str, str]:
+    """The statement's parameter names, each with the row key it takes: an UPDATE's are named
+    ``_status`` for the row's ``status`` (see :func:`_update`)."""
+    kind, _, columns = shape
+    return {name: name for name in columns} if kind == "insert" else {f"_{name}": name for name in ("id", *columns)}
 
 
 def _statement(shape: Shape) -> Insert | Update:
