@@ -58,6 +58,7 @@ def test_claimers_are_woken_when_a_quarter_more_than_is_kept_is_back():
         woken: list[int] = []
         capacity.when_freed(lambda capacity=capacity, woken=woken: woken.append(capacity.room))
         capacity.reserve(128)
+        assert capacity.reserve_for_claim(16) == 0  # a claim turned away: work may wait
         capacity.give_back(wake_at - 1)
         assert woken == []
         capacity.give_back(1)
@@ -73,3 +74,41 @@ def test_an_unused_reservation_given_back_wakes_nobody():
     capacity.reserve(128)
     capacity.give_back(128, finished=False)  # a claim that found fewer rows than it reserved
     assert woken == []
+
+
+def _running_full(capacity: Capacity) -> list[int]:
+    woken: list[int] = []
+    capacity.when_freed(lambda: woken.append(capacity.room))
+    return woken
+
+
+def test_room_coming_back_wakes_nobody_after_a_claim_that_saw_every_row():
+    """In a burst, hand-overs keep filling and freeing a process's capacity: a claim woken each
+    time found nothing, once the last claim had already seen every row due."""
+    capacity = Capacity(64)
+    woken = _running_full(capacity)
+    room = capacity.reserve_for_claim(16)
+    capacity.claimed(room, 3)  # fewer than it had room for: nothing more was due
+    capacity.reserve(64 - 3)  # hand-overs fill the rest
+    capacity.give_back(64)
+    assert woken == [] and capacity.used == 0
+
+
+def test_room_coming_back_wakes_a_claim_that_filled_its_room():
+    capacity = Capacity(64)
+    woken = _running_full(capacity)
+    room = capacity.reserve_for_claim(16)
+    capacity.claimed(room, 16)  # as many as it could take: more may wait
+    capacity.reserve(48)
+    capacity.give_back(16)
+    assert woken == [16]
+
+
+def test_a_claim_turned_away_is_woken_when_room_comes_back_even_after_one_that_saw_every_row():
+    capacity = Capacity(64)
+    woken = _running_full(capacity)
+    capacity.claimed(capacity.reserve_for_claim(16), 0)
+    capacity.reserve(64)
+    assert capacity.reserve_for_claim(16) == 0  # a retry fell due, or a replay was asked for
+    capacity.give_back(16)
+    assert woken == [16]

@@ -36,6 +36,9 @@ class Capacity:
         self.kept_for_hand_overs = kept_for_hand_overs
         """Units a claim leaves free (:meth:`reserve_for_claim`), for a stage whose own process hands it work."""
         self._on_free: Callable[[], None] = lambda: None
+        self._behind = True
+        """Whether work may wait that no claim has looked for: the last claim was turned away for
+        want of room, or took as many rows as it had room for."""
 
     @property
     def room(self) -> int:
@@ -58,19 +61,34 @@ class Capacity:
         quarter kept none did. The delivery worker keeps nothing: retries and replays reach it only
         through claims, and a quarter kept would cut their sends to a slow subscriber by as much.
         """
-        return self.reserve(min(wanted, self.room - self.kept_for_hand_overs))
+        taken = self.reserve(min(wanted, self.room - self.kept_for_hand_overs))
+        if not taken:
+            self._behind = True  # turned away: what it would have found still waits
+        return taken
+
+    def claimed(self, reserved: int, found: int) -> None:
+        """A claim that reserved ``reserved`` units found ``found`` rows; the rest go back.
+
+        One that found fewer than it had room for saw every row due, and until a claim is turned
+        away or fills its room, room coming back wakes nobody: in a burst, a process's own
+        hand-overs keep filling and freeing its capacity, and each time woke a claim that found
+        nothing (129 of 139 delivery claims in a 4,000-webhook burst through ``serve``, about
+        0.45 ms of CPU each).
+        """
+        self._behind = found >= reserved
+        self.give_back(reserved - found, finished=False)
 
     def give_back(self, units: int = 1, *, finished: bool = True) -> None:
         """Return units; ``finished`` when work ended (not a reservation left unused).
 
         When finished work brings the room back up to a quarter of the limit above what claims
-        leave free, after it had fallen below, whoever claims is woken: waiting work may be
-        claimable now, and a claim then takes a batch (a quarter of the limit at least), not the
-        one row a single finished piece of work made room for.
+        leave free, after it had fallen below, whoever claims is woken if work may be waiting
+        (:meth:`claimed`): it may be claimable now, and a claim then takes a batch (a quarter of
+        the limit at least), not the one row a single finished piece of work made room for.
         """
         before = self.limit - self.used
         self.used -= units
-        if finished and before < self._wake_at <= self.limit - self.used:
+        if finished and self._behind and before < self._wake_at <= self.limit - self.used:
             self._on_free()
 
     @property

@@ -138,14 +138,15 @@ class DeliveryWorker:
         room = self._capacity.reserve_for_claim(limit)
         if not room:
             return []
-        claimed: list[HandedDelivery] = []
         try:
             async with self._runtime.db.sessions() as session:
                 claimed = await claims.claim_deliveries(
                     session, owner=self._runtime.lease_owner, now=now, limit=room, lease=self._lease
                 )
-        finally:
-            self._capacity.give_back(room - len(claimed), finished=False)
+        except BaseException:
+            self._capacity.give_back(room, finished=False)
+            raise
+        self._capacity.claimed(room, len(claimed))
         if claimed:
             log.debug("deliveries_claimed", count=len(claimed))
         return claimed

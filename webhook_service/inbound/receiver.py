@@ -84,7 +84,8 @@ async def find_callback(runtime: Runtime, endpoint_key: str, *, fresh: bool = Fa
         # a read: bounded like the write, so a busy database answers 503 in time, not late
         with storage_refusals():
             async with asyncio.timeout(runtime.settings.inbound_commit_timeout):
-                callback = await runtime.callbacks.load(endpoint_key)
+                cache = runtime.callbacks
+                callback = await (cache.load(endpoint_key) if fresh else cache.get(endpoint_key))
     if callback is None:
         raise Refusal(404, "unknown_endpoint", "No callback is registered at this URI.")
     return callback

@@ -129,11 +129,12 @@ class InboxProcessor:
         room = self._capacity.reserve_for_claim(limit)
         if not room:
             return []
-        found: list[tuple[LeasedInboxEvent, Tenant | None]] = []
         try:
             found = await self._claim_rows(room)
-        finally:
-            self._capacity.give_back(room - len(found), finished=False)
+        except BaseException:
+            self._capacity.give_back(room, finished=False)
+            raise
+        self._capacity.claimed(room, len(found))
         return found
 
     async def _claim_rows(self, limit: int) -> list[tuple[LeasedInboxEvent, Tenant | None]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -91,6 +92,10 @@ class CallbackCache:
     verifier rotated or a verification completed in another replica), so a caller that refuses a
     delivery because of what the copy says reads the row again (:meth:`load`) before answering.
     Unknown keys are never cached: random keys cannot grow the cache.
+
+    When a busy callback's copy runs out, every webhook in flight for it misses at once. Each used
+    to read the row itself (32 reads at 32 in flight, every ``ttl``); :meth:`get` lets them share
+    one read.
     """
 
     def __init__(self, db: Database, *, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -98,6 +103,7 @@ class CallbackCache:
         self._ttl = ttl
         self._clock = clock
         self._entries: dict[str, tuple[float, Callback]] = {}
+        self._reading: dict[str, asyncio.Future[Callback | None]] = {}
 
     def cached(self, endpoint_key: str) -> Callback | None:
         """The copy kept for ``endpoint_key`` if it is younger than ``ttl``; None otherwise.
@@ -107,6 +113,28 @@ class CallbackCache:
         if entry is not None and self._clock() - entry[0] < self._ttl:
             return entry[1]
         return None
+
+    async def get(self, endpoint_key: str) -> Callback | None:
+        """The kept copy, or else the stored row, read once for every caller that misses meanwhile.
+
+        The read is shielded from each caller: one that gives up (its timeout, its client gone)
+        leaves it running for the others, and its failure reaches each of them.
+        """
+        callback = self.cached(endpoint_key)
+        if callback is not None:
+            return callback
+        reading = self._reading.get(endpoint_key)
+        if reading is None:
+            reading = asyncio.ensure_future(self.load(endpoint_key))
+            self._reading[endpoint_key] = reading
+            reading.add_done_callback(lambda done: self._read(endpoint_key, done))
+        return await asyncio.shield(reading)
+
+    def _read(self, endpoint_key: str, done: asyncio.Future[Callback | None]) -> None:
+        if self._reading.get(endpoint_key) is done:
+            del self._reading[endpoint_key]
+        if not done.cancelled():
+            done.exception()  # retrieved: every caller may have given up on it
 
     async def load(self, endpoint_key: str) -> Callback | None:
         """The stored row, kept from now (or forgotten, when there is none)."""
