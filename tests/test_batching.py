@@ -136,3 +136,32 @@ async def test_copies_of_a_delivery_in_one_batch_are_duplicates_of_the_first(run
     async with runtime.db.sessions() as session:
         stored = await inbox.list_events(session)
     assert sorted(e.id for e in stored) == sorted(r.id for r in rows)
+
+
+async def test_a_copy_is_a_duplicate_of_the_earlier_delivery_of_the_same_body_to_the_same_callback(runtime, tenant):
+    """Looked up pair by pair (PostgreSQL asks each (callback, hash) alone): the same body sent to
+    another callback is no copy, and a copy of a copy points at the first delivery."""
+    await registrar.sync_tenant(runtime, tenant)
+    async with runtime.db.sessions() as session:
+        x, y, *_ = await callback_store.active_for_tenant(session, tenant.id)
+    now = utcnow()
+
+    def arrival(callback, body: bytes, at=now) -> inbox.Arrival:
+        return inbox.Arrival(callback.id, tenant.id, {"name": "invoice.update", "object_id": "7"}, body, {}, at)
+
+    window = timedelta(minutes=5)
+    async with runtime.db.sessions() as session:
+        old = await inbox.record_many(session, [arrival(x, b"c", now - timedelta(minutes=6))], dedupe_window=window)
+        first = await inbox.record_many(session, [arrival(x, b"a"), arrival(y, b"b")], dedupe_window=window)
+        again = await inbox.record_many(session, [arrival(x, b"a")], dedupe_window=window)
+        await session.commit()
+    async with runtime.db.sessions() as session:
+        later = [arrival(x, b"a"), arrival(y, b"a"), arrival(y, b"b"), arrival(x, b"b"), arrival(x, b"c")]
+        rows = await inbox.record_many(session, later, dedupe_window=window)
+        await session.commit()
+    a_to_x, a_to_y, b_to_y, b_to_x, c_to_x = rows
+    assert again[0].duplicate_of == first[0].id
+    assert a_to_x.status == InboxStatus.DUPLICATE.value and a_to_x.duplicate_of == first[0].id
+    assert b_to_y.status == InboxStatus.DUPLICATE.value and b_to_y.duplicate_of == first[1].id
+    assert a_to_y.status == b_to_x.status == InboxStatus.PENDING.value  # another callback: no copy
+    assert c_to_x.status == old[0].status == InboxStatus.PENDING.value  # its first copy is out of the window

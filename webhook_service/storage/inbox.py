@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, insert, or_, select, update
+from sqlalchemy import Select, String, bindparam, func, insert, or_, select, true, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -215,33 +216,30 @@ async def _originals(
 ) -> dict[tuple[str, str], tuple[int, str, datetime, bool]]:
     """The earliest non-duplicate inbox row per (callback, body hash) in the window: id, status,
     time, and whether a processor holds it."""
-    rows = await session.execute(
-        _originals_query(),
-        {
-            "callbacks": list({arrival.callback_id for arrival in arrivals}),
-            "digests": list(set(digests)),
-            "since": min(arrival.received_at for arrival in arrivals) - dedupe_window,
-        },
-    )
+    keys = sorted({(arrival.callback_id, digest) for arrival, digest in zip(arrivals, digests, strict=True)})
+    since = min(arrival.received_at for arrival in arrivals) - dedupe_window
+    if session.get_bind().dialect.name == "postgresql":
+        callbacks, hashes = zip(*keys, strict=True)
+        parameters: dict[str, Any] = {"callbacks": list(callbacks), "digests": list(hashes), "since": since}
+        rows = await session.execute(_originals_by_key(), parameters)
+    else:
+        parameters = {"callbacks": list({key[0] for key in keys}), "digests": list({key[1] for key in keys})}
+        rows = await session.execute(_originals_query(), {**parameters, "since": since})
     found: dict[tuple[str, str], tuple[int, str, datetime, bool]] = {}
     for callback_id, digest, inbox_id, status, received_at, leased in rows.all():
         found.setdefault((callback_id, digest), (inbox_id, status, received_at, bool(leased)))
     return found
 
 
+_FOUND = (InboxEvent.id, InboxEvent.status, InboxEvent.received_at, InboxEvent.lease_owner.is_not(None))
+
+
 @functools.cache
 def _originals_query() -> Select[str, str, int, str, datetime, bool]:
     """Built once (bound parameters ``callbacks``, ``digests``, ``since``): every group commit runs
-    it, and building it cost more than running it."""
+    it, and building it cost more than running it. SQLite looks each pair up in the dedupe index."""
     return (
-        select(
-            InboxEvent.callback_id,
-            InboxEvent.body_hash,
-            InboxEvent.id,
-            InboxEvent.status,
-            InboxEvent.received_at,
-            InboxEvent.lease_owner.is_not(None),
-        )
+        select(InboxEvent.callback_id, InboxEvent.body_hash, *_FOUND)
         .where(
             InboxEvent.callback_id.in_(bindparam("callbacks", expanding=True)),
             InboxEvent.body_hash.in_(bindparam("digests", expanding=True)),
@@ -250,6 +248,39 @@ def _originals_query() -> Select[str, str, int, str, datetime, bool]:
         )
         .order_by(InboxEvent.id)
     )
+
+
+@functools.cache
+def _originals_by_key() -> Select[str, str, int, str, datetime, bool]:
+    """PostgreSQL's form: each (callback, hash) pair looked up alone, its first copy by ``id``.
+
+    Asked with both lists at once (``callback_id IN (...) AND body_hash IN (...)``), PostgreSQL
+    without statistics for the table (a fresh one, before autovacuum has analyzed it) walked the
+    dedupe index on the callback and the time alone and filtered every row of the window by its
+    hash: 3.6 ms a group commit at 4,800 rows, growing with the table, where a lookup per pair
+    takes 0.1 ms whatever the statistics say. One statement for any batch size, too: the arrays
+    are two parameters, not a list of them.
+    """
+    keys = (
+        func.unnest(
+            bindparam("callbacks", type_=postgresql.ARRAY(String)), bindparam("digests", type_=postgresql.ARRAY(String))
+        )
+        .table_valued("callback_id", "body_hash")
+        .render_derived(name="keys")
+    )
+    first = (
+        select(*_FOUND)
+        .where(
+            InboxEvent.callback_id == keys.c.callback_id,
+            InboxEvent.body_hash == keys.c.body_hash,
+            InboxEvent.received_at >= bindparam("since"),
+            InboxEvent.status != InboxStatus.DUPLICATE.value,
+        )
+        .order_by(InboxEvent.id)
+        .limit(1)
+        .lateral("first")
+    )
+    return select(keys.c.callback_id, keys.c.body_hash, *first.c).select_from(keys).join(first, true())
 
 
 def _inbox_row(arrival: Arrival, digest: str) -> dict[str, Any]:
