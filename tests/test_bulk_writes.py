@@ -126,3 +126,56 @@ async def test_a_naive_time_is_refused_and_nothing_is_written(runtime, tenant):
     assert "naive" in str(cause)
     async with runtime.db.sessions() as session:
         assert (await session.execute(select(Event))).first() is None
+
+
+async def test_each_of_many_rows_keeps_its_own_values_and_a_row_updated_twice_keeps_the_last(runtime, tenant):
+    """PostgreSQL gets one array per column: a value must land in its own row, None included."""
+    created = await subscriptions.create(runtime, {"url": "http://127.0.0.1:9/hook"})
+    now = utcnow()
+    event = _event(tenant, now)
+    deliveries = [
+        {**row, "id": new_delivery_id()}
+        for row in delivery_rows(
+            [created.subscription] * 3,
+            event_id=str(event["id"]),
+            event_type=str(event["type"]),
+            tenant_id=tenant.id,
+            document=json.loads(str(event["payload"])),
+            ordered_as=("", 1),
+            now=now,
+        )
+    ]
+    attempts = [
+        {
+            "delivery_id": row["id"],
+            "number": n,
+            "started_at": now + timedelta(seconds=n),
+            "status_code": None if n == 2 else 500 + n,
+            "latency_ms": n / 4,
+            "error": None if n == 1 else f"error {n}",
+            "response_body": f"body {n}",
+        }
+        for n, row in enumerate(deliveries, 1)
+    ]
+    first, second, third = (row["id"] for row in deliveries)
+    updates = [
+        {"id": first, "status": DeliveryStatus.FAILED.value, "last_error": "one"},
+        {"id": second, "status": DeliveryStatus.SUCCEEDED.value, "last_error": None},
+        {"id": first, "status": DeliveryStatus.DEAD.value, "last_error": "one, again"},
+        {"id": third, "status": DeliveryStatus.FAILED.value, "last_error": "three"},
+    ]
+    async with runtime.db.sessions() as session:
+        await insert_rows(session, Event, [event])
+        await insert_rows(session, Delivery, deliveries)
+        await insert_rows(session, DeliveryAttempt, attempts)
+        await update_by_id(session, Delivery, updates)
+        await session.commit()
+    async with runtime.db.sessions() as session:
+        stored = (await session.execute(select(DeliveryAttempt).order_by(DeliveryAttempt.number))).scalars().all()
+        by_id = {d.id: d for d in (await session.execute(select(Delivery))).scalars()}
+    assert [{key: getattr(row, key) for key in attempts[0]} for row in stored] == attempts
+    assert [(by_id[i].status, by_id[i].last_error) for i in (first, second, third)] == [
+        (DeliveryStatus.DEAD.value, "one, again"),  # named twice: the later values
+        (DeliveryStatus.SUCCEEDED.value, None),
+        (DeliveryStatus.FAILED.value, "three"),
+    ]

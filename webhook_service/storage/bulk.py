@@ -9,6 +9,12 @@ processors its parameters need; each call turns the rows into tuples in that ord
 SQL through the connection (``exec_driver_sql``), which still wraps the driver's errors as
 SQLAlchemy's (a unique constraint is an ``IntegrityError``) and hides the parameters from them.
 A statement that would need a value the rows do not carry (a column default) goes through Core.
+
+On PostgreSQL the rows go as one array per column, in one statement (``INSERT ... SELECT * FROM
+unnest($1::varchar[], ...)``, ``UPDATE ... FROM unnest(...)``). asyncpg's ``executemany`` sends the
+rows together, but the server still runs the statement once per row: for the pipeline's writes
+that was most of PostgreSQL's CPU, some seven executions an event (``bench_ids.py``). The SQL is
+the same for any number of rows, so it is prepared once per connection.
 """
 
 from __future__ import annotations
@@ -39,13 +45,19 @@ async def insert_rows(session: AsyncSession, model: type[DeclarativeBase], rows:
 
 
 async def update_by_id(session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]) -> None:
-    """Each row is ``{"id": ..., column: value, ...}``; rows with the same columns share a statement."""
+    """Each row is ``{"id": ..., column: value, ...}``; rows with the same columns share a statement,
+    and a row named twice is written twice, in order (one statement each)."""
     table = table_of(model)
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(row)
     for columns, group in groups.items():
-        await _execute_many(session, ("update", table, columns), group)
+        shape: Shape = ("update", table, columns)
+        if len({row["id"] for row in group}) == len(group):
+            await _execute_many(session, shape, group)
+        else:  # one array statement would write such a row once, by either of its values
+            for row in group:
+                await _execute_many(session, shape, [row])
 
 
 Shape = tuple[str, Table, tuple[str, ...]]
@@ -57,6 +69,8 @@ class _Plan:
     sql: str
     binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]
     """Each parameter in the SQL's order: the row's key it takes, and the processor its value needs."""
+    by_column: bool = False
+    """One execution with an array per parameter (PostgreSQL), not one parameter set per row."""
 
 
 async def _execute_many(session: AsyncSession, shape: Shape, rows: Sequence[dict[str, Any]]) -> None:
@@ -67,6 +81,10 @@ async def _execute_many(session: AsyncSession, shape: Shape, rows: Sequence[dict
         await connection.execute(_statement(shape), [{name: row[key] for name, key in names.items()} for row in rows])
         return
     binds = plan.binds
+    if plan.by_column:
+        columns = tuple([row[key] if process is None else process(row[key]) for row in rows] for key, process in binds)
+        await connection.exec_driver_sql(plan.sql, columns)
+        return
     await connection.exec_driver_sql(
         plan.sql, [tuple(row[key] if process is None else process(row[key]) for key, process in binds) for row in rows]
     )
@@ -86,10 +104,31 @@ def _plan(shape: Shape, dialect: Dialect) -> _Plan | None:
         order = compiled.positiontup
         if order is None or sorted(order) != sorted(keys):
             _plans[key] = None
+        elif dialect.name == "postgresql":
+            names = list(keys)  # insert: the columns; update: "_id", then the columns
+            binds = tuple((keys[name], compiled.binds[name].type.bind_processor(dialect)) for name in names)
+            _plans[key] = _Plan(_by_column(shape, dialect), binds, by_column=True)
         else:
             binds = tuple((keys[name], compiled.binds[name].type.bind_processor(dialect)) for name in order)
             _plans[key] = _Plan(compiled.string, binds)
     return _plans[key]
+
+
+def _by_column(shape: Shape, dialect: Dialect) -> str:
+    """PostgreSQL's statement for ``shape`` taking one array per column, ``id`` first for an update
+    (whose rows must name each ``id`` once: see :func:`update_by_id`)."""
+    kind, table, columns = shape
+    quote = dialect.identifier_preparer.quote
+    names = columns if kind == "insert" else ("id", *columns)
+    arrays = ", ".join(f"${n}::{table.c[name].type.compile(dialect=dialect)}[]" for n, name in enumerate(names, 1))
+    target = dialect.identifier_preparer.format_table(table)
+    if kind == "insert":
+        return f"INSERT INTO {target} ({', '.join(map(quote, names))}) SELECT * FROM unnest({arrays})"
+    assignments = ", ".join(f"{quote(name)} = v.{quote(name)}" for name in columns)
+    return (
+        f"UPDATE {target} SET {assignments} FROM unnest({arrays}) AS v({', '.join(map(quote, names))}) "
+        f"WHERE {target}.{quote('id')} = v.{quote('id')}"
+    )
 
 
 def _parameters(shape: Shape) -> dict[str, str]:
