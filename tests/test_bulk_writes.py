@@ -20,7 +20,7 @@ from webhook_service.freshbooks.catalogue import get_resource
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
 from webhook_service.storage.bulk import insert_rows, update_by_id
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Tenant
+from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Subscription, Tenant
 from webhook_service.storage.outbox import delivery_rows, event_row, new_delivery_id
 
 ELSEWHERE = timezone(timedelta(hours=-4))
@@ -51,12 +51,12 @@ def _event(tenant: Tenant, now: datetime) -> dict[str, object]:
     return {**row, "received_at": None}
 
 
-async def test_rows_written_in_bulk_read_back_as_given(runtime, tenant):
-    created = await subscriptions.create(runtime, {"url": "http://127.0.0.1:9/hook"})
-    now = utcnow()
-    event = _event(tenant, now)
-    [delivery] = delivery_rows(
-        [created.subscription],
+def _deliveries(
+    subscription: Subscription, event: dict[str, object], count: int, tenant: Tenant, now: datetime
+) -> list[dict[str, object]]:
+    """``count`` deliveries of ``event`` to ``subscription``, as the pipeline makes them (each its own id)."""
+    rows = delivery_rows(
+        [subscription] * count,
         event_id=str(event["id"]),
         event_type=str(event["type"]),
         tenant_id=tenant.id,
@@ -64,6 +64,14 @@ async def test_rows_written_in_bulk_read_back_as_given(runtime, tenant):
         ordered_as=("", 1),
         now=now,
     )
+    return [{**row, "id": new_delivery_id()} for row in rows]
+
+
+async def test_rows_written_in_bulk_read_back_as_given(runtime, tenant):
+    created = await subscriptions.create(runtime, {"url": "http://127.0.0.1:9/hook"})
+    now = utcnow()
+    event = _event(tenant, now)
+    [delivery] = _deliveries(created.subscription, event, 1, tenant, now)
     attempt = {
         "delivery_id": delivery["id"],
         "number": 1,
@@ -133,18 +141,7 @@ async def test_each_of_many_rows_keeps_its_own_values_and_a_row_updated_twice_ke
     created = await subscriptions.create(runtime, {"url": "http://127.0.0.1:9/hook"})
     now = utcnow()
     event = _event(tenant, now)
-    deliveries = [
-        {**row, "id": new_delivery_id()}
-        for row in delivery_rows(
-            [created.subscription] * 3,
-            event_id=str(event["id"]),
-            event_type=str(event["type"]),
-            tenant_id=tenant.id,
-            document=json.loads(str(event["payload"])),
-            ordered_as=("", 1),
-            now=now,
-        )
-    ]
+    deliveries = _deliveries(created.subscription, event, 3, tenant, now)
     attempts = [
         {
             "delivery_id": row["id"],
