@@ -55,6 +55,7 @@ from webhook_service.storage.leased import (
     LeasedInboxEvent,
     from_claimed,
 )
+from webhook_service.storage.lists import one_of
 from webhook_service.storage.models import (
     Delivery,
     DeliveryStatus,
@@ -142,7 +143,7 @@ def _delivery_claim() -> DeliveryClaim:
         select(*DELIVERY_COLUMNS, *EVENT_COLUMNS, Subscription)
         .join(Event, Event.id == Delivery.event_id)
         .join(Subscription, Subscription.id == Delivery.subscription_id)
-        .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+        .where(one_of(Delivery.id, "ids"))
     )
     return due.limit(1), _stamp(Delivery, due.with_for_update(skip_locked=True)), read
 
@@ -157,7 +158,7 @@ def _inbox_claim() -> InboxClaim:
         .order_by(InboxEvent.id)
         .limit(bindparam("limit", type_=Integer))
     )
-    read = select(*INBOX_COLUMNS).where(InboxEvent.id.in_(bindparam("ids", expanding=True))).order_by(InboxEvent.id)
+    read = select(*INBOX_COLUMNS).where(one_of(InboxEvent.id, "ids")).order_by(InboxEvent.id)
     return due.limit(1), _stamp(InboxEvent, due.with_for_update(skip_locked=True, of=InboxEvent)), read
 
 
@@ -204,7 +205,7 @@ def _fence_statement(model: Leased) -> Update:
     table = table_of(model)  # the table, as in _stamp
     return (
         update(table)
-        .where(table.c.id.in_(bindparam("ids", expanding=True)), table.c.lease_owner == bindparam("token"))
+        .where(one_of(table.c.id, "ids"), table.c.lease_owner == bindparam("token"))
         .values(lease_owner=table.c.lease_owner)
         .returning(table.c.id)
     )

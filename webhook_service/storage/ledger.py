@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select, text
+from sqlalchemy import Select, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage.bulk import insert_rows
+from webhook_service.storage.lists import one_of
 from webhook_service.storage.models import Delivery, Event, ObjectVersion
 from webhook_service.storage.session import conflicts
 
@@ -71,9 +72,9 @@ def _emitted_query() -> Select[str, str, str, str, datetime | None]:
         ObjectVersion.version,
         ObjectVersion.observed_at,
     ).where(
-        ObjectVersion.tenant_id.in_(bindparam("tenants", expanding=True)),
-        ObjectVersion.resource.in_(bindparam("resources", expanding=True)),
-        ObjectVersion.object_id.in_(bindparam("objects", expanding=True)),
+        one_of(ObjectVersion.tenant_id, "tenants"),
+        one_of(ObjectVersion.resource, "resources"),
+        one_of(ObjectVersion.object_id, "objects"),
     )
 
 

@@ -1,0 +1,65 @@
+"""A list bound as one parameter (``storage.lists.one_of``): the rows it names, and on PostgreSQL
+the same SQL for any length, so asyncpg prepares each statement once per connection."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import event, select
+
+from webhook_service.storage import deliveries as claims
+from webhook_service.storage.columns import utcnow
+from webhook_service.storage.lists import one_of
+from webhook_service.storage.models import InboxEvent, Tenant
+
+
+async def _tenants(runtime, count: int) -> list[str]:
+    now = utcnow()
+    ids = [f"ten_list{n}" for n in range(count)]
+    async with runtime.db.sessions() as session:
+        for n, tenant_id in enumerate(ids):
+            session.add(
+                Tenant(
+                    id=tenant_id,
+                    account_id=f"ACCLIST{n}",
+                    business_id=5000 + n,
+                    access_token_enc=runtime.box.encrypt("a"),
+                    refresh_token_enc=runtime.box.encrypt("r"),
+                    access_expires_at=now + timedelta(hours=1),
+                )
+            )
+        await session.commit()
+    return ids
+
+
+async def test_one_of_selects_exactly_the_rows_named(runtime):
+    ids = await _tenants(runtime, 4)
+    query = select(Tenant.id).where(one_of(Tenant.id, "ids")).order_by(Tenant.id)
+    async with runtime.db.sessions() as session:
+        for named in ([], [ids[2]], [ids[0], ids[3], "ten_nosuch"], ids):
+            found = (await session.execute(query, {"ids": named})).scalars().all()
+            assert found == sorted(set(named) & set(ids))
+
+
+async def test_a_fence_sends_the_same_sql_for_any_number_of_rows(runtime):
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("UPDATE INBOX_EVENTS"):
+            sent.append(statement)
+
+    engine = runtime.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        async with runtime.db.sessions() as session:
+            for count in (1, 2, 5):
+                kept = await claims.fence(session, InboxEvent, {n: "nobody" for n in range(1, count + 1)})
+                assert kept == set()  # no such inbox events: every lease counts as lost
+            await session.rollback()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(sent) == 3
+    if runtime.db.engine.dialect.name == "postgresql":
+        assert len(set(sent)) == 1  # one statement, prepared once
+    else:
+        assert len(set(sent)) == 3  # SQLite: one parameter per row, nothing prepared across calls
