@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from webhook_service.core.crypto import SecretBox
 from webhook_service.freshbooks.catalogue import CATALOGUE
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
 from webhook_service.storage.models import Delivery, Event, Tenant
+
+
+def tenant_row(box: SecretBox, tenant_id: str, *, account_id: str, business_id: int, now: datetime) -> Tenant:
+    """A connected tenant, its tokens encrypted with ``box``: for a test about something other than
+    connecting (which the ``tenant`` fixture does through the simulator)."""
+    return Tenant(
+        id=tenant_id,
+        account_id=account_id,
+        business_id=business_id,
+        access_token_enc=box.encrypt("a"),
+        refresh_token_enc=box.encrypt("r"),
+        access_expires_at=now + timedelta(hours=1),
+    )
 
 
 def invoice_event(tenant: Tenant, now: datetime) -> tuple[Event, dict[str, Any]]:

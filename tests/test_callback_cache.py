@@ -6,15 +6,15 @@ Each test makes the misses overlap on purpose: the row's read waits on a gate th
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 import pytest
+from records import tenant_row
 
 from webhook_service.runtime import Runtime
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage.callbacks import CallbackCache
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.models import Callback, Tenant
+from webhook_service.storage.models import Callback
 
 KEY = "cachekey1"
 
@@ -31,16 +31,7 @@ class Clock:
 async def stored(runtime: Runtime) -> None:
     now = utcnow()
     async with runtime.db.sessions() as session:
-        session.add(
-            Tenant(
-                id="ten_cache",
-                account_id="ACCCACHE",
-                business_id=4242,
-                access_token_enc=runtime.box.encrypt("a"),
-                refresh_token_enc=runtime.box.encrypt("r"),
-                access_expires_at=now + timedelta(hours=1),
-            )
-        )
+        session.add(tenant_row(runtime.box, "ten_cache", account_id="ACCCACHE", business_id=4242, now=now))
         await session.flush()
         session.add(
             Callback(

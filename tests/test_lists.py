@@ -3,8 +3,7 @@ the same SQL for any length, so asyncpg prepares each statement once per connect
 
 from __future__ import annotations
 
-from datetime import timedelta
-
+from records import tenant_row
 from sqlalchemy import event, select
 
 from webhook_service.storage import deliveries as claims
@@ -18,16 +17,7 @@ async def _tenants(runtime, count: int) -> list[str]:
     ids = [f"ten_list{n}" for n in range(count)]
     async with runtime.db.sessions() as session:
         for n, tenant_id in enumerate(ids):
-            session.add(
-                Tenant(
-                    id=tenant_id,
-                    account_id=f"ACCLIST{n}",
-                    business_id=5000 + n,
-                    access_token_enc=runtime.box.encrypt("a"),
-                    refresh_token_enc=runtime.box.encrypt("r"),
-                    access_expires_at=now + timedelta(hours=1),
-                )
-            )
+            session.add(tenant_row(runtime.box, tenant_id, account_id=f"ACCLIST{n}", business_id=5000 + n, now=now))
         await session.commit()
     return ids
 

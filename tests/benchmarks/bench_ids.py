@@ -30,18 +30,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 from bench_delivery import Children, Databases, add_database_argument, checked_database_argument, run_benchmark
 from bench_scaling import database_cpu
 from pydantic import SecretStr
+from records import tenant_row
 
 from webhook_service.config import Settings
 from webhook_service.core.crypto import generate_key
 from webhook_service.runtime import Runtime
 from webhook_service.storage.bulk import insert_rows, update_by_id
 from webhook_service.storage.columns import time_ordered_id, utcnow
-from webhook_service.storage.models import Delivery, DeliveryAttempt, Event, Subscription, Tenant
+from webhook_service.storage.models import Delivery, DeliveryAttempt, Event, Subscription
 
 PAYLOAD = '{"object": "' + "x" * 600 + '"}'  # about an invoice event's size
 
@@ -66,16 +66,7 @@ async def open_store(scheme: str, url: str, stack: contextlib.AsyncExitStack) ->
     runtime = await stack.enter_async_context(Runtime.open(settings, migrate_schema=True))
     now = utcnow()
     async with runtime.db.sessions() as session:
-        session.add(
-            Tenant(
-                id="ten_bench",
-                account_id="ACC",
-                business_id=1,
-                access_token_enc=runtime.box.encrypt("a"),
-                refresh_token_enc=runtime.box.encrypt("r"),
-                access_expires_at=now + timedelta(hours=1),
-            )
-        )
+        session.add(tenant_row(runtime.box, "ten_bench", account_id="ACC", business_id=1, now=now))
         session.add(
             Subscription(
                 id="sub_bench", url="http://127.0.0.1:9/", event_types='["*"]', secret_enc=runtime.box.encrypt("s")

@@ -218,13 +218,13 @@ async def _originals(
     time, and whether a processor holds it."""
     keys = sorted({(arrival.callback_id, digest) for arrival, digest in zip(arrivals, digests, strict=True)})
     since = min(arrival.received_at for arrival in arrivals) - dedupe_window
-    if session.get_bind().dialect.name == "postgresql":
-        callbacks, hashes = zip(*keys, strict=True)
-        parameters: dict[str, Any] = {"callbacks": list(callbacks), "digests": list(hashes), "since": since}
-        rows = await session.execute(_originals_by_key(), parameters)
-    else:
-        parameters = {"callbacks": list({key[0] for key in keys}), "digests": list({key[1] for key in keys})}
-        rows = await session.execute(_originals_query(), {**parameters, "since": since})
+    if session.get_bind().dialect.name == "postgresql":  # the pairs, as two arrays of one length
+        query = _originals_by_key()
+        callbacks, hashes = [key[0] for key in keys], [key[1] for key in keys]
+    else:  # each value once, as the IN lists of a lookup in the dedupe index
+        query = _originals_query()
+        callbacks, hashes = list({key[0] for key in keys}), list({key[1] for key in keys})
+    rows = await session.execute(query, {"callbacks": callbacks, "digests": hashes, "since": since})
     found: dict[tuple[str, str], tuple[int, str, datetime, bool]] = {}
     for callback_id, digest, inbox_id, status, received_at, leased in rows.all():
         found.setdefault((callback_id, digest), (inbox_id, status, received_at, bool(leased)))
