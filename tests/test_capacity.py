@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from webhook_service.core.signals import Capacity, Lane
 from webhook_service.normalize.processor import InboxProcessor
 from webhook_service.storage.columns import utcnow
@@ -112,3 +114,37 @@ def test_a_claim_turned_away_is_woken_when_room_comes_back_even_after_one_that_s
     assert capacity.reserve_for_claim(16) == 0  # a retry fell due, or a replay was asked for
     capacity.give_back(16)
     assert woken == [16]
+
+
+async def test_a_claim_keeps_the_room_of_the_rows_it_found_and_gives_back_the_rest():
+    capacity = Capacity(64, kept_for_hand_overs=16)
+    asked: list[int] = []
+
+    async def three_rows(room: int) -> list[int]:
+        asked.append(room)
+        assert capacity.used == room  # reserved while the claim waits for the database
+        return [1, 2, 3]
+
+    assert await capacity.claim(100, three_rows) == [1, 2, 3]
+    assert asked == [48] and capacity.used == 3
+
+
+async def test_a_claim_that_fails_gives_all_its_room_back():
+    capacity = Capacity(64)
+
+    async def database_down(room: int) -> list[int]:
+        raise ConnectionError("database unreachable")
+
+    with pytest.raises(ConnectionError):
+        await capacity.claim(16, database_down)
+    assert capacity.used == 0
+
+
+async def test_a_claim_with_no_room_does_not_reach_the_database():
+    capacity = Capacity(64, kept_for_hand_overs=16)
+    capacity.reserve(48)
+
+    async def unreachable(room: int) -> list[int]:
+        raise AssertionError("claimed with no room")
+
+    assert await capacity.claim(16, unreachable) == []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
@@ -77,6 +77,21 @@ class Capacity:
         """
         self._behind = found >= reserved
         self.give_back(reserved - found, finished=False)
+
+    async def claim(self, wanted: int, take: Callable[[int], Awaitable[Sequence[T]]]) -> Sequence[T]:
+        """Run ``take(room)`` for up to ``wanted`` rows, the room reserved while it waits on the
+        database (:meth:`reserve_for_claim`); the room the rows did not use, or all of it when
+        ``take`` fails, goes back (:meth:`claimed`), and the room the rows did use stays theirs."""
+        room = self.reserve_for_claim(wanted)
+        if not room:
+            return []
+        try:
+            found = await take(room)
+        except BaseException:
+            self.give_back(room, finished=False)
+            raise
+        self.claimed(room, len(found))
+        return found
 
     def give_back(self, units: int = 1, *, finished: bool = True) -> None:
         """Return units; ``finished`` when work ended (not a reservation left unused).

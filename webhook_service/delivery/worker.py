@@ -117,7 +117,7 @@ class DeliveryWorker:
     async def _claim_forever(self) -> None:
         signals = self._runtime.signals
         while True:
-            claimed: list[HandedDelivery] = []
+            claimed: Sequence[HandedDelivery] = []
             try:
                 claimed = await self._claim(self._settings.delivery_batch_size, self._clock())
             except Exception:
@@ -132,21 +132,17 @@ class DeliveryWorker:
         for delivery, event, subscription in items:
             self._runtime.tasks.spawn(self._deliver(delivery, event, subscription, now), name="delivery")
 
-    async def _claim(self, limit: int, now: datetime) -> list[HandedDelivery]:
+    async def _claim(self, limit: int, now: datetime) -> Sequence[HandedDelivery]:
         """Claim up to ``limit`` due deliveries, no more than there is room to start now; the room
         taken stays reserved for what was claimed."""
-        room = self._capacity.reserve_for_claim(limit)
-        if not room:
-            return []
-        try:
+
+        async def take(room: int) -> list[HandedDelivery]:
             async with self._runtime.db.sessions() as session:
-                claimed = await claims.claim_deliveries(
+                return await claims.claim_deliveries(
                     session, owner=self._runtime.lease_owner, now=now, limit=room, lease=self._lease
                 )
-        except BaseException:
-            self._capacity.give_back(room, finished=False)
-            raise
-        self._capacity.claimed(room, len(claimed))
+
+        claimed = await self._capacity.claim(limit, take)
         if claimed:
             log.debug("deliveries_claimed", count=len(claimed))
         return claimed

@@ -94,7 +94,7 @@ class InboxProcessor:
         idle = min(IDLE_POLL_START, poll)
         try:
             while True:
-                claimed: list[tuple[LeasedInboxEvent, Tenant | None]] = []
+                claimed: Sequence[tuple[LeasedInboxEvent, Tenant | None]] = []
                 try:
                     claimed = await self._claim(self._capacity.limit)
                 except Exception:
@@ -123,19 +123,10 @@ class InboxProcessor:
         finally:
             self._capacity.give_back(len(items))
 
-    async def _claim(self, limit: int) -> list[tuple[LeasedInboxEvent, Tenant | None]]:
+    async def _claim(self, limit: int) -> Sequence[tuple[LeasedInboxEvent, Tenant | None]]:
         """Claimed events with their tenants, read in the same session; no more than there is room
         for (the room taken stays reserved for what was claimed)."""
-        room = self._capacity.reserve_for_claim(limit)
-        if not room:
-            return []
-        try:
-            found = await self._claim_rows(room)
-        except BaseException:
-            self._capacity.give_back(room, finished=False)
-            raise
-        self._capacity.claimed(room, len(found))
-        return found
+        return await self._capacity.claim(limit, self._claim_rows)
 
     async def _claim_rows(self, limit: int) -> list[tuple[LeasedInboxEvent, Tenant | None]]:
         lease = timedelta(seconds=self._runtime.settings.processor_lease_seconds)
