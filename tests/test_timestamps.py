@@ -67,3 +67,24 @@ def test_a_naive_datetime_is_refused_on_every_backend():
             else:
                 UTCDateTime().bind_processor(dialect)(datetime(2026, 1, 1))
     assert UTCDateTime().bind_processor(sqlite.dialect())(None) is None
+
+
+def test_a_value_written_again_is_stored_as_the_first_time_and_each_instant_as_its_own():
+    """Texts are kept for values written again (a batch's rows share their ``now``): a kept text
+    must be the one the value would get, and instants that compare equal in their own zone but are
+    not the same moment (the hour repeated when DST ends, told apart by ``fold``) must not share one."""
+    dialect = sqlite.dialect()
+    write = UTCDateTime().bind_processor(dialect)
+    generic = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    for moment in [*MOMENTS, *MOMENTS]:
+        assert write(moment) == generic(UTCDateTime().process_bind_param(moment, dialect))
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=EASTERN)  # EDT, 05:30 UTC
+    second = first.replace(fold=1)  # the same wall time an hour later, EST: 06:30 UTC
+    assert first == second  # Python compares them by wall time in their shared zone
+    assert [write(first), write(second), write(first)] == [
+        "2026-11-01 05:30:00.000000",
+        "2026-11-01 06:30:00.000000",
+        "2026-11-01 05:30:00.000000",
+    ]
+    now = datetime.now(UTC)
+    assert write(now) == write(now.astimezone(EASTERN)) == write(datetime.fromisoformat(now.isoformat()))

@@ -142,8 +142,13 @@ class InboxProcessor:
 
     async def _handle(self, row: LeasedInboxEvent, tenant: Tenant | None) -> None:
         # every log line about this event (the FreshBooks client's too) carries its inbox id
-        with structlog.contextvars.bound_contextvars(inbox_id=row.id, tenant_id=row.tenant_id):
+        # bind and reset, not ``bound_contextvars``, which copies and walks the whole context to restore
+        # it (2.5 µs against 0.6 µs with nothing else bound, more with each key bound before)
+        tokens = structlog.contextvars.bind_contextvars(inbox_id=row.id, tenant_id=row.tenant_id)
+        try:
             await self._settle(row, tenant)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
     async def idle(self) -> None:
         """Wait for the commit under way (at shutdown: it may be handing deliveries over)."""
