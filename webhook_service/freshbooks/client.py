@@ -73,9 +73,7 @@ class FreshBooksClient:
         """One object with the catalogue's includes (an invoice with its lines); see :meth:`request`
         for ``deadline``."""
         spec = _spec(resource)
-        body = await self.request(
-            tenant, "GET", spec.item_url(tenant, object_id), params=spec.include_params(), deadline=deadline
-        )
+        body = await self.request(tenant, "GET", spec.item_url_with_includes(tenant, object_id), deadline=deadline)
         return _unwrap(spec.unwrap_item, body)
 
     async def list_page(
