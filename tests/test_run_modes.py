@@ -144,26 +144,10 @@ def test_serve_workers_runs_web_and_workers_and_stops_them_on_sigterm_with_no_le
     ids = [obj["id"] for obj in simulator.state.seed(OWNER_ACCOUNT_ID, "invoice", EVENTS)]
     port = free_port()
     env = service_env(database_url, simulator, port)
-    log_path: Path = tmp_path / "supervisor.log"
-    with log_path.open("ab") as log:
-        supervisor = subprocess.Popen(
-            [*service_command(), "serve", "--port", str(port), "--workers", "2", "--web-processes", "2"],
-            env=env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    supervisor, log_path = _supervise(env, tmp_path, port, "--workers", "2", "--web-processes", "2")
     admin = Admin(f"http://127.0.0.1:{port}", env["ADMIN_TOKEN"])
     try:
-
-        def ready() -> bool:
-            assert supervisor.poll() is None, log_path.read_text()
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, STARTUP_TIMEOUT, "the web process to be ready", interval=0.1)
+        _wait_ready(supervisor, log_path, port)
         worker_pids = _children_of(supervisor.pid)
         assert len(worker_pids) == 4, "two web processes and two workers"
         answered: set[str] = set()  # request ids are a process's own prefix and a counter
@@ -202,6 +186,33 @@ def test_serve_workers_runs_web_and_workers_and_stops_them_on_sigterm_with_no_le
     assert by_status(_read(database_url, select(Delivery.status))) == {"succeeded": EVENTS}
 
 
+def _supervise(env: dict[str, str], cwd: Path, port: int, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """``serve --port PORT ARGS`` started (not waited for), and the file its output goes to."""
+    log_path = cwd / "supervisor.log"
+    with log_path.open("ab") as log:
+        supervisor = subprocess.Popen(
+            [*service_command(), "serve", "--port", str(port), *args],
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return supervisor, log_path
+
+
+def _wait_ready(supervisor: subprocess.Popen[bytes], log_path: Path, port: int) -> None:
+    """Until a web process on ``port`` answers ``/readyz`` with 200 (the supervisor still running)."""
+
+    def ready() -> bool:
+        assert supervisor.poll() is None, log_path.read_text()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(ready, STARTUP_TIMEOUT, "a web process to be ready", interval=0.1)
+
+
 def by_status(rows) -> dict[str, int]:
     counts: dict[str, int] = {}
     for (status,) in rows:
@@ -230,13 +241,14 @@ def _serve_to_its_end(env: dict[str, str], cwd: Path, *args: str) -> subprocess.
     )
 
 
-def test_serve_workers_on_a_port_already_taken_fails_before_any_child_starts(database_url, simulator, tmp_path):
+@pytest.mark.parametrize("processes", [("--workers", "1"), ("--web-processes", "2")])
+def test_serve_workers_on_a_port_already_taken_fails_before_any_child_starts(
+    database_url, simulator, tmp_path, processes
+):
     taken = socket.create_server(("127.0.0.1", 0))
     port = taken.getsockname()[1]
     try:
-        done = _serve_to_its_end(
-            service_env(database_url, simulator, port), tmp_path, "--port", str(port), "--workers", "1"
-        )
+        done = _serve_to_its_end(service_env(database_url, simulator, port), tmp_path, "--port", str(port), *processes)
     finally:
         taken.close()
     assert done.returncode == 1
@@ -250,3 +262,36 @@ def test_serve_workers_with_a_role_is_a_usage_error(database_url, simulator, tmp
     assert done.returncode == 2
     assert "--workers (SERVE_WORKERS) and --web-processes (SERVE_WEB_PROCESSES) start the web and worker" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_connections_opened_at_once_are_spread_over_the_web_processes(database_url, simulator, tmp_path):
+    """A client that opens its keep-alive connections together (a load generator, a proxy's pool)
+    must not find them all in one web process while the other idles."""
+    port = free_port()
+    env = service_env(database_url, simulator, port)
+    supervisor, log_path = _supervise(env, tmp_path, port, "--web-processes", "2")
+    try:
+        _wait_ready(supervisor, log_path, port)
+        # a connection the kernel gives a process still starting waits in its queue until it serves
+        connections = [socket.create_connection(("127.0.0.1", port), timeout=STARTUP_TIMEOUT) for _ in range(32)]
+        try:
+            for connection in connections:
+                connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: service\r\n\r\n")
+            served: dict[str, int] = {}
+            for connection in connections:
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    chunk = connection.recv(4096)
+                    assert chunk, "the connection closed before its answer"
+                    answer += chunk
+                head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+                request_id = next(line for line in head.splitlines() if line.startswith("x-request-id:"))
+                process = request_id.split(":", 1)[1].strip()[:12]  # a process's own prefix, then a counter
+                served[process] = served.get(process, 0) + 1
+        finally:
+            for connection in connections:
+                connection.close()
+        assert len(served) == 2 and min(served.values()) >= 4, served
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(timeout=60)

@@ -7,9 +7,14 @@ a commit, and M web processes answer M cores' worth. The supervisor only starts,
 its children: each is an ordinary ``webhook-service serve --role …`` process, configured by the
 same environment.
 
-* The supervisor binds the port, once, and the web processes all serve that socket (inherited, as
-  gunicorn's and uvicorn's own workers do): the kernel hands each new connection to one of them. A
-  port already taken fails ``serve`` before any child starts.
+* The supervisor binds the port before any child starts, so a port already taken fails ``serve``
+  at once. On Linux each web process gets a listening socket of its own on that port
+  (``SO_REUSEPORT``), and the kernel spreads new connections over them by their addresses; one
+  socket that all of them serve (as gunicorn's and uvicorn's own workers do, and as the service
+  does elsewhere) goes to whichever process wakes first, and a client that opens its keep-alive
+  connections at once can find every one of them in the same process: ``bench_scaling``'s 32 did,
+  on PostgreSQL, with the other web process idle. (With ``SO_REUSEPORT`` another process of the
+  same user that also asks for it could bind the same port; nothing the service runs does.)
 * The schema is migrated once, here, before any child starts (children get ``AUTO_MIGRATE=never``).
 * SIGTERM or SIGINT (Ctrl-C) stops every child the graceful way (SIGTERM: each finishes or hands
   back its work and gives back its leases), then the supervisor exits 0. A child still running
@@ -53,8 +58,7 @@ def child_command() -> list[str]:
 def run(settings: Settings, *, host: str, port: int, web: int, workers: int, stop_budget: float) -> int:
     """Bind the port, start the children, wait for a signal or a death, stop them all; the exit status."""
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+        listeners = _listen(host, port, web)
     except OSError as exc:
         raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     metrics_dir = tempfile.mkdtemp(prefix="webhook-service-metrics-")
@@ -67,11 +71,12 @@ def run(settings: Settings, *, host: str, port: int, web: int, workers: int, sto
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
-        fd = listener.fileno()
         for number in range(1, web + 1):
+            fd = listeners[(number - 1) % len(listeners)].fileno()
             argv = [*child_command(), "--role", "web", "--listen-fd", str(fd)]
             children.append((f"web-{number}" if web > 1 else "web", subprocess.Popen(argv, env=env, pass_fds=(fd,))))
-        listener.close()  # the web processes hold it now: a dead one takes none of the port with it
+        for listener in listeners:
+            listener.close()  # the web processes hold them now: a dead one takes none of the port with it
         for number in range(1, workers + 1):
             argv = [*child_command(), "--role", "worker", "--no-listen"]
             children.append((f"worker-{number}", subprocess.Popen(argv, env=env)))
@@ -90,11 +95,33 @@ def run(settings: Settings, *, host: str, port: int, web: int, workers: int, sto
         _stop(children, stop_budget)
         return 1 if failed else 0
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _stop(children, stop_budget)  # an exception above must not leave children behind
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _listen(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets listening on the port where the kernel balances connections across them
+    (see the module docstring), else one that all share."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if count == 1 or sys.platform != "linux" or not hasattr(socket, "SO_REUSEPORT"):
+        return [socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)]
+    first = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG, reuse_port=True)
+    listeners = [first]
+    try:
+        bound = first.getsockname()[1]  # the port chosen, if 0 asked for any
+        for _ in range(count - 1):
+            listeners.append(
+                socket.create_server((host, bound), family=family, backlog=LISTEN_BACKLOG, reuse_port=True)
+            )
+    except OSError:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners
 
 
 def _watch(children: list[tuple[str, subprocess.Popen[bytes]]], stopping: list[int]) -> bool:
