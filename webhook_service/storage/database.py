@@ -9,6 +9,7 @@ PostgreSQL goes through asyncpg.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -202,6 +203,9 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     # which include webhook bodies, signatures and ciphertexts.
     kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
+        problem = sqlite_library_problem()
+        if problem is not None:
+            raise ConfigurationError(f"DATABASE_URL: {problem}", setting="DATABASE_URL")
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
             directory = Path(database).expanduser().parent
@@ -227,6 +231,26 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+SQLITE_MINIMUM = (3, 35, 0)
+"""``RETURNING`` (the claims, the ledger); :mod:`.lists` also needs ``json_each``, built in from 3.38."""
+
+
+def sqlite_library_problem(version: tuple[int, int, int] | None = None) -> str | None:
+    """What the SQLite library Python was built with lacks for the service, or None; found at
+    start, so a build too old fails in one line, not in the first claim's SQL."""
+    version = version or sqlite3.sqlite_version_info
+    shown = ".".join(map(str, version))
+    if version < SQLITE_MINIMUM:
+        needed = ".".join(map(str, SQLITE_MINIMUM))
+        return f"this Python's SQLite is {shown}; the service needs {needed} or newer (or PostgreSQL)"
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as probe:
+            probe.execute("SELECT value FROM json_each('[1]')").fetchall()
+    except sqlite3.OperationalError:
+        return f"this Python's SQLite ({shown}) was built without its JSON functions, which the service needs"
+    return None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:

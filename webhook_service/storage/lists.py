@@ -8,12 +8,14 @@ times each, a claim's read 80). There the list goes as one array (``column = ANY
 PostgreSQL plans as it plans ``IN``).
 
 On SQLite the list goes as one JSON array, read by ``json_each`` (``column IN (SELECT value FROM
-json_each(?))``), which SQLite plans as it plans ``IN``: the same index seeks, one per value. An
-expanding ``IN`` costs SQLite nothing, but SQLAlchemy renders the statement's text again on every
-call, a parameter per value. With it (and run on the session's connection, not through the ORM)
-the inbox's duplicate lookup went from 20–22 to 15 µs of CPU a webhook, in group commits of 15
-(``tests/benchmarks/bench_inbox.py``). Only strings and integers are taken: anything else would
-be compared as JSON writes it, not as the column stores it.
+json_each(?))``; built in from SQLite 3.38, and checked at start by
+:func:`~webhook_service.storage.database.sqlite_library_problem`), which SQLite plans as it plans
+``IN``: the same index seeks, one per value. An expanding ``IN`` costs SQLite nothing, but
+SQLAlchemy renders the statement's text again on every call, a parameter per value. With it (and
+run on the session's connection, not through the ORM) the inbox's duplicate lookup went from
+20–22 to 15 µs of CPU a webhook, in group commits of 15 (``tests/benchmarks/bench_inbox.py``).
+Only strings and integers are taken: anything else would be compared as JSON writes it, not as
+the column stores it.
 """
 
 from __future__ import annotations
