@@ -103,7 +103,7 @@ class Resource:
     def item_url_with_includes(self, business: BusinessRef, object_id: int | str) -> str:
         """:meth:`item_url` with the includes as its query string, written once per resource: a
         fetch per event, and aiohttp takes 8 µs of CPU longer over a list of parameters to encode."""
-        return f"{self.item_url(business, object_id)}{_include_query(self.includes)}"
+        return f"{self.item_url(business, object_id)}{_query(tuple(self.include_params()))}"
 
     def updated_since_params(self, since: datetime) -> list[tuple[str, str]]:
         """Server-side filter for "changed since", widened where FreshBooks is day-granular.
@@ -321,5 +321,5 @@ def subscribed_nouns(setting: str) -> tuple[str, ...]:
 
 
 @functools.cache
-def _include_query(includes: tuple[str, ...]) -> str:
-    return f"?{urlencode([('include[]', value) for value in includes])}" if includes else ""
+def _query(params: tuple[tuple[str, str], ...]) -> str:
+    return f"?{urlencode(params)}" if params else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -245,12 +246,20 @@ def sqlite_library_problem(version: tuple[int, int, int] | None = None) -> str |
     if version < SQLITE_MINIMUM:
         needed = ".".join(map(str, SQLITE_MINIMUM))
         return f"this Python's SQLite is {shown}; the service needs {needed} or newer (or PostgreSQL)"
+    if not _sqlite_has_json():
+        return f"this Python's SQLite ({shown}) was built without its JSON functions, which the service needs"
+    return None
+
+
+@functools.cache
+def _sqlite_has_json() -> bool:
+    """Asked once a process: the library cannot change under it, and every engine asks."""
     try:
         with contextlib.closing(sqlite3.connect(":memory:")) as probe:
             probe.execute("SELECT value FROM json_each('[1]')").fetchall()
     except sqlite3.OperationalError:
-        return f"this Python's SQLite ({shown}) was built without its JSON functions, which the service needs"
-    return None
+        return False
+    return True
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
