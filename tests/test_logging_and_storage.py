@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import httpx
 import pytest
@@ -119,3 +120,44 @@ def test_log_level_decides_which_lines_are_written(capsys, level, shown):
     assert [line["event"] for line in lines] == shown
     names = {"d": "debug", "i": "info", "w": "warning"}
     assert all(line["level"] == names[line["event"]] for line in lines)
+
+
+def test_the_services_lines_and_the_libraries_share_one_file_whole_lines_from_any_thread(tmp_path):
+    """The service's own lines skip the standard library's logging but go to the same handler,
+    under its lock: whole JSON lines, with the same fields and redaction as a library's lines,
+    and none once the handler is gone."""
+    path = tmp_path / "service.log"
+    configure_logging("info", "json", log_file=str(path))
+    root = logging.getLogger()
+    handler = root.handlers[0]  # the file's
+    try:
+        ours, theirs = get_logger("webhook_service.test"), logging.getLogger("uvicorn.error")
+
+        def write(writer: int) -> None:
+            for n in range(200):
+                ours.info("ours", writer=writer, n=n, access_token="not-for-the-log", nested={"password": "p"})
+                theirs.info("theirs %d", n)
+
+        threads = [threading.Thread(target=write, args=(writer,)) for writer in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        root.handlers[:] = []
+        ours.warning("after the handler is gone")
+    finally:
+        handler.close()
+        root.handlers[:] = []
+    text = path.read_text(encoding="utf-8")
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert len(lines) == 1600 and text.endswith("\n")
+    mine = [line for line in lines if line["logger"] == "webhook_service.test"]
+    assert len(mine) == 800 and {(line["writer"], line["n"]) for line in mine} == {
+        (w, n) for w in range(4) for n in range(200)
+    }
+    assert all(line["access_token"] == "[redacted]" and line["nested"] == {"password": "[redacted]"} for line in mine)
+    assert "not-for-the-log" not in text
+    library = [line for line in lines if line["logger"] == "uvicorn.error"]
+    assert len(library) == 800 and all(line["event"].startswith("theirs ") for line in library)
+    assert all({"level", "timestamp", "event"} <= line.keys() for line in lines)
+    assert "after the handler is gone" not in text

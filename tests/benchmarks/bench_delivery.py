@@ -577,7 +577,10 @@ def service_env(database_url: str, simulator_url: str, service_port: int) -> dic
         PUBLIC_BASE_URL=f"http://127.0.0.1:{service_port}",
         OUTBOUND_ALLOWED_CIDRS="127.0.0.0/8",
         FRESHBOOKS_EVENTS="invoice",
-        LOG_LEVEL="warning",
+        # The default, as an operator runs it: a line per webhook received, per request answered
+        # and per event emitted, JSON, to the child's log file. At "warning" the figures left out
+        # what every deployment pays (two lines a webhook cost 90 µs of CPU until the twelfth pass).
+        LOG_LEVEL="info",
     )
     return env
 
