@@ -321,8 +321,12 @@ async def follow_sink(stack: Stack, progress: Progress, stop: asyncio.Event) -> 
                 await asyncio.wait_for(stop.wait(), 0.1)
 
 
+QUIET_LEVELS = frozenset({"debug", "info"})
+"""The levels of the service's ordinary work: a line per webhook, request and event."""
+
+
 def service_log_lines(path: Path) -> Counter[tuple[str, str, str]]:
-    """The service's log lines (warnings and worse: LOG_LEVEL=warning) by level, event and the
+    """The service's warnings and worse (it logs at the default ``info``) by level, event and the
     last line of the first such line's error or traceback."""
     found: Counter[tuple[str, str, str]] = Counter()
     why: dict[tuple[str, str], str] = {}
@@ -332,7 +336,7 @@ def service_log_lines(path: Path) -> Counter[tuple[str, str, str]]:
                 record = json.loads(line)
             except ValueError:
                 record = {"level": "text", "event": line.strip()[:80]}
-            if not isinstance(record, dict):
+            if not isinstance(record, dict) or record.get("level") in QUIET_LEVELS:
                 continue
             key = (str(record.get("level", "?")), str(record.get("event", "?"))[:80])
             detail = [
