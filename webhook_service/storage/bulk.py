@@ -30,6 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from webhook_service.storage import compiled
+
 
 def table_of(model: type[DeclarativeBase]) -> Table:
     """The model's table, for Core statements (typed: a mapped class's ``__table__`` is any FromClause)."""
@@ -85,9 +87,11 @@ async def _execute_many(session: AsyncSession, shape: Shape, rows: Sequence[dict
         columns = tuple([row[key] if process is None else process(row[key]) for row in rows] for key, process in binds)
         await connection.exec_driver_sql(plan.sql, columns)
         return
-    await connection.exec_driver_sql(
-        plan.sql, [tuple(row[key] if process is None else process(row[key]) for key, process in binds) for row in rows]
-    )
+    parameters = [tuple(row[key] if process is None else process(row[key]) for key, process in binds) for row in rows]
+    if connection.dialect.name == "sqlite":  # straight to the driver (see storage.compiled)
+        await compiled.execute_many(session, plan.sql, parameters)
+        return
+    await connection.exec_driver_sql(plan.sql, parameters)
 
 
 _plans: dict[tuple[Shape, str, str], _Plan | None] = {}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, func, insert, or_, select, text, true, update
+from sqlalchemy import Select, String, bindparam, func, insert, or_, select, true, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +20,7 @@ from webhook_service.core.batching import Batcher
 from webhook_service.core.jsontext import compact
 from webhook_service.core.logs import get_logger
 from webhook_service.core.signals import Grant, Lane
+from webhook_service.storage import compiled
 from webhook_service.storage.bulk import insert_rows, table_of
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
@@ -202,11 +203,11 @@ async def _insert_with_ids(session: AsyncSession, rows: list[dict[str, Any]]) ->
     ``last_insert_rowid()``. The rows go through :func:`~webhook_service.storage.bulk.insert_rows`
     (compiled once, the driver's ``executemany``): a multi-row ``INSERT ... RETURNING`` made
     SQLAlchemy render its text and process each of its parameters (18 a row) on every group
-    commit: 36–39 µs of CPU a webhook against 25–27 (``tests/benchmarks/bench_inbox.py``).
+    commit (``tests/benchmarks/bench_inbox.py``).
     """
     if session.get_bind().dialect.name == "sqlite":
         await insert_rows(session, InboxEvent, rows)
-        last = (await session.execute(text("SELECT last_insert_rowid()"))).scalar_one()
+        last = await compiled.last_row_id(session)
         ids: Sequence[int] = range(last - len(rows) + 1, last + 1)
     else:
         table = table_of(InboxEvent)
@@ -229,10 +230,13 @@ async def _originals(
     else:  # each value once, as the lists of a lookup in the dedupe index (see storage.lists)
         query = _originals_query()
         callbacks, hashes = list({key[0] for key in keys}), list({key[1] for key in keys})
-    connection = await session.connection()  # Core, not the ORM: a plain select of columns
-    rows = await connection.execute(query, {"callbacks": callbacks, "digests": hashes, "since": since})
+    values = {"callbacks": callbacks, "digests": hashes, "since": since}
+    if session.get_bind().dialect.name == "sqlite":  # on the driver: see storage.compiled
+        rows: Sequence[Sequence[Any]] = await compiled.rows(session, query, values)
+    else:  # Core, not the ORM: a plain select of columns
+        rows = (await (await session.connection()).execute(query, values)).all()
     found: dict[tuple[str, str], tuple[int, str, datetime, bool]] = {}
-    for callback_id, digest, inbox_id, status, received_at, leased in rows.all():
+    for callback_id, digest, inbox_id, status, received_at, leased in rows:
         found.setdefault((callback_id, digest), (inbox_id, status, received_at, bool(leased)))
     return found
 

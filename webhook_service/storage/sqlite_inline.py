@@ -229,6 +229,15 @@ class InlineConnection:
     def cursor(self) -> InlineCursor:
         return InlineCursor(self._conn.cursor(), self)
 
+    async def fetch_all(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
+        """A read's rows, straight from the driver (see :mod:`.compiled`)."""
+        return await self.run(lambda: self._conn.execute(sql, parameters).fetchall())
+
+    async def write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """A write per row, straight to the driver, the write lock taken first (see :mod:`.compiled`)."""
+        await self.lock_for(sql)
+        await self.run(lambda: self._conn.executemany(sql, rows))
+
     async def lock_for(self, sql: str) -> None:
         """Before a transaction's first write, take the write lock (the gate, then ``BEGIN IMMEDIATE``)."""
         if not self._conn.in_transaction and _WRITE.match(sql):

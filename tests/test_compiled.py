@@ -1,0 +1,70 @@
+"""Statements run on SQLite's driver connection (``storage.compiled``) read and fail as the engine's do."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+import pytest
+from conftest import ON_POSTGRES
+from sqlalchemy import exc
+
+from webhook_service.inbound import registrar
+from webhook_service.storage import bulk, compiled, inbox
+from webhook_service.storage import callbacks as callback_store
+from webhook_service.storage.columns import utcnow
+from webhook_service.storage.database import unavailable
+from webhook_service.storage.models import InboxEvent
+from webhook_service.storage.session import Conflict, conflicts
+
+pytestmark = pytest.mark.skipif(ON_POSTGRES, reason="the driver path is SQLite's; PostgreSQL runs through the engine")
+
+
+async def _recorded(runtime, tenant, bodies: list[bytes]) -> tuple[str, list[inbox.Recorded]]:
+    await registrar.sync_tenant(runtime, tenant)
+    async with runtime.db.sessions() as session:
+        [callback, *_] = await callback_store.active_for_tenant(session, tenant.id)
+    now = utcnow()
+    arrivals = [
+        inbox.Arrival(callback.id, tenant.id, {"name": "invoice.update", "object_id": str(n)}, body, {}, now)
+        for n, body in enumerate(bodies)
+    ]
+    async with runtime.db.sessions() as session:
+        rows = await inbox.record_many(session, arrivals, dedupe_window=timedelta(minutes=5))
+        await session.commit()
+    return callback.id, rows
+
+
+async def test_a_read_on_the_driver_gives_the_rows_the_engine_gives(runtime, tenant):
+    """The same values, processed the same way: aware datetimes from SQLite's text, booleans from 0 and 1."""
+    callback_id, rows = await _recorded(runtime, tenant, [b"one", b"two", b"one"])
+    values = {
+        "callbacks": [callback_id],
+        "digests": [inbox.body_hash(b"one"), inbox.body_hash(b"two")],
+        "since": utcnow() - timedelta(hours=1),
+    }
+    query = inbox._originals_query()
+    async with runtime.db.sessions() as session:
+        direct = await compiled.rows(session, query, values)
+        engine = [tuple(row) for row in (await (await session.connection()).execute(query, values)).all()]
+    assert direct == engine
+    assert [row[2] for row in direct] == [rows[0].id, rows[1].id]  # the copy is not an original
+    assert all(row[4].tzinfo is not None and row[5] is False for row in direct)
+
+
+async def test_a_write_that_breaks_a_constraint_fails_as_sqlalchemys_error_with_its_values_hidden(runtime, tenant):
+    """Group commits tell a bad item from a failing database by the error's class (``Batcher``'s
+    ``split_on``, :func:`~webhook_service.storage.database.unavailable`), and no log line may
+    carry a webhook's body: both hold for a write sent straight to the driver."""
+    _, rows = await _recorded(runtime, tenant, [b"first"])
+    marker = f"body-{secrets.token_hex(8)}"
+    again = {**rows[0].row, "raw_body": marker}  # the same id: the primary key refuses it
+    async with runtime.db.sessions() as session:
+        with pytest.raises(exc.IntegrityError) as caught:
+            await bulk.insert_rows(session, InboxEvent, [again])
+    assert marker not in str(caught.value)
+    assert unavailable(caught.value) is None  # about the data: a 500 for a bug, never a 503
+    async with runtime.db.sessions() as session:
+        with pytest.raises(Conflict), conflicts():
+            await bulk.insert_rows(session, InboxEvent, [again])
+        assert await compiled.last_row_id(session) >= 0  # the session is still usable for a rollback

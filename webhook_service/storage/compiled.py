@@ -1,0 +1,114 @@
+"""A statement compiled once for SQLite, run on the session's own driver connection.
+
+SQLAlchemy wraps each execution (even ``exec_driver_sql``) in 40–50 µs of Python around the
+driver's few: an execution context, a cursor result, its type processing, and, through the async
+adapter, a greenlet switch each way. Most statements can afford that; the inbox's group commit,
+which every webhook waits on, runs three of them a commit. Here such a statement is compiled once
+for the session's dialect, with the processors its parameters and columns need, and run through
+:class:`~webhook_service.storage.sqlite_inline.InlineConnection` inside the session's transaction:
+the same SQL, the same values in and out, the same transaction and lock. A driver error is raised
+as SQLAlchemy's (``IntegrityError``, ``OperationalError``...), its parameters hidden, exactly as the
+engine raises it (:func:`~webhook_service.storage.database.unavailable` reads it the same way).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exc, func, select
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from webhook_service.storage.sqlite_inline import InlineConnection
+
+Processor = Callable[[Any], Any]
+
+_LAST_ROW_ID = select(func.last_insert_rowid())
+
+
+@dataclass(frozen=True)
+class Compiled:
+    sql: str
+    binds: tuple[tuple[str, Processor | None], ...]
+    """Each parameter in the SQL's order: its name and the processor its value needs."""
+    defaults: Mapping[str, Any]
+    """Values the statement binds itself (a literal in a ``WHERE``)."""
+    results: tuple[Processor | None, ...]
+    """Each column's processor (an aware datetime from SQLite's text, a bool from 0 or 1)."""
+
+    def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        defaults = self.defaults
+        taken = [values[name] if name in values else defaults[name] for name, _ in self.binds]
+        return tuple(v if p is None else p(v) for v, (_, p) in zip(taken, self.binds, strict=True))
+
+    def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(v if p is None else p(v) for v, p in zip(raw, self.results, strict=True))
+
+
+_cache: dict[tuple[ClauseElement, tuple[str, ...] | None, str], Compiled] = {}
+
+
+def compiled(statement: ClauseElement, dialect: Dialect, column_keys: Sequence[str] | None = None) -> Compiled:
+    """``statement`` compiled for ``dialect`` (once: pass statements that are built once)."""
+    keys = tuple(column_keys) if column_keys is not None else None
+    key = (statement, keys, dialect.name)
+    found = _cache.get(key)
+    if found is None:
+        compiler = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
+        assert isinstance(compiler, SQLCompiler) and compiler.positiontup is not None
+        # each type as this dialect implements it (SQLite's DATETIME reads its own text)
+        binds = tuple(
+            (name, compiler.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in compiler.positiontup
+        )
+        results = tuple(
+            column[3].dialect_impl(dialect).result_processor(dialect, None) for column in compiler._result_columns
+        )
+        found = _cache[key] = Compiled(compiler.string, binds, compiler.params, results)
+    return found
+
+
+async def driver(session: AsyncSession) -> InlineConnection:
+    """The SQLite connection under ``session``'s transaction (which it begins, if not yet begun).
+
+    Once begun, the transaction's connection is looked up without the async adapter: each of its
+    calls (``connection()``, ``get_raw_connection()``) is a greenlet switch, which cost as much as
+    the statement they would lead to."""
+    sync = session.sync_session
+    if not sync.in_transaction():
+        await session.connection()
+    inline = sync.connection().connection.driver_connection
+    assert isinstance(inline, InlineConnection), "compiled statements run on SQLite only"
+    return inline
+
+
+async def rows(session: AsyncSession, statement: ClauseElement, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows ``statement`` selects, each value processed as the engine would."""
+    plan = compiled(statement, session.get_bind().dialect)
+    inline = await driver(session)
+    found = await _raising_as_sqlalchemy(plan.sql, inline.fetch_all(plan.sql, plan.parameters(values)))
+    return [plan.row(row) for row in found]
+
+
+async def execute_many(session: AsyncSession, sql: str, parameters: Sequence[Sequence[Any]]) -> None:
+    """A write (``sql`` in the driver's own form) once per parameter set, the write lock taken first."""
+    inline = await driver(session)
+    await _raising_as_sqlalchemy(sql, inline.write_many(sql, parameters))
+
+
+async def last_row_id(session: AsyncSession) -> int:
+    """SQLite's ``last_insert_rowid()`` on ``session``'s connection."""
+    found = await rows(session, _LAST_ROW_ID, {})
+    return int(found[0][0])
+
+
+async def _raising_as_sqlalchemy(sql: str, call: Any) -> Any:
+    try:
+        return await call
+    except sqlite3.Error as error:
+        raise exc.DBAPIError.instance(sql, None, error, sqlite3.Error, hide_parameters=True) from error
