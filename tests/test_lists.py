@@ -12,6 +12,7 @@ from webhook_service.storage import deliveries as claims
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.lists import one_of
 from webhook_service.storage.models import InboxEvent, Tenant
+from webhook_service.storage.sqlite_inline import InlineConnection
 
 
 async def _tenants(runtime, count: int) -> list[str]:
@@ -42,15 +43,27 @@ async def test_one_of_takes_integers_and_refuses_what_it_cannot_compare_as_store
                 await session.execute(select(Tenant.id).where(one_of(Tenant.created_at, "at")), {"at": [utcnow()]})
 
 
-async def test_a_fence_sends_the_same_sql_for_any_number_of_rows(runtime):
+async def test_a_fence_sends_the_same_sql_for_any_number_of_rows(runtime, monkeypatch):
+    """Seen where the SQL is handed over: to SQLite's driver (the fence runs there, see
+    ``storage.compiled``), to PostgreSQL's through the engine."""
     sent: list[str] = []
 
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def record(statement: str) -> None:
         if statement.lstrip().upper().startswith("UPDATE INBOX_EVENTS"):
             sent.append(statement)
 
+    def from_engine(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        record(statement)
+
+    to_driver = InlineConnection.fetch_all
+
+    async def from_driver(self, sql, parameters):  # type: ignore[no-untyped-def]
+        record(sql)
+        return await to_driver(self, sql, parameters)
+
+    monkeypatch.setattr(InlineConnection, "fetch_all", from_driver)
     engine = runtime.db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "before_cursor_execute", from_engine)
     try:
         async with runtime.db.sessions() as session:
             for count in (1, 2, 5):
@@ -58,6 +71,6 @@ async def test_a_fence_sends_the_same_sql_for_any_number_of_rows(runtime):
                 assert kept == set()  # no such inbox events: every lease counts as lost
             await session.rollback()
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "before_cursor_execute", from_engine)
     assert len(sent) == 3
     assert len(set(sent)) == 1  # one statement for 1, 2 and 5 rows

@@ -22,6 +22,7 @@ from sqlalchemy import exc, func, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from webhook_service.storage.sqlite_inline import InlineConnection
@@ -50,27 +51,30 @@ class Compiled:
         return tuple(v if p is None else p(v) for v, p in zip(raw, self.results, strict=True))
 
 
-_cache: dict[tuple[ClauseElement, tuple[str, ...] | None, str], Compiled] = {}
+_cache: dict[tuple[ClauseElement, tuple[str, ...] | None, str], Compiled | None] = {}
 
 
-def compiled(statement: ClauseElement, dialect: Dialect, column_keys: Sequence[str] | None = None) -> Compiled:
-    """``statement`` compiled for ``dialect`` (once: pass statements that are built once)."""
+def compiled(statement: ClauseElement, dialect: Dialect, column_keys: Sequence[str] | None = None) -> Compiled | None:
+    """``statement`` compiled for ``dialect`` (once: pass statements that are built once); None
+    for one whose SQL depends on its values (an expanding ``IN``), which the engine must render."""
     keys = tuple(column_keys) if column_keys is not None else None
     key = (statement, keys, dialect.name)
-    found = _cache.get(key)
-    if found is None:
+    if key not in _cache:
         compiler = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
-        assert isinstance(compiler, SQLCompiler) and compiler.positiontup is not None
-        # each type as this dialect implements it (SQLite's DATETIME reads its own text)
-        binds = tuple(
-            (name, compiler.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in compiler.positiontup
-        )
-        results = tuple(
-            column[3].dialect_impl(dialect).result_processor(dialect, None) for column in compiler._result_columns
-        )
-        found = _cache[key] = Compiled(compiler.string, binds, compiler.params, results)
-    return found
+        assert isinstance(compiler, SQLCompiler)
+        if compiler.positiontup is None or compiler.post_compile_params or compiler.literal_execute_params:
+            _cache[key] = None
+        else:
+            # each type as this dialect implements it (SQLite's DATETIME reads its own text)
+            binds = tuple(
+                (name, compiler.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+                for name in compiler.positiontup
+            )
+            results = tuple(
+                column[3].dialect_impl(dialect).result_processor(dialect, None) for column in compiler._result_columns
+            )
+            _cache[key] = Compiled(compiler.string, binds, compiler.params, results)
+    return _cache[key]
 
 
 async def driver(session: AsyncSession) -> InlineConnection:
@@ -87,9 +91,15 @@ async def driver(session: AsyncSession) -> InlineConnection:
     return inline
 
 
-async def rows(session: AsyncSession, statement: ClauseElement, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    """The rows ``statement`` selects, each value processed as the engine would."""
-    plan = compiled(statement, session.get_bind().dialect)
+async def rows(session: AsyncSession, statement: ClauseElement, values: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+    """The rows of a Core statement built once (a select, or a write with ``RETURNING``), each
+    value processed as the engine would; on SQLite through the driver, elsewhere through the
+    session's connection (Core: a plain statement of columns needs nothing of the ORM)."""
+    dialect = session.get_bind().dialect
+    plan = compiled(statement, dialect) if dialect.name == "sqlite" else None
+    if plan is None:
+        assert isinstance(statement, Executable)
+        return (await (await session.connection()).execute(statement, values)).all()
     inline = await driver(session)
     found = await _raising_as_sqlalchemy(plan.sql, inline.fetch_all(plan.sql, plan.parameters(values)))
     return [plan.row(row) for row in found]

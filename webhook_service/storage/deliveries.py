@@ -45,6 +45,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from webhook_service.core.logs import get_logger
 from webhook_service.core.metrics import LEASES_LOST
+from webhook_service.storage import compiled
 from webhook_service.storage.bulk import table_of
 from webhook_service.storage.database import Database
 from webhook_service.storage.leased import (
@@ -115,8 +116,7 @@ async def claim_inbox(
     ids = await _lease(session, due, stamp, owner, {"now": now, "limit": limit, "until": now + lease})
     if not ids:
         return []
-    rows = await session.execute(read, {"ids": ids})
-    claimed = [LeasedInboxEvent(*tuple(row)) for row in rows.all()]
+    claimed = [LeasedInboxEvent(*row) for row in await compiled.rows(session, read, {"ids": ids})]
     await session.commit()
     return claimed
 
@@ -190,8 +190,7 @@ async def fence(session: AsyncSession, model: Leased, held: Mapping[Any, str | N
     kept: set[Any] = set()
     statement = _fence_statement(model)
     for token, ids in by_token.items():
-        result = await session.execute(statement, {"ids": ids, "token": token})
-        kept.update(result.scalars())
+        kept.update(row[0] for row in await compiled.rows(session, statement, {"ids": ids, "token": token}))
     lost = set(held) - kept
     if lost:
         kind = "delivery" if model is Delivery else "inbox"
@@ -350,11 +349,9 @@ async def _lease(
     none are due)."""
     if not await _any(session, due, params):
         return []
-    # On the session's connection: the subquery's ORM columns would still send it down the ORM's
-    # bulk UPDATE path (see _stamp).
-    connection = await session.connection()
-    result = await connection.execute(stamp, {**params, "token": lease_token(owner)})
-    ids = list(result.scalars())
+    # Not through the ORM: the subquery's ORM columns would still send it down the ORM's bulk
+    # UPDATE path (see _stamp).
+    ids = [row[0] for row in await compiled.rows(session, stamp, {**params, "token": lease_token(owner)})]
     if not ids:
         await session.commit()
     return ids
@@ -362,7 +359,7 @@ async def _lease(
 
 async def _any(session: AsyncSession, due: Select[Any], params: dict[str, Any]) -> bool:
     """A read-only look first: idle workers and woken-but-late workers take no write lock."""
-    found = (await session.execute(due, params)).first() is not None
+    found = bool(await compiled.rows(session, due, params))
     await session.rollback()  # end the read transaction before a writer needs the database
     return found
 

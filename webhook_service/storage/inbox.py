@@ -230,11 +230,7 @@ async def _originals(
     else:  # each value once, as the lists of a lookup in the dedupe index (see storage.lists)
         query = _originals_query()
         callbacks, hashes = list({key[0] for key in keys}), list({key[1] for key in keys})
-    values = {"callbacks": callbacks, "digests": hashes, "since": since}
-    if session.get_bind().dialect.name == "sqlite":  # on the driver: see storage.compiled
-        rows: Sequence[Sequence[Any]] = await compiled.rows(session, query, values)
-    else:  # Core, not the ORM: a plain select of columns
-        rows = (await (await session.connection()).execute(query, values)).all()
+    rows = await compiled.rows(session, query, {"callbacks": callbacks, "digests": hashes, "since": since})
     found: dict[tuple[str, str], tuple[int, str, datetime, bool]] = {}
     for callback_id, digest, inbox_id, status, received_at, leased in rows:
         found.setdefault((callback_id, digest), (inbox_id, status, received_at, bool(leased)))

@@ -230,7 +230,9 @@ class InlineConnection:
         return InlineCursor(self._conn.cursor(), self)
 
     async def fetch_all(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
-        """A read's rows, straight from the driver (see :mod:`.compiled`)."""
+        """A statement's rows (a read, or a write's ``RETURNING``), straight from the driver (see
+        :mod:`.compiled`); a write takes the write lock first."""
+        await self.lock_for(sql)
         return await self.run(lambda: self._conn.execute(sql, parameters).fetchall())
 
     async def write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
