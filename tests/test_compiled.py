@@ -7,15 +7,18 @@ from datetime import timedelta
 
 import pytest
 from conftest import ON_POSTGRES
-from sqlalchemy import exc
+from records import tenant_row
+from sqlalchemy import bindparam, exc, select
 
 from webhook_service.inbound import registrar
 from webhook_service.storage import bulk, compiled, inbox
 from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import unavailable
-from webhook_service.storage.models import InboxEvent
+from webhook_service.storage.models import InboxEvent, Tenant
 from webhook_service.storage.session import Conflict, conflicts
+
+_TENANT_IDS = select(Tenant.id).where(Tenant.id == bindparam("id"))
 
 pytestmark = pytest.mark.skipif(ON_POSTGRES, reason="the driver path is SQLite's; PostgreSQL runs through the engine")
 
@@ -68,3 +71,17 @@ async def test_a_write_that_breaks_a_constraint_fails_as_sqlalchemys_error_with_
         with pytest.raises(Conflict), conflicts():
             await bulk.insert_rows(session, InboxEvent, [again])
         assert await compiled.last_row_id(session) >= 0  # the session is still usable for a rollback
+
+
+async def test_a_transaction_begun_without_a_connection_gets_one(runtime):
+    """``add`` begins a transaction that has no connection yet; the driver's lookup must connect
+    through the async session then, not fail for want of a greenlet."""
+    await runtime.db.engine.dispose()  # no pooled connection: the next one is made, which is I/O
+    async with runtime.db.sessions() as session:
+        session.add(tenant_row(runtime.box, "ten_compiled", account_id="ACC9", business_id=9, now=utcnow()))
+        assert session.in_transaction()
+        assert await compiled.last_row_id(session) >= 0
+        await session.flush()  # the same transaction and connection: the row goes in
+        found = await compiled.rows(session, _TENANT_IDS, {"id": "ten_compiled"})
+        assert [tuple(row) for row in found] == [("ten_compiled",)]
+        await session.rollback()

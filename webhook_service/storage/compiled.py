@@ -80,15 +80,31 @@ def compiled(statement: ClauseElement, dialect: Dialect, column_keys: Sequence[s
 async def driver(session: AsyncSession) -> InlineConnection:
     """The SQLite connection under ``session``'s transaction (which it begins, if not yet begun).
 
-    Once begun, the transaction's connection is looked up without the async adapter: each of its
-    calls (``connection()``, ``get_raw_connection()``) is a greenlet switch, which cost as much as
-    the statement they would lead to."""
+    The async session's calls are a greenlet switch each, which cost as much as the statement they
+    lead to: a transaction that holds its connection already gives it up without one (the sync
+    session's own lookup), and it is kept in the session's ``info`` beside the transaction it
+    belongs to. Only a transaction without a connection yet (begun by ``add``, say, or not at all)
+    goes through the async session to get one."""
     sync = session.sync_session
-    if not sync.in_transaction():
-        await session.connection()
-    inline = sync.connection().connection.driver_connection
+    kept = session.info.get(_DRIVER)
+    if kept is not None and kept[0] is sync.get_transaction():
+        return kept[1]
+    connection = None
+    if sync.in_transaction():
+        try:  # no I/O when the transaction has its connection
+            connection = sync.connection()
+        except exc.MissingGreenlet:  # it has none yet: connecting is I/O
+            connection = None
+    if connection is None:
+        connection = (await session.connection()).sync_connection
+    assert connection is not None
+    inline = connection.connection.driver_connection
     assert isinstance(inline, InlineConnection), "compiled statements run on SQLite only"
+    session.info[_DRIVER] = (sync.get_transaction(), inline)
     return inline
+
+
+_DRIVER = "webhook_service.storage.compiled.driver"
 
 
 async def rows(session: AsyncSession, statement: ClauseElement, values: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
