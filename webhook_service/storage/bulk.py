@@ -5,9 +5,9 @@ in Python. Core costs less, but it still builds a dict of every parameter for ea
 each value through its type's processor one by one, on every call: for the pipeline's writes
 (about seven rows an event, in a few statements a batch) that was an eighth of their cost
 (``tests/benchmarks/bench_ids.py``). Here a statement is compiled once for the dialect, with the
-processors its parameters need; each call turns the rows into tuples in that order and runs the
-SQL through the connection (``exec_driver_sql``), which still wraps the driver's errors as
-SQLAlchemy's (a unique constraint is an ``IntegrityError``) and hides the parameters from them.
+processors its parameters need; each call turns the rows into tuples in that order and hands
+them to SQLite's driver (:mod:`.compiled`), which still raises the driver's errors as SQLAlchemy's
+(a unique constraint is an ``IntegrityError``) with the parameters hidden.
 A statement that would need a value the rows do not carry (a column default) goes through Core.
 
 On PostgreSQL the rows go as one array per column, in one statement (``INSERT ... SELECT * FROM
@@ -72,26 +72,23 @@ class _Plan:
     binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]
     """Each parameter in the SQL's order: the row's key it takes, and the processor its value needs."""
     by_column: bool = False
-    """One execution with an array per parameter (PostgreSQL), not one parameter set per row."""
+    """One execution with an array per parameter (PostgreSQL), not one parameter set per row (SQLite)."""
 
 
 async def _execute_many(session: AsyncSession, shape: Shape, rows: Sequence[dict[str, Any]]) -> None:
+    plan = _plan(shape, session.get_bind().dialect)
+    if plan is not None and not plan.by_column:  # SQLite: straight to the driver (see storage.compiled)
+        binds = plan.binds
+        values = [tuple(row[key] if process is None else process(row[key]) for key, process in binds) for row in rows]
+        await compiled.execute_many(session, plan.sql, values)
+        return
     connection = await session.connection()
-    plan = _plan(shape, connection.dialect)
     if plan is None:  # Core fills in what the rows leave out
         names = _parameters(shape)
         await connection.execute(_statement(shape), [{name: row[key] for name, key in names.items()} for row in rows])
         return
-    binds = plan.binds
-    if plan.by_column:
-        columns = tuple([row[key] if process is None else process(row[key]) for row in rows] for key, process in binds)
-        await connection.exec_driver_sql(plan.sql, columns)
-        return
-    parameters = [tuple(row[key] if process is None else process(row[key]) for key, process in binds) for row in rows]
-    if connection.dialect.name == "sqlite":  # straight to the driver (see storage.compiled)
-        await compiled.execute_many(session, plan.sql, parameters)
-        return
-    await connection.exec_driver_sql(plan.sql, parameters)
+    columns = tuple([row[key] if process is None else process(row[key]) for row in rows] for key, process in plan.binds)
+    await connection.exec_driver_sql(plan.sql, columns)
 
 
 _plans: dict[tuple[Shape, str, str], _Plan | None] = {}
@@ -103,18 +100,24 @@ def _plan(shape: Shape, dialect: Dialect) -> _Plan | None:
     if key not in _plans:
         kind, _, columns = shape
         keys = _parameters(shape)
-        compiled = _statement(shape).compile(dialect=dialect, column_keys=list(columns) if kind == "insert" else None)
-        assert isinstance(compiled, SQLCompiler)
-        order = compiled.positiontup
-        if order is None or sorted(order) != sorted(keys):
-            _plans[key] = None
-        elif dialect.name == "postgresql":
-            names = list(keys)  # insert: the columns; update: "_id", then the columns
-            binds = tuple((keys[name], compiled.binds[name].type.bind_processor(dialect)) for name in names)
-            _plans[key] = _Plan(_by_column(shape, dialect), binds, by_column=True)
-        else:
-            binds = tuple((keys[name], compiled.binds[name].type.bind_processor(dialect)) for name in order)
-            _plans[key] = _Plan(compiled.string, binds)
+        statement = _statement(shape)
+        column_keys = list(columns) if kind == "insert" else None
+        if dialect.name == "postgresql":
+            compiler = statement.compile(dialect=dialect, column_keys=column_keys)
+            assert isinstance(compiler, SQLCompiler)
+            order = compiler.positiontup
+            if order is None or sorted(order) != sorted(keys):
+                _plans[key] = None
+            else:
+                names = list(keys)  # insert: the columns; update: "_id", then the columns
+                binds = tuple((keys[name], compiler.binds[name].type.bind_processor(dialect)) for name in names)
+                _plans[key] = _Plan(_by_column(shape, dialect), binds, by_column=True)
+        else:  # SQLite: the statement as its driver takes it, compiled the one way storage.compiled does
+            plan = compiled.compiled(statement, dialect, column_keys)
+            if plan is None or sorted(name for name, _ in plan.binds) != sorted(keys):
+                _plans[key] = None
+            else:
+                _plans[key] = _Plan(plan.sql, tuple((keys[name], process) for name, process in plan.binds))
     return _plans[key]
 
 

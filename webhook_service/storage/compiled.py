@@ -89,12 +89,10 @@ async def driver(session: AsyncSession) -> InlineConnection:
     kept = session.info.get(_DRIVER)
     if kept is not None and kept[0] is sync.get_transaction():
         return kept[1]
-    connection = None
-    if sync.in_transaction():
-        try:  # no I/O when the transaction has its connection
-            connection = sync.connection()
-        except exc.MissingGreenlet:  # it has none yet: connecting is I/O
-            connection = None
+    try:  # no I/O when the transaction has its connection
+        connection = sync.connection() if sync.in_transaction() else None
+    except exc.MissingGreenlet:  # it has none yet: connecting is I/O
+        connection = None
     if connection is None:
         connection = (await session.connection()).sync_connection
     assert connection is not None
