@@ -1,4 +1,5 @@
-"""Statements run on SQLite's driver connection (``storage.compiled``) read and fail as the engine's do."""
+"""Statements run on the driver connection (``storage.compiled``: SQLite's own, asyncpg under
+SQLAlchemy's adapter) read, write, commit and fail as the engine's do."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import timedelta
 import pytest
 from conftest import ON_POSTGRES
 from records import tenant_row
-from sqlalchemy import bindparam, exc, select
+from sqlalchemy import bindparam, exc, func, select
 
 from webhook_service.inbound import registrar
 from webhook_service.storage import bulk, compiled, inbox
@@ -19,8 +20,6 @@ from webhook_service.storage.models import InboxEvent, Tenant
 from webhook_service.storage.session import Conflict, conflicts
 
 _TENANT_IDS = select(Tenant.id).where(Tenant.id == bindparam("id"))
-
-pytestmark = pytest.mark.skipif(ON_POSTGRES, reason="the driver path is SQLite's; PostgreSQL runs through the engine")
 
 
 async def _recorded(runtime, tenant, bodies: list[bytes]) -> tuple[str, list[inbox.Recorded]]:
@@ -70,7 +69,8 @@ async def test_a_write_that_breaks_a_constraint_fails_as_sqlalchemys_error_with_
     async with runtime.db.sessions() as session:
         with pytest.raises(Conflict), conflicts():
             await bulk.insert_rows(session, InboxEvent, [again])
-        assert await compiled.last_row_id(session) >= 0  # the session is still usable for a rollback
+        await session.rollback()  # the session is still usable after a rollback
+        assert await compiled.rows(session, _TENANT_IDS, {"id": "nobody"}) == []
 
 
 async def test_a_transaction_begun_without_a_connection_gets_one(runtime):
@@ -80,8 +80,65 @@ async def test_a_transaction_begun_without_a_connection_gets_one(runtime):
     async with runtime.db.sessions() as session:
         session.add(tenant_row(runtime.box, "ten_compiled", account_id="ACC9", business_id=9, now=utcnow()))
         assert session.in_transaction()
-        assert await compiled.last_row_id(session) >= 0
+        assert await compiled.rows(session, _TENANT_IDS, {"id": "ten_compiled"}) == []
         await session.flush()  # the same transaction and connection: the row goes in
         found = await compiled.rows(session, _TENANT_IDS, {"id": "ten_compiled"})
         assert [tuple(row) for row in found] == [("ten_compiled",)]
         await session.rollback()
+
+
+async def test_a_write_on_the_driver_is_the_sessions_own_rolled_back_or_committed_with_it(runtime, tenant):
+    """The driver's statements run inside the session's transaction (on PostgreSQL, begun as
+    SQLAlchemy's adapter begins it), never on their own: a rollback takes back what they wrote,
+    and they see what the session wrote before them."""
+    _, [row] = await _recorded(runtime, tenant, [b"kept"])
+    rows = [{**row.row, "id": row.id + n, "raw_body": f"new-{n}"} for n in (1000, 1001)]
+    async with runtime.db.sessions() as session:
+        await compiled.rows(session, _TENANT_IDS, {"id": tenant.id})  # the transaction is begun by the driver
+        await bulk.insert_rows(session, InboxEvent, rows)
+        await session.rollback()
+    async with runtime.db.sessions() as session:
+        bodies = set((await session.execute(select(InboxEvent.raw_body))).scalars())
+    assert bodies == {"kept"}
+
+    async with runtime.db.sessions() as session:
+        session.add(tenant_row(runtime.box, "ten_seen", account_id="ACC8", business_id=8, now=utcnow()))
+        await session.flush()  # the ORM's write, then the driver's read in the same transaction
+        assert [tuple(r) for r in await compiled.rows(session, _TENANT_IDS, {"id": "ten_seen"})] == [("ten_seen",)]
+        await bulk.insert_rows(session, InboxEvent, rows)
+        await session.commit()
+    async with runtime.db.sessions() as session:
+        bodies = set((await session.execute(select(InboxEvent.raw_body))).scalars())
+    assert bodies == {"kept", "new-1000", "new-1001"}
+
+
+async def test_ids_the_database_numbers_come_back_in_the_rows_order(runtime, tenant):
+    """The inbox's answer to each webhook names its row's id: each must be its own row's."""
+    _, [first] = await _recorded(runtime, tenant, [b"first"])
+    rows = []
+    for n in range(40):
+        row = {**first.row, "raw_body": f"body-{n}", "body_hash": inbox.body_hash(f"body-{n}".encode())}
+        del row["id"]
+        rows.append(row)
+    async with runtime.db.sessions() as session:
+        ids = await bulk.insert_returning_ids(session, InboxEvent, rows)
+        await session.commit()
+    assert len(set(ids)) == 40 and min(ids) > first.id
+    async with runtime.db.sessions() as session:
+        stored = dict((await session.execute(select(InboxEvent.id, InboxEvent.raw_body))).all())
+    assert [stored[inbox_id] for inbox_id in ids] == [f"body-{n}" for n in range(40)]
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="a server that drops the connection")
+async def test_a_connection_the_server_dropped_fails_as_the_engines_and_is_not_used_again(runtime):
+    """A statement on a connection PostgreSQL terminated raises SQLAlchemy's error, marked as
+    invalidated, and the pool does not hand that connection out again."""
+    async with runtime.db.sessions() as session, runtime.db.sessions() as other:
+        backend = (await compiled.rows(session, select(func.pg_backend_pid()), {}))[0][0]
+        await other.execute(select(func.pg_terminate_backend(backend)))  # another connection: session holds its own
+        await other.commit()
+        with pytest.raises(exc.DBAPIError) as caught:
+            await compiled.rows(session, _TENANT_IDS, {"id": "anyone"})
+        assert caught.value.connection_invalidated
+    async with runtime.db.sessions() as session:  # a new connection
+        assert (await compiled.rows(session, select(func.pg_backend_pid()), {}))[0][0] != backend

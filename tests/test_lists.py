@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 from records import tenant_row
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from webhook_service.storage import deliveries as claims
+from webhook_service.storage.asyncpg_direct import DirectConnection
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.lists import one_of
 from webhook_service.storage.models import InboxEvent, Tenant
@@ -44,33 +45,26 @@ async def test_one_of_takes_integers_and_refuses_what_it_cannot_compare_as_store
 
 
 async def test_a_fence_sends_the_same_sql_for_any_number_of_rows(runtime, monkeypatch):
-    """Seen where the SQL is handed over: to SQLite's driver (the fence runs there, see
-    ``storage.compiled``), to PostgreSQL's through the engine."""
+    """Seen where the SQL is handed over to the driver (the fence runs there on both databases,
+    see ``storage.compiled``)."""
     sent: list[str] = []
 
-    def record(statement: str) -> None:
-        if statement.lstrip().upper().startswith("UPDATE INBOX_EVENTS"):
-            sent.append(statement)
+    def watched(driver: type) -> None:
+        to_driver = driver.fetch_all
 
-    def from_engine(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        record(statement)
+        async def fetch_all(self, sql, parameters):  # type: ignore[no-untyped-def]
+            if sql.lstrip().upper().startswith("UPDATE INBOX_EVENTS"):
+                sent.append(sql)
+            return await to_driver(self, sql, parameters)
 
-    to_driver = InlineConnection.fetch_all
+        monkeypatch.setattr(driver, "fetch_all", fetch_all)
 
-    async def from_driver(self, sql, parameters):  # type: ignore[no-untyped-def]
-        record(sql)
-        return await to_driver(self, sql, parameters)
-
-    monkeypatch.setattr(InlineConnection, "fetch_all", from_driver)
-    engine = runtime.db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", from_engine)
-    try:
-        async with runtime.db.sessions() as session:
-            for count in (1, 2, 5):
-                kept = await claims.fence(session, InboxEvent, {n: "nobody" for n in range(1, count + 1)})
-                assert kept == set()  # no such inbox events: every lease counts as lost
-            await session.rollback()
-    finally:
-        event.remove(engine, "before_cursor_execute", from_engine)
+    watched(InlineConnection)
+    watched(DirectConnection)
+    async with runtime.db.sessions() as session:
+        for count in (1, 2, 5):
+            kept = await claims.fence(session, InboxEvent, {n: "nobody" for n in range(1, count + 1)})
+            assert kept == set()  # no such inbox events: every lease counts as lost
+        await session.rollback()
     assert len(sent) == 3
     assert len(set(sent)) == 1  # one statement for 1, 2 and 5 rows

@@ -2,24 +2,24 @@
 
 Run from the repository root::
 
-    .venv/bin/python tests/benchmarks/bench_inbox.py [--batch 15] [--commits 400]
+    .venv/bin/python tests/benchmarks/bench_inbox.py [--batch 15] [--commits 400] [--database-url URL]
 
-It prints figures and never asserts. In process, on a temporary SQLite file with the service's
-schema (its migrations), a tenant and a callback: ``--commits`` group commits of ``--batch``
+It prints figures and never asserts. In process, on a temporary SQLite file (or a fresh database
+on the PostgreSQL server ``--database-url`` names) with the service's schema (its migrations), a
+tenant and a callback: ``--commits`` group commits of ``--batch``
 webhooks each (15 is what ``bench_scaling``'s ingest part sees at 32 in flight), written as the
 inbox writer writes them (``storage.inbox.record_many`` in a ``bounded_session``, then the commit).
 Each step's CPU is this thread's (``time.thread_time``), per webhook: opening the session, the
 duplicate lookup, the insert, the callbacks' ``last_event_at``, and the commit (its thread's
-``fsync`` is not counted, its hand-off is). The machine's load is printed beside the figures.
+``fsync`` is not counted, its hand-off is; nor is PostgreSQL's own CPU). The machine's load is
+printed beside the figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,6 +27,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench_delivery import (  # a sibling: the script's directory is on sys.path
+    Children,
+    Databases,
+    add_database_argument,
+    checked_database_argument,
+    run_benchmark,
+)
 from pydantic import SecretStr
 
 import webhook_service.storage.inbox as inbox
@@ -64,10 +71,10 @@ def arrivals(first: int, count: int) -> list[inbox.Arrival]:
     return made
 
 
-async def run(batch: int, commits: int) -> None:
-    directory = tempfile.mkdtemp(prefix="bench-inbox-")
+async def run(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
+    batch, commits = args.batch, args.commits
     settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{directory}/inbox.db",
+        database_url=await databases.create("inbox"),
         secret_key=SecretStr(generate_key()),
         _env_file=None,
         log_level="warning",
@@ -97,7 +104,7 @@ async def run(batch: int, commits: int) -> None:
             spent["record_many in all"] += recorded - opened
         whole = time.thread_time() - all_started
     webhooks = batch * commits
-    print(f"== {commits} group commits of {batch} webhooks, SQLite; load average {load()}")
+    print(f"== {commits} group commits of {batch} webhooks, {databases.backend}; load average {load()}")
     print(f"   all of it: {whole / webhooks * 1e6:6.1f} µs of CPU a webhook (the arrivals' making included)")
     for name, seconds in spent.most_common():
         print(f"   {name:<24} {seconds / webhooks * 1e6:6.1f} µs a webhook")
@@ -109,11 +116,11 @@ def load() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    add_database_argument(parser)
     parser.add_argument("--batch", type=int, default=15, help="webhooks per group commit (15)")
     parser.add_argument("--commits", type=int, default=400, help="group commits timed (400)")
-    args = parser.parse_args(argv)
-    asyncio.run(run(args.batch, args.commits))
-    return 0
+    args = checked_database_argument(parser, parser.parse_args(argv))
+    return run_benchmark(args, "bench-inbox-", run)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ On PostgreSQL the rows go as one array per column, in one statement (``INSERT ..
 unnest($1::varchar[], ...)``, ``UPDATE ... FROM unnest(...)``). asyncpg's ``executemany`` sends the
 rows together, but the server still runs the statement once per row: for the pipeline's writes
 that was most of PostgreSQL's CPU, some seven executions an event (``bench_ids.py``). The SQL is
-the same for any number of rows, so it is prepared once per connection.
+the same for any number of rows, so it is prepared once per connection, and it goes to asyncpg
+itself, inside the session's transaction (:mod:`.compiled`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,36 @@ async def insert_rows(session: AsyncSession, model: type[DeclarativeBase], rows:
     """Rows with the same keys, each a value for every column it names."""
     if rows:
         await _execute_many(session, ("insert", table_of(model), tuple(rows[0])), rows)
+
+
+async def insert_returning_ids(
+    session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]
+) -> Sequence[int]:
+    """:func:`insert_rows` for a table whose ``id`` the database numbers: the new ids, in the rows' order.
+
+    PostgreSQL numbers the rows from the ``id`` sequence in the order the ``SELECT`` gives them
+    (``ORDER BY`` the arrays' ordinality), so the ids returned, sorted, are the rows' in order:
+    the guarantee SQLAlchemy's own ``insertmanyvalues`` sorts by. SQLite gives each row a rowid
+    one more than the largest in the table, and a writer is alone in the file for its whole
+    transaction (it holds SQLite's one write lock from its first write): the rows, inserted in
+    order, have the ids that end at ``last_insert_rowid()``.
+    """
+    if not rows:
+        return []
+    table = table_of(model)
+    shape: Shape = ("insert", table, tuple(rows[0]))
+    dialect = session.get_bind().dialect
+    if dialect.name == "sqlite":
+        await _execute_many(session, shape, rows)
+        last = await compiled.last_row_id(session)
+        return range(last - len(rows) + 1, last + 1)
+    plan = _plan(shape, dialect)
+    if plan is None:  # Core fills in what the rows leave out, and sorts as this does
+        statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+        return list((await (await session.connection()).execute(statement, rows)).scalars())
+    returning = f"{plan.sql} RETURNING {dialect.identifier_preparer.quote('id')}"
+    found = await compiled.fetch(session, returning, _columns(plan, rows))
+    return sorted(row[0] for row in found)
 
 
 async def update_by_id(session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]) -> None:
@@ -82,13 +113,17 @@ async def _execute_many(session: AsyncSession, shape: Shape, rows: Sequence[dict
         values = [tuple(row[key] if process is None else process(row[key]) for key, process in binds) for row in rows]
         await compiled.execute_many(session, plan.sql, values)
         return
-    connection = await session.connection()
     if plan is None:  # Core fills in what the rows leave out
         names = _parameters(shape)
+        connection = await session.connection()
         await connection.execute(_statement(shape), [{name: row[key] for name, key in names.items()} for row in rows])
         return
-    columns = tuple([row[key] if process is None else process(row[key]) for row in rows] for key, process in plan.binds)
-    await connection.exec_driver_sql(plan.sql, columns)
+    await compiled.fetch(session, plan.sql, _columns(plan, rows))
+
+
+def _columns(plan: _Plan, rows: Sequence[dict[str, Any]]) -> tuple[list[Any], ...]:
+    """PostgreSQL's parameters: one array of each column's processed values."""
+    return tuple([row[key] if process is None else process(row[key]) for row in rows] for key, process in plan.binds)
 
 
 _plans: dict[tuple[Shape, str, str], _Plan | None] = {}
@@ -129,8 +164,12 @@ def _by_column(shape: Shape, dialect: Dialect) -> str:
     names = columns if kind == "insert" else ("id", *columns)
     arrays = ", ".join(f"${n}::{table.c[name].type.compile(dialect=dialect)}[]" for n, name in enumerate(names, 1))
     target = dialect.identifier_preparer.format_table(table)
-    if kind == "insert":
-        return f"INSERT INTO {target} ({', '.join(map(quote, names))}) SELECT * FROM unnest({arrays})"
+    if kind == "insert":  # in the arrays' order (see insert_returning_ids)
+        listed = ", ".join(map(quote, names))
+        return (
+            f"INSERT INTO {target} ({listed}) SELECT {listed} FROM unnest({arrays}) WITH ORDINALITY "
+            f"AS v({listed}, {quote('ordinality')}) ORDER BY {quote('ordinality')}"
+        )
     assignments = ", ".join(f"{quote(name)} = v.{quote(name)}" for name in columns)
     return (
         f"UPDATE {target} SET {assignments} FROM unnest({arrays}) AS v({', '.join(map(quote, names))}) "

@@ -1,14 +1,16 @@
-"""A statement compiled once for SQLite, run on the session's own driver connection.
+"""A statement compiled once for its dialect, run on the session's own driver connection.
 
 SQLAlchemy wraps each execution (even ``exec_driver_sql``) in 40–50 µs of Python around the
-driver's few: an execution context, a cursor result, its type processing, and, through the async
-adapter, a greenlet switch each way. Most statements can afford that; the inbox's group commit,
-which every webhook waits on, runs three of them a commit. Here such a statement is compiled once
-for the session's dialect, with the processors its parameters and columns need, and run through
-:class:`~webhook_service.storage.sqlite_inline.InlineConnection` inside the session's transaction:
-the same SQL, the same values in and out, the same transaction and lock. A driver error is raised
-as SQLAlchemy's (``IntegrityError``, ``OperationalError``...), its parameters hidden, exactly as the
-engine raises it (:func:`~webhook_service.storage.database.unavailable` reads it the same way).
+driver's few on SQLite, and about 130 µs around asyncpg's 70 on PostgreSQL: an execution context, a
+cursor result, its type processing, and, through the async adapter, a greenlet switch each way.
+Most statements can afford that; the inbox's group commit, which every webhook waits on, and the
+pipeline's batched writes cannot. Here such a statement is compiled once for the session's
+dialect, with the processors its parameters and columns need, and run on the driver inside the
+session's transaction (:class:`~webhook_service.storage.sqlite_inline.InlineConnection`,
+:class:`~webhook_service.storage.asyncpg_direct.DirectConnection`): the same SQL, the same values
+in and out, the same transaction and lock. A driver error is raised as SQLAlchemy's
+(``IntegrityError``, ``OperationalError``...), its parameters hidden, exactly as the engine raises
+it (:func:`~webhook_service.storage.database.unavailable` reads it the same way).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from webhook_service.storage.asyncpg_direct import DirectConnection
 from webhook_service.storage.sqlite_inline import InlineConnection
 
 Processor = Callable[[Any], Any]
@@ -77,29 +80,41 @@ def compiled(statement: ClauseElement, dialect: Dialect, column_keys: Sequence[s
     return _cache[key]
 
 
-async def driver(session: AsyncSession) -> InlineConnection:
-    """The SQLite connection under ``session``'s transaction (which it begins, if not yet begun).
+Driver = InlineConnection | DirectConnection
+
+
+async def driver(session: AsyncSession) -> Driver:
+    """The driver connection under ``session``'s transaction (which it begins, if not yet begun).
 
     The async session's calls are a greenlet switch each, which cost as much as the statement they
     lead to: a transaction that holds its connection already gives it up without one (the sync
-    session's own lookup), and it is kept in the session's ``info`` beside the transaction it
-    belongs to. Only a transaction without a connection yet (begun by ``add``, say, or not at all)
-    goes through the async session to get one."""
-    sync = session.sync_session
+    transaction's ``connections``, which never connects), and it is kept in the session's ``info``
+    beside the transaction it belongs to. Only a transaction without a connection yet (begun by
+    ``add``, say, or not at all) goes through the async session to get one."""
+    transaction = session.sync_session.get_transaction()
     kept = session.info.get(_DRIVER)
-    if kept is not None and kept[0] is sync.get_transaction():
+    if kept is not None and kept[0] is transaction:
         return kept[1]
-    try:  # no I/O when the transaction has its connection
-        connection = sync.connection() if sync.in_transaction() else None
-    except exc.MissingGreenlet:  # it has none yet: connecting is I/O
-        connection = None
-    if connection is None:
-        connection = (await session.connection()).sync_connection
-    assert connection is not None
-    inline = connection.connection.driver_connection
-    assert isinstance(inline, InlineConnection), "compiled statements run on SQLite only"
-    session.info[_DRIVER] = (sync.get_transaction(), inline)
-    return inline
+    held = list(transaction.connections) if transaction is not None else []  # never connects
+    if held:  # one engine, so one connection
+        [connection] = held
+    else:  # connecting is I/O
+        made = (await session.connection()).sync_connection
+        assert made is not None
+        connection, transaction = made, session.sync_session.get_transaction()
+    found: Driver
+    if connection.dialect.name == "sqlite":
+        inline = connection.connection.driver_connection
+        assert isinstance(inline, InlineConnection), "SQLite's connections are made by sqlite_inline"
+        found = inline
+    else:
+
+        async def invalidate(error: BaseException) -> None:
+            await (await session.connection()).invalidate(error)
+
+        found = DirectConnection(connection.connection.dbapi_connection, connection.dialect, invalidate)
+    session.info[_DRIVER] = (transaction, found)
+    return found
 
 
 _DRIVER = "webhook_service.storage.compiled.driver"
@@ -107,21 +122,26 @@ _DRIVER = "webhook_service.storage.compiled.driver"
 
 async def rows(session: AsyncSession, statement: ClauseElement, values: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
     """The rows of a Core statement built once (a select, or a write with ``RETURNING``), each
-    value processed as the engine would; on SQLite through the driver, elsewhere through the
-    session's connection (Core: a plain statement of columns needs nothing of the ORM)."""
-    dialect = session.get_bind().dialect
-    plan = compiled(statement, dialect) if dialect.name == "sqlite" else None
+    value processed as the engine would, through the driver (a statement whose SQL depends on its
+    values goes through the session's connection: Core, as it needs nothing of the ORM)."""
+    plan = compiled(statement, session.get_bind().dialect)
     if plan is None:
         assert isinstance(statement, Executable)
         return (await (await session.connection()).execute(statement, values)).all()
-    inline = await driver(session)
-    found = await _raising_as_sqlalchemy(plan.sql, inline.fetch_all(plan.sql, plan.parameters(values)))
+    found = await fetch(session, plan.sql, plan.parameters(values))
     return [plan.row(row) for row in found]
 
 
+async def fetch(session: AsyncSession, sql: str, parameters: Sequence[Any]) -> list[Any]:
+    """One execution of ``sql`` (in the driver's own form, its values processed) and its rows
+    (none for a write without ``RETURNING``); on SQLite a write takes the write lock first."""
+    return await _raising_as_sqlalchemy(sql, (await driver(session)).fetch_all(sql, parameters))
+
+
 async def execute_many(session: AsyncSession, sql: str, parameters: Sequence[Sequence[Any]]) -> None:
-    """A write (``sql`` in the driver's own form) once per parameter set, the write lock taken first."""
+    """SQLite: a write (``sql`` in the driver's own form) once per parameter set, the write lock taken first."""
     inline = await driver(session)
+    assert isinstance(inline, InlineConnection), "PostgreSQL writes many rows as one array per column (storage.bulk)"
     await _raising_as_sqlalchemy(sql, inline.write_many(sql, parameters))
 
 
@@ -132,6 +152,7 @@ async def last_row_id(session: AsyncSession) -> int:
 
 
 async def _raising_as_sqlalchemy(sql: str, call: Any) -> Any:
+    """SQLite's driver raises its own errors (asyncpg's are translated by :class:`DirectConnection`)."""
     try:
         return await call
     except sqlite3.Error as error:

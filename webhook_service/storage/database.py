@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
-from sqlalchemy import event, exc, text
+from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from webhook_service.config import DATABASE_URL_EXAMPLES, ConfigurationError, database_url_problem, mask_password
-from webhook_service.storage import sqlite_inline
+from webhook_service.storage import compiled, sqlite_inline
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 CONNECT_SECONDS = 10.0
@@ -86,7 +86,7 @@ class Database:
                 except TimeoutError as error:
                     raise StorageBusy(f"no database connection within {seconds:g} s") from error
                 if not self.is_sqlite:
-                    await session.execute(text(f"SET LOCAL lock_timeout = {max(1, int(seconds * 1000))}"))
+                    await compiled.fetch(session, f"SET LOCAL lock_timeout = {max(1, int(seconds * 1000))}", ())
                 yield session
         finally:
             sqlite_inline.LOCK_DEADLINE.reset(deadline)

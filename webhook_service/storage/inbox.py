@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, func, insert, or_, select, true, update
+from sqlalchemy import Select, String, bindparam, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +21,7 @@ from webhook_service.core.jsontext import compact
 from webhook_service.core.logs import get_logger
 from webhook_service.core.signals import Grant, Lane
 from webhook_service.storage import compiled
-from webhook_service.storage.bulk import insert_rows, table_of
+from webhook_service.storage.bulk import insert_returning_ids
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
 from webhook_service.storage.leased import LeasedInboxEvent
@@ -194,25 +194,11 @@ async def record_many(
 
 
 async def _insert_with_ids(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """The rows inserted in one go, each given its new ``id``.
-
-    PostgreSQL returns the ids in the rows' order (SQLAlchemy sorts them by a sentinel it adds).
-    SQLite gives each inserted row a rowid one more than the largest in the table, and the writer is
-    alone in the file for the whole transaction (a write transaction holds SQLite's one write
-    lock from its first write): so the rows, inserted in order, have the ids that end at
-    ``last_insert_rowid()``. The rows go through :func:`~webhook_service.storage.bulk.insert_rows`
-    (compiled once, the driver's ``executemany``): a multi-row ``INSERT ... RETURNING`` made
+    """The rows inserted in one go (:func:`~webhook_service.storage.bulk.insert_returning_ids`),
+    each given its new ``id``: a multi-row ``INSERT ... RETURNING`` through the engine made
     SQLAlchemy render its text and process each of its parameters (18 a row) on every group
-    commit (``tests/benchmarks/bench_inbox.py``).
-    """
-    if session.get_bind().dialect.name == "sqlite":
-        await insert_rows(session, InboxEvent, rows)
-        last = await compiled.last_row_id(session)
-        ids: Sequence[int] = range(last - len(rows) + 1, last + 1)
-    else:
-        table = table_of(InboxEvent)
-        result = await session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
-        ids = list(result.scalars())
+    commit (``tests/benchmarks/bench_inbox.py``)."""
+    ids = await insert_returning_ids(session, InboxEvent, rows)
     for row, inbox_id in zip(rows, ids, strict=True):
         row["id"] = inbox_id
 
