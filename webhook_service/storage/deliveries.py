@@ -272,6 +272,8 @@ async def backlog(session: AsyncSession, now: datetime) -> tuple[int, int]:
 def _next_in_order() -> ColumnElement[bool]:
     """Not held back by strict order: no earlier delivery of its object to its subscription is still
     due (only strict-order deliveries carry an ``ordering_key``; a failing object stalls itself only).
+    The statuses are written into the SQL: a list bound as parameters would leave the claim's SQL to
+    be rendered on every call (``storage.compiled`` compiles once only what has no such list).
     """
     earlier = aliased(Delivery)
     return or_(
@@ -280,7 +282,7 @@ def _next_in_order() -> ColumnElement[bool]:
             earlier.subscription_id == Delivery.subscription_id,
             earlier.ordering_key == Delivery.ordering_key,
             earlier.sequence < Delivery.sequence,
-            earlier.status.in_(DUE),
+            earlier.status.in_([_written(status) for status in DUE]),
         ),
     )
 

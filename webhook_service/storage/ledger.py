@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select, text
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from webhook_service.storage import compiled
 from webhook_service.storage.bulk import insert_rows
 from webhook_service.storage.lists import one_of
 from webhook_service.storage.models import Delivery, Event, ObjectVersion
@@ -41,7 +42,8 @@ async def emitted(session: AsyncSession, keys: Iterable[ObjectKey]) -> dict[Obje
     wanted = set(keys)
     if not wanted:
         return {}
-    rows = await session.execute(
+    rows = await compiled.rows(
+        session,
         _emitted_query(),
         {
             "tenants": list({key[0] for key in wanted}),
@@ -50,7 +52,7 @@ async def emitted(session: AsyncSession, keys: Iterable[ObjectKey]) -> dict[Obje
         },
     )
     found: dict[ObjectKey, Emitted] = {}
-    for tenant_id, resource, object_id, version, observed_at in rows.all():
+    for tenant_id, resource, object_id, version, observed_at in rows:
         key = (tenant_id, resource, object_id)
         if key not in wanted:  # the IN lists cross: another tenant's object of the same id
             continue
@@ -91,12 +93,10 @@ async def lock_objects(session: AsyncSession, keys: Iterable[ObjectKey]) -> None
     if not objects:
         return
     if session.get_bind().dialect.name == "sqlite":
-        await session.execute(text("UPDATE object_versions SET id = id WHERE 0"))
+        await compiled.fetch(session, "UPDATE object_versions SET id = id WHERE 0", ())
         return
     ids = sorted({_lock_id(key) for key in objects})
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) AS k"), {"ids": ids}
-    )
+    await compiled.fetch(session, "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", (ids,))
 
 
 async def record(
