@@ -63,7 +63,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         budget = settings.shutdown_grace_seconds * 2 + DRAIN_SECONDS + supervisor.STOP_MARGIN
         return supervisor.run(settings, host=host, port=port, web=web_processes, workers=workers, stop_budget=budget)
     app = create_app(settings, role=role)
-    _freeze_heap()
+    freeze_heap()
     if args.no_listen:
         # uvloop, as uvicorn picks for the web role: a worker's loop is a sixth of its CPU
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -77,7 +77,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK if server.started else EXIT_FAILED
 
 
-def _freeze_heap() -> None:
+def freeze_heap() -> None:
     """Leave what importing and building the app made out of every garbage collection from now on,
     and collect the young generation only when garbage has really piled up.
 
