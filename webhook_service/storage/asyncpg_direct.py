@@ -9,10 +9,10 @@ raises them: the adapter's own translation (a unique violation is an ``Integrity
 as SQLAlchemy's, its parameters hidden; a connection found closed is invalidated, as the engine
 invalidates it.
 
-This leans on three internals of SQLAlchemy's asyncpg adapter (its ``_transaction``,
-``_start_transaction`` and ``_handle_exception``, the calls its own cursor makes), so
-``pyproject.toml`` keeps SQLAlchemy to the minor version they were read from;
-``tests/test_compiled.py`` fails if they change.
+This leans on what SQLAlchemy's asyncpg adapter uses for its own cursor (its ``_execute_mutex``,
+``_transaction`` and ``_start_transaction``, its asyncpg ``_connection``, its ``_handle_exception``),
+none of them public, so ``pyproject.toml`` keeps SQLAlchemy to the minor version they were read
+from; ``tests/test_compiled.py`` fails if they change.
 """
 
 from __future__ import annotations
