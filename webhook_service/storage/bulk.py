@@ -10,12 +10,13 @@ them to SQLite's driver (:mod:`.compiled`), which still raises the driver's erro
 (a unique constraint is an ``IntegrityError``) with the parameters hidden.
 A statement that would need a value the rows do not carry (a column default) goes through Core.
 
-On PostgreSQL the rows go as one array per column, in one statement (``INSERT ... SELECT * FROM
-unnest($1::varchar[], ...)``, ``UPDATE ... FROM unnest(...)``). asyncpg's ``executemany`` sends the
-rows together, but the server still runs the statement once per row: for the pipeline's writes
-that was most of PostgreSQL's CPU, some seven executions an event (``bench_ids.py``). The SQL is
-the same for any number of rows, so it is prepared once per connection, and it goes to asyncpg
-itself, inside the session's transaction (:mod:`.compiled`).
+On PostgreSQL the rows go as one array per column, in one statement (``INSERT ... SELECT ... FROM
+unnest($1::varchar[], ...) WITH ORDINALITY ... ORDER BY ordinality``, ``UPDATE ... FROM
+unnest(...)``). asyncpg's ``executemany`` sends the rows together, but the server still runs the
+statement once per row: for the pipeline's writes that was most of PostgreSQL's CPU, some seven
+executions an event (``bench_ids.py``). The SQL is the same for any number of rows, so it is
+prepared once per connection, and it goes to asyncpg itself, inside the session's transaction
+(:mod:`.compiled`).
 """
 
 from __future__ import annotations
