@@ -18,7 +18,8 @@ from sqlalchemy import select
 from webhook_service.delivery import subscriptions
 from webhook_service.freshbooks.catalogue import get_resource
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
-from webhook_service.storage.bulk import insert_rows, update_by_id
+from webhook_service.storage.asyncpg_direct import DirectConnection
+from webhook_service.storage.bulk import insert_rows, update_by_id, write
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Subscription, Tenant
 from webhook_service.storage.outbox import delivery_rows, event_row, new_delivery_id
@@ -176,3 +177,42 @@ async def test_each_of_many_rows_keeps_its_own_values_and_a_row_updated_twice_ke
         (DeliveryStatus.SUCCEEDED.value, None),
         (DeliveryStatus.FAILED.value, "three"),
     ]
+
+
+async def test_several_tables_written_together_store_what_each_stores_alone(runtime, tenant, monkeypatch):
+    """``write`` sends distinct tables as one statement on PostgreSQL (a delivery and the event it
+    references among them: the key is checked once every row is in), and a table written twice, a
+    statement at a time, in order: the second sees the first's rows."""
+    sent: list[str] = []
+    to_driver = DirectConnection.fetch_all
+
+    async def fetch_all(self, sql, parameters):  # type: ignore[no-untyped-def]
+        sent.append(sql)
+        return await to_driver(self, sql, parameters)
+
+    monkeypatch.setattr(DirectConnection, "fetch_all", fetch_all)
+    created = await subscriptions.create(runtime, {"url": "http://127.0.0.1:9/hook"})
+    now = utcnow()
+    event = _event(tenant, now)
+    first, second = _deliveries(created.subscription, event, 2, tenant, now)
+    attempt = {"delivery_id": first["id"], "number": 1, "started_at": now, "status_code": 500, "latency_ms": 1.5}
+    async with runtime.db.sessions() as session:
+        await write(session, [("insert", Event, [event]), ("insert", Delivery, [first, second])])
+        together = len(sent)
+        await write(
+            session,
+            [
+                ("insert", DeliveryAttempt, [attempt]),
+                ("update", Delivery, [{"id": first["id"], "status": DeliveryStatus.FAILED.value, "attempts": 1}]),
+                ("update", Delivery, [{"id": first["id"], "status": DeliveryStatus.DEAD.value}]),
+            ],
+        )
+        await session.commit()
+    async with runtime.db.sessions() as session:
+        stored = {d.id: (d.status, d.attempts) for d in (await session.execute(select(Delivery))).scalars()}
+        [stored_attempt] = (await session.execute(select(DeliveryAttempt))).scalars().all()
+    assert stored == {first["id"]: (DeliveryStatus.DEAD.value, 1), second["id"]: (DeliveryStatus.PENDING.value, 0)}
+    assert {key: getattr(stored_attempt, key) for key in attempt} == attempt
+    if runtime.db.engine.dialect.name == "postgresql":
+        assert together == 1  # two tables, one round trip
+        assert len(sent) == 1 + 3  # the deliveries twice: each update alone, the attempt too

@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 from conftest import OWNER_ACCOUNT_ID, make_settings
 from processes import accepted, deployment, wait_until, webhook_ids_by_object
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from webhook_service.core.metrics import LEASES_LOST
@@ -24,6 +24,7 @@ from webhook_service.freshbooks.catalogue import get_resource
 from webhook_service.normalize import emit
 from webhook_service.normalize.events import ORIGIN_WEBHOOK, build
 from webhook_service.runtime import Runtime
+from webhook_service.storage import deliveries as claims
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
 from webhook_service.storage.models import Delivery, DeliveryAttempt, DeliveryStatus, InboxEvent
@@ -134,6 +135,27 @@ async def test_a_write_whose_lease_was_taken_over_changes_nothing(settings, runt
     [delivery] = [d async for d in _all_deliveries(runtime)]
     assert delivery.status == DeliveryStatus.SUCCEEDED.value and delivery.attempts == 1
     assert await _attempt_counts(runtime) == Counter({1: 1})
+
+
+async def test_a_fence_keeps_each_row_only_under_its_own_token(runtime, tenant, sink):
+    """One statement fences a batch leased under several tokens (hand-overs, claims): a row held
+    under one of them that another of them now leases is lost, though its lease's token is in the batch."""
+    await subscriptions.create(runtime, {"url": f"{sink.base_url}/x"})
+    await _queue(runtime, tenant, 3)
+    first, second, third = sorted([d.id async for d in _all_deliveries(runtime)])
+    until = utcnow() + timedelta(minutes=5)
+    async with runtime.db.sessions() as session:
+        for delivery_id, owner in ((first, "me.a"), (second, "me.b"), (third, "me.b")):
+            await session.execute(
+                update(Delivery).where(Delivery.id == delivery_id).values(lease_owner=owner, lease_until=until)
+            )
+        await session.commit()
+    lost_before = LEASES_LOST.labels(kind="delivery")._value.get()
+    async with runtime.db.sessions() as session:
+        kept = await claims.fence(session, Delivery, {first: "me.a", second: "me.a", third: "me.b"})
+        await session.rollback()
+    assert kept == {first, third}
+    assert LEASES_LOST.labels(kind="delivery")._value.get() == lost_before + 1
 
 
 async def _all_deliveries(runtime: Runtime):

@@ -28,6 +28,7 @@ from webhook_service.normalize.events import NormalizedEvent
 from webhook_service.storage import ledger as ledger_store
 from webhook_service.storage import sequences
 from webhook_service.storage import subscriptions as subscription_store
+from webhook_service.storage.bulk import Write
 from webhook_service.storage.leased import EventToSend, HandedDelivery, LeasedDelivery
 from webhook_service.storage.models import Subscription
 from webhook_service.storage.outbox import delivery_rows, event_row, ordering_key
@@ -83,11 +84,15 @@ class Staging(NamedTuple):
     """New deliveries left unleased, for a claim to take (past the grant's room, or in strict order)."""
 
 
-async def stage_leased(session: Session, items: Sequence[Staged], *, now: datetime, lease: Grant | None) -> Staging:
+async def stage_leased(
+    session: Session, items: Sequence[Staged], *, now: datetime, lease: Grant | None, along: Sequence[Write] = ()
+) -> Staging:
     """:func:`stage_many`, with up to ``lease.count`` of the new deliveries leased under it when given.
 
     Also returns those deliveries with their event and subscription, for the caller to hand to its
-    delivery worker once committed (see :class:`~webhook_service.core.signals.Lane`).
+    delivery worker once committed (see :class:`~webhook_service.core.signals.Lane`). ``along``:
+    the caller's own writes in this transaction, sent with the staged rows (see
+    :func:`~webhook_service.storage.ledger.record`).
     """
     objects = {(tenant_id, e.resource, e.object_id) for e, tenant_id, _ in items if e.version is not None}
     await ledger_store.lock_objects(session, objects)
@@ -123,7 +128,7 @@ async def stage_leased(session: Session, items: Sequence[Staged], *, now: dateti
         kept.append((event, tenant_id, inbox_event_id))
         added.append(True)
     events, deliveries, handed = await _fan_out(session, kept, now=now, lease=lease)
-    await ledger_store.record(session, versions=ledger, events=events, deliveries=deliveries)
+    await ledger_store.record(session, versions=ledger, events=events, deliveries=deliveries, along=along)
     return Staging(added, handed, len(deliveries) - len(handed))
 
 

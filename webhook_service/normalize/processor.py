@@ -256,10 +256,14 @@ class InboxProcessor:
             async with self._runtime.db.sessions() as session:
                 kept = await claims.fence(session, InboxEvent, {r.row.id: r.row.lease_owner for r in ready})
                 held = [r for r in ready if r.row.id in kept]
+                finished = [_finished_row(r.row.id, r.outcome, None, now) for r in held]
                 added, handed, waiting = await emit.stage_leased(
-                    session, [(r.event, r.row.tenant_id, r.row.id) for r in held], now=now, lease=grant
+                    session,
+                    [(r.event, r.row.tenant_id, r.row.id) for r in held],
+                    now=now,
+                    lease=grant,
+                    along=[("update", InboxEvent, finished)],
                 )
-                await update_by_id(session, InboxEvent, [_finished_row(r.row.id, r.outcome, None, now) for r in held])
                 await session.commit()
         except BaseException:
             if grant is not None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Insert, Table, Update, bindparam, insert, update
 from sqlalchemy.engine import Dialect
@@ -44,8 +44,63 @@ def table_of(model: type[DeclarativeBase]) -> Table:
 
 async def insert_rows(session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]) -> None:
     """Rows with the same keys, each a value for every column it names."""
-    if rows:
-        await _execute_many(session, ("insert", table_of(model), tuple(rows[0])), rows)
+    await write(session, [("insert", model, rows)])
+
+
+async def update_by_id(session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]) -> None:
+    """Each row is ``{"id": ..., column: value, ...}``; rows with the same columns share a statement,
+    and a row named twice is written twice, in order (one statement each)."""
+    await write(session, [("update", model, rows)])
+
+
+Write = tuple[Literal["insert", "update"], type[DeclarativeBase], Sequence[dict[str, Any]]]
+"""Rows to insert (as :func:`insert_rows` takes them) or to update (as :func:`update_by_id`)."""
+
+
+async def write(session: AsyncSession, writes: Sequence[Write]) -> None:
+    """Several tables' inserts and updates, in order.
+
+    On PostgreSQL, when each is one array statement, they go together as one statement (each but
+    the last a ``WITH`` of it), so a transaction's writes wait for the server once, not once a
+    table: a round trip there costs as much as the statement, and the pipeline's group commits
+    write three or four tables each. The statements see one snapshot, not each other's rows, and
+    the foreign keys are checked at the end, when every row is in; so a table written twice (an
+    update of rows inserted before it, a row updated twice) goes one statement at a time.
+    """
+    steps = [step for one in writes for step in _steps(*one)]
+    dialect = session.get_bind().dialect
+    tables = {shape[1] for shape, _ in steps}
+    if len(steps) > 1 and len(tables) == len(steps) and dialect.name == "postgresql":
+        plans = [plan for shape, _ in steps if (plan := _plan(shape, dialect)) is not None]
+        if len(plans) == len(steps):
+            arrays = [array for plan, (_, rows) in zip(plans, steps, strict=True) for array in _columns(plan, rows)]
+            await compiled.fetch(session, _together(tuple(shape for shape, _ in steps), dialect), arrays)
+            return
+    for shape, rows in steps:
+        await _execute_many(session, shape, rows)
+
+
+def _steps(
+    kind: Literal["insert", "update"], model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]
+) -> list[tuple[Shape, Sequence[dict[str, Any]]]]:
+    """The statements a write takes: an update's rows grouped by the columns they set, and a row
+    named twice in a group written alone, in order (one array statement would write it once)."""
+    if not rows:
+        return []
+    table = table_of(model)
+    if kind == "insert":
+        return [(("insert", table, tuple(rows[0])), rows)]
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(row)
+    steps: list[tuple[Shape, Sequence[dict[str, Any]]]] = []
+    for columns, group in groups.items():
+        shape: Shape = ("update", table, columns)
+        if len({row["id"] for row in group}) == len(group):
+            steps.append((shape, group))
+        else:
+            steps.extend((shape, [row]) for row in group)
+    return steps
 
 
 async def insert_returning_ids(
@@ -76,22 +131,6 @@ async def insert_returning_ids(
     returning = f"{plan.sql} RETURNING {dialect.identifier_preparer.quote('id')}"
     found = await compiled.fetch(session, returning, _columns(plan, rows))
     return sorted(row[0] for row in found)
-
-
-async def update_by_id(session: AsyncSession, model: type[DeclarativeBase], rows: Sequence[dict[str, Any]]) -> None:
-    """Each row is ``{"id": ..., column: value, ...}``; rows with the same columns share a statement,
-    and a row named twice is written twice, in order (one statement each)."""
-    table = table_of(model)
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(row)
-    for columns, group in groups.items():
-        shape: Shape = ("update", table, columns)
-        if len({row["id"] for row in group}) == len(group):
-            await _execute_many(session, shape, group)
-        else:  # one array statement would write such a row once, by either of its values
-            for row in group:
-                await _execute_many(session, shape, [row])
 
 
 Shape = tuple[str, Table, tuple[str, ...]]
@@ -157,13 +196,13 @@ def _plan(shape: Shape, dialect: Dialect) -> _Plan | None:
     return _plans[key]
 
 
-def _by_column(shape: Shape, dialect: Dialect) -> str:
-    """PostgreSQL's statement for ``shape`` taking one array per column, ``id`` first for an update
-    (whose rows must name each ``id`` once: see :func:`update_by_id`)."""
+def _by_column(shape: Shape, dialect: Dialect, first: int = 1) -> str:
+    """PostgreSQL's statement for ``shape`` taking one array per column (numbered from ``first``),
+    ``id`` first for an update (whose rows must name each ``id`` once: see :func:`update_by_id`)."""
     kind, table, columns = shape
     quote = dialect.identifier_preparer.quote
     names = columns if kind == "insert" else ("id", *columns)
-    arrays = ", ".join(f"${n}::{table.c[name].type.compile(dialect=dialect)}[]" for n, name in enumerate(names, 1))
+    arrays = ", ".join(f"${n}::{table.c[name].type.compile(dialect=dialect)}[]" for n, name in enumerate(names, first))
     target = dialect.identifier_preparer.format_table(table)
     if kind == "insert":  # in the arrays' order (see insert_returning_ids)
         listed = ", ".join(map(quote, names))
@@ -176,6 +215,17 @@ def _by_column(shape: Shape, dialect: Dialect) -> str:
         f"UPDATE {target} SET {assignments} FROM unnest({arrays}) AS v({', '.join(map(quote, names))}) "
         f"WHERE {target}.{quote('id')} = v.{quote('id')}"
     )
+
+
+@functools.cache
+def _together(shapes: tuple[Shape, ...], dialect: Dialect) -> str:
+    """PostgreSQL's one statement for several array statements (see :func:`write`)."""
+    parts: list[str] = []
+    first = 1
+    for shape in shapes:
+        parts.append(_by_column(shape, dialect, first))
+        first += len(_parameters(shape))
+    return "WITH " + ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(parts[:-1], 1)) + " " + parts[-1]
 
 
 def _parameters(shape: Shape) -> dict[str, str]:

@@ -183,14 +183,14 @@ async def fence(session: AsyncSession, model: Leased, held: Mapping[Any, str | N
     can take them over before the commit. The rest lost their lease (it ran out and another worker
     claimed the row, or an operator requeued it): they are counted, logged, and left alone.
     """
-    by_token: dict[str, list[Any]] = {}
-    for row_id, token in held.items():
-        if token is not None:
-            by_token.setdefault(token, []).append(row_id)
+    leased = {row_id: token for row_id, token in held.items() if token is not None}
     kept: set[Any] = set()
-    statement = _fence_statement(model)
-    for token, ids in by_token.items():
-        kept.update(row[0] for row in await compiled.rows(session, statement, {"ids": ids, "token": token}))
+    if leased:
+        # One statement for every token (a batch carries a few hand-overs' and claims' rows): the
+        # lists cross, so a row may come back under another of these tokens, which is not its own.
+        values = {"ids": list(leased), "tokens": list(set(leased.values()))}
+        found = await compiled.rows(session, _fence_statement(model), values)
+        kept = {row_id for row_id, token in found if leased[row_id] == token}
     lost = set(held) - kept
     if lost:
         kind = "delivery" if model is Delivery else "inbox"
@@ -204,9 +204,9 @@ def _fence_statement(model: Leased) -> Update:
     table = table_of(model)  # the table, as in _stamp
     return (
         update(table)
-        .where(one_of(table.c.id, "ids"), table.c.lease_owner == bindparam("token"))
+        .where(one_of(table.c.id, "ids"), one_of(table.c.lease_owner, "tokens"))
         .values(lease_owner=table.c.lease_owner)
-        .returning(table.c.id)
+        .returning(table.c.id, table.c.lease_owner)
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from webhook_service.storage.bulk import insert_rows, update_by_id
+from webhook_service.storage.bulk import write
 from webhook_service.storage.models import Delivery, DeliveryAttempt
 from webhook_service.storage.paging import Position, older_than
 from webhook_service.storage.session import conflicts
@@ -66,9 +66,8 @@ async def record_outcomes(
     session: AsyncSession, updates: Sequence[dict[str, Any]], attempt_rows: Sequence[dict[str, Any]]
 ) -> None:
     """Write the deliveries' new states (``{"id": ..., column: value}``) and their attempts, a few
-    statements for the whole batch. Only for deliveries :func:`~.deliveries.fence` kept in this
+    statements for the whole batch (one on PostgreSQL). Only for deliveries :func:`~.deliveries.fence` kept in this
     transaction. An attempt number recorded already raises
     :class:`~webhook_service.storage.session.Conflict`."""
     with conflicts():
-        await update_by_id(session, Delivery, updates)
-        await insert_rows(session, DeliveryAttempt, attempt_rows)
+        await write(session, [("update", Delivery, updates), ("insert", DeliveryAttempt, attempt_rows)])

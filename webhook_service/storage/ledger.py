@@ -19,7 +19,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage import compiled
-from webhook_service.storage.bulk import insert_rows
+from webhook_service.storage.bulk import Write, write
 from webhook_service.storage.lists import one_of
 from webhook_service.storage.models import Delivery, Event, ObjectVersion
 from webhook_service.storage.session import conflicts
@@ -105,15 +105,19 @@ async def record(
     versions: Sequence[dict[str, Any]],
     events: Sequence[dict[str, Any]],
     deliveries: Sequence[dict[str, Any]],
+    along: Sequence[Write] = (),
 ) -> None:
-    """Insert ledger rows, the events they stand for and the events' deliveries, one statement each.
+    """Insert ledger rows, the events they stand for and the events' deliveries, one statement each
+    (one for all on PostgreSQL, with the caller's writes ``along``: see :func:`~.bulk.write`).
 
     A version the ledger already holds (another transaction got in first, despite the locks)
     raises :class:`~webhook_service.storage.session.Conflict`: the version was emitted already.
     """
     with conflicts():
-        for model, rows in ((ObjectVersion, versions), (Event, events), (Delivery, deliveries)):
-            await insert_rows(session, model, rows)
+        await write(
+            session,
+            [("insert", ObjectVersion, versions), ("insert", Event, events), ("insert", Delivery, deliveries), *along],
+        )
 
 
 def _lock_id(key: ObjectKey) -> int:

@@ -25,7 +25,7 @@ from webhook_service.core.jsontext import compact
 from webhook_service.core.timeparse import isoformat_utc
 from webhook_service.storage import sequences
 from webhook_service.storage import subscriptions as subscription_store
-from webhook_service.storage.bulk import insert_rows
+from webhook_service.storage.bulk import write
 from webhook_service.storage.columns import time_ordered_id
 from webhook_service.storage.models import Delivery, DeliveryStatus, Event, Subscription
 
@@ -159,5 +159,4 @@ async def emit(session: AsyncSession, *events: Operational, now: datetime, exclu
                 now=now,
             )
         )
-    await insert_rows(session, Event, rows)
-    await insert_rows(session, Delivery, deliveries)
+    await write(session, [("insert", Event, rows), ("insert", Delivery, deliveries)])
