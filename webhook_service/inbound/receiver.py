@@ -78,20 +78,26 @@ class Accepted:
 _STALE_REASONS = frozenset({"callback_not_verified", "bad_signature", "event_not_subscribed", "callback_id_mismatch"})
 
 
-async def find_callback(runtime: Runtime, endpoint_key: str, *, fresh: bool = False) -> Callback:
-    callback = None if fresh else runtime.callbacks.cached(endpoint_key)
+async def find_callback(runtime: Runtime, endpoint_key: str, *, read_after: float | None = None) -> Callback:
+    """The callback at ``endpoint_key``: a cached copy, or with ``read_after`` (a time of
+    ``runtime.callbacks.now``) the row as read then or later (see
+    :class:`~webhook_service.storage.callbacks.CallbackCache`)."""
+    callback = runtime.callbacks.cached(endpoint_key) if read_after is None else None
     if callback is None:
         # a read: bounded like the write, so a busy database answers 503 in time, not late
         with storage_refusals():
             async with asyncio.timeout(runtime.settings.inbound_commit_timeout):
-                cache = runtime.callbacks
-                callback = await (cache.load(endpoint_key) if fresh else cache.get(endpoint_key))
+                callback = await runtime.callbacks.get(endpoint_key, read_after=read_after)
     if callback is None:
         raise Refusal(404, "unknown_endpoint", "No callback is registered at this URI.")
     return callback
 
 
-async def accept(runtime: Runtime, callback: Callback, body: bytes, headers: dict[str, str]) -> Accepted:
+async def accept(
+    runtime: Runtime, callback: Callback, body: bytes, headers: dict[str, str], *, arrived: float
+) -> Accepted:
+    """Take a delivery to ``callback``; ``arrived``: when the request came (``runtime.callbacks.now``),
+    so a refusal the callback's cached copy may have caused asks for the row as read since."""
     try:
         fields = parse_form(body)
     except MalformedBody as exc:
@@ -104,7 +110,7 @@ async def accept(runtime: Runtime, callback: Callback, body: bytes, headers: dic
     except Refusal as refusal:
         if refusal.reason not in _STALE_REASONS:
             raise
-        latest = await find_callback(runtime, callback.endpoint_key, fresh=True)
+        latest = await find_callback(runtime, callback.endpoint_key, read_after=arrived)
         return await _accept_fields(runtime, latest, fields, body, headers)
 
 

@@ -86,6 +86,7 @@ async def _store_verifier(runtime: Runtime, callback_id: str, freshbooks_callbac
         callback.last_error = None
         callback.updated_at = now
         await session.commit()
+    runtime.callbacks.forget(callback.endpoint_key)
     log.info("callback_verified", callback_id=callback_id, freshbooks_callback_id=freshbooks_callback_id)
 
 

@@ -90,61 +90,91 @@ class CallbackCache:
 
     A busy callback would otherwise read its row once per delivery. A cached copy can be stale (a
     verifier rotated or a verification completed in another replica), so a caller that refuses a
-    delivery because of what the copy says reads the row again (:meth:`load`) before answering.
+    delivery because of what the copy says reads the row again (:meth:`get` with ``read_after``)
+    before answering; a process that changes the row drops its own copy (:meth:`forget`).
     Unknown keys are never cached: random keys cannot grow the cache.
 
     When a busy callback's copy runs out, every webhook in flight for it misses at once. Each used
     to read the row itself (32 reads at 32 in flight, every ``ttl``); :meth:`get` lets them share
-    one read.
+    one read. So do the webhooks that a stale copy made refuse (a verification completed since it
+    was read): each asks for a read begun after it arrived, and a burst of them, all in flight when
+    the first asks, share that first read instead of taking a connection each.
     """
 
     def __init__(self, db: Database, *, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._db = db
         self._ttl = ttl
-        self._clock = clock
+        self.now = clock
+        """The cache's clock, for :meth:`get`'s ``read_after``."""
         self._entries: dict[str, tuple[float, Callback]] = {}
-        self._reading: dict[str, asyncio.Future[Callback | None]] = {}
+        """endpoint key -> (when the read of the row began, the row)"""
+        self._reading: dict[str, tuple[float, asyncio.Future[Callback | None]]] = {}
+        self._changed: dict[str, float] = {}
+        """endpoint key -> when this process last changed the row (:meth:`forget`)"""
 
     def cached(self, endpoint_key: str) -> Callback | None:
         """The copy kept for ``endpoint_key`` if it is younger than ``ttl``; None otherwise.
 
         No await: a busy callback's webhook is served without a read, a timeout or a loop turn."""
         entry = self._entries.get(endpoint_key)
-        if entry is not None and self._clock() - entry[0] < self._ttl:
+        if entry is not None and self.now() - entry[0] < self._ttl:
             return entry[1]
         return None
 
-    async def get(self, endpoint_key: str) -> Callback | None:
+    async def get(self, endpoint_key: str, *, read_after: float | None = None) -> Callback | None:
         """The kept copy, or else the stored row, read once for every caller that misses meanwhile.
+
+        With ``read_after`` (a time of :attr:`now`), only the row as read by a read begun then or
+        later will do, however young the copy: a caller whose copy was refused asks for the row as
+        it was when the caller's own request arrived.
 
         The read is shielded from each caller: one that gives up (its timeout, its client gone)
         leaves it running for the others, and its failure reaches each of them.
         """
-        callback = self.cached(endpoint_key)
-        if callback is not None:
-            return callback
+        if read_after is None:
+            callback = self.cached(endpoint_key)
+            if callback is not None:
+                return callback
+        else:
+            entry = self._entries.get(endpoint_key)
+            if entry is not None and entry[0] >= read_after:
+                return entry[1]
         reading = self._reading.get(endpoint_key)
-        if reading is None:
-            reading = asyncio.ensure_future(self.load(endpoint_key))
-            self._reading[endpoint_key] = reading
-            reading.add_done_callback(lambda done: self._read(endpoint_key, done))
-        return await asyncio.shield(reading)
+        if reading is None or (read_after is not None and reading[0] < read_after):
+            began = self.now()
+            future = asyncio.ensure_future(self._load(endpoint_key, began))
+            reading = self._reading[endpoint_key] = (began, future)
+            future.add_done_callback(lambda done: self._read(endpoint_key, done))
+        return await asyncio.shield(reading[1])
+
+    def forget(self, endpoint_key: str) -> None:
+        """Drop the copy (this process changed the row): the next webhook reads the row, once for
+        all that miss meanwhile, rather than each being refused by the copy first. A read begun
+        before is not kept, nor shared from now on."""
+        self._entries.pop(endpoint_key, None)
+        self._changed[endpoint_key] = self.now()
+        self._reading.pop(endpoint_key, None)
 
     def _read(self, endpoint_key: str, done: asyncio.Future[Callback | None]) -> None:
-        if self._reading.get(endpoint_key) is done:
+        reading = self._reading.get(endpoint_key)
+        if reading is not None and reading[1] is done:
             del self._reading[endpoint_key]
         if not done.cancelled():
             done.exception()  # retrieved: every caller may have given up on it
 
-    async def load(self, endpoint_key: str) -> Callback | None:
-        """The stored row, kept from now (or forgotten, when there is none)."""
-        now = self._clock()
+    async def _load(self, endpoint_key: str, began: float) -> Callback | None:
+        """The stored row, kept as read at ``began`` unless a later read's is kept already (or
+        forgotten, when there is none)."""
         async with self._db.sessions() as session:
             callback = await by_endpoint_key(session, endpoint_key)
+        kept = self._entries.get(endpoint_key)
+        if (kept is not None and kept[0] > began) or began < self._changed.get(endpoint_key, began):
+            return callback  # a later read's copy is kept, or the row changed since this one began
         if callback is None:
             self._entries.pop(endpoint_key, None)
             return None
         if len(self._entries) >= 10_000:
             self._entries.clear()
-        self._entries[endpoint_key] = (now, callback)
+            self._changed.clear()
+        self._entries[endpoint_key] = (began, callback)
         return callback

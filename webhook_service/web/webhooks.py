@@ -33,6 +33,7 @@ _DIGITS = re.compile(r"[0-9]+")
 async def receive(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     started = time.perf_counter()
+    arrived = runtime.callbacks.now()
     try:
         endpoint_key = request.path_params["endpoint_key"]
         if not _ENDPOINT_KEY.fullmatch(endpoint_key):
@@ -42,7 +43,8 @@ async def receive(request: Request) -> Response:
         if media_type != FORM_TYPE:
             raise Refusal(415, "unsupported_media_type", f"Content-Type must be {FORM_TYPE}.")
         body = await _read_capped(request, runtime.settings.inbound_max_body_bytes)
-        outcome = await accept(runtime, callback, body, {k.lower(): v for k, v in request.headers.items()})
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        outcome = await accept(runtime, callback, body, headers, arrived=arrived)
     except Refusal as refusal:
         log.warning("inbound_refused", reason=refusal.reason, status=refusal.status, path=request.url.path[:40])
         labelled(INBOUND_REFUSED, refusal.reason).inc()
