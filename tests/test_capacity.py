@@ -74,7 +74,7 @@ def test_an_unused_reservation_given_back_wakes_nobody():
     woken: list[int] = []
     capacity.when_freed(lambda: woken.append(capacity.room))
     capacity.reserve(128)
-    capacity.give_back(128, finished=False)  # a claim that found fewer rows than it reserved
+    capacity.give_back(128, wakes=False)  # a claim that found fewer rows than it reserved
     assert woken == []
 
 
@@ -148,3 +148,24 @@ async def test_a_claim_with_no_room_does_not_reach_the_database():
         raise AssertionError("claimed with no room")
 
     assert await capacity.claim(16, unreachable) == []
+
+
+def test_a_claim_turned_away_while_a_writer_held_the_room_is_woken_when_the_writer_gives_it_back():
+    """A commit's hand-over reserves all the room; deliveries it could not lease (past its room,
+    or in strict order) wait for a claim, which finds no room meanwhile. The room the hand-over
+    did not use wakes that claim, not the next poll a second later."""
+    capacity = Capacity(64)
+    woken = _running_full(capacity)
+    lane: Lane[object] = Lane(lambda: "token")
+    lane.attach(lambda items: None, lease=timedelta(seconds=60), capacity=capacity)
+    capacity.claimed(capacity.reserve_for_claim(16), 0)  # the last claim saw every row due
+    grant = lane.lease(utcnow(), 1 << 30)  # a commit asks for all the room there is
+    assert grant is not None and grant.count == 64
+    assert capacity.reserve_for_claim(16) == 0  # the claim its waiting rows woke is turned away
+    lane.hand_over(grant, ["one"])  # one leased and handed over, the rest of the room unused
+    assert woken == [63]
+    capacity.claimed(capacity.reserve_for_claim(16), 2)  # the woken claim takes the rows that waited
+    again = lane.lease(utcnow(), 1 << 30)
+    assert again is not None
+    lane.cancel(again)  # nothing waits now: room coming back wakes nobody
+    assert woken == [63]

@@ -76,7 +76,7 @@ class Capacity:
         0.45 ms of CPU each).
         """
         self._behind = found >= reserved
-        self.give_back(reserved - found, finished=False)
+        self.give_back(reserved - found, wakes=False)
 
     async def claim(self, wanted: int, take: Callable[[int], Awaitable[Sequence[T]]]) -> Sequence[T]:
         """Run ``take(room)`` for up to ``wanted`` rows, the room reserved while it waits on the
@@ -88,22 +88,27 @@ class Capacity:
         try:
             found = await take(room)
         except BaseException:
-            self.give_back(room, finished=False)
+            self.give_back(room, wakes=False)
             raise
         self.claimed(room, len(found))
         return found
 
-    def give_back(self, units: int = 1, *, finished: bool = True) -> None:
-        """Return units; ``finished`` when work ended (not a reservation left unused).
+    def give_back(self, units: int = 1, *, wakes: bool = True) -> None:
+        """Return units: work that ended, or room a writer reserved for a hand-over and did not use.
 
-        When finished work brings the room back up to a quarter of the limit above what claims
-        leave free, after it had fallen below, whoever claims is woken if work may be waiting
-        (:meth:`claimed`): it may be claimable now, and a claim then takes a batch (a quarter of
-        the limit at least), not the one row a single finished piece of work made room for.
+        When that brings the room back up to a quarter of the limit above what claims leave free,
+        after it had fallen below, whoever claims is woken if work may be waiting (:meth:`claimed`):
+        it may be claimable now, and a claim then takes a batch (a quarter of the limit at least),
+        not the one row a single finished piece of work made room for. A writer's unused room
+        counts too: a claim turned away while the writer held all the room (the rows the writer
+        could not lease wait for it) otherwise slept a whole ``DELIVERY_POLL_INTERVAL``.
+
+        ``wakes=False`` for a claim's own reservation: one that found fewer rows knows nothing more
+        is due, and one that failed would be retried at once, again and again.
         """
         before = self.limit - self.used
         self.used -= units
-        if finished and self._behind and before < self._wake_at <= self.limit - self.used:
+        if wakes and self._behind and before < self._wake_at <= self.limit - self.used:
             self._on_free()
 
     @property
@@ -162,14 +167,14 @@ class Lane(Generic[T]):
         gives every lease it holds back as it stops.
         """
         assert self._capacity is not None
-        self._capacity.give_back(grant.count - (len(items) if self._consumer is not None else 0), finished=False)
+        self._capacity.give_back(grant.count - (len(items) if self._consumer is not None else 0))
         if items and self._consumer is not None:
             self._consumer(items)
 
     def cancel(self, grant: Grant) -> None:
         """Nothing was committed under ``grant``: its room is free again."""
         assert self._capacity is not None
-        self._capacity.give_back(grant.count, finished=False)
+        self._capacity.give_back(grant.count)
 
 
 class Wakeup:
