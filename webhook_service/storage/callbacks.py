@@ -96,9 +96,12 @@ class CallbackCache:
 
     When a busy callback's copy runs out, every webhook in flight for it misses at once. Each used
     to read the row itself (32 reads at 32 in flight, every ``ttl``); :meth:`get` lets them share
-    one read. So do the webhooks that a stale copy made refuse (a verification completed since it
-    was read): each asks for a read begun after it arrived, and a burst of them, all in flight when
-    the first asks, share that first read instead of taking a connection each.
+    one read. A webhook that a stale copy made refuse (a verification completed since it was read)
+    asks for a read begun after the webhook arrived, and shares one with every other such webhook
+    that had arrived by then. Webhooks that arrive after it began read again: the loop takes them
+    one at a time, so a burst held in the socket still reads about once per webhook the loop starts
+    before the first fresh copy is kept. The process that completed the verification drops its copy
+    (:meth:`forget`), so there it is one read for the burst.
     """
 
     def __init__(self, db: Database, *, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
