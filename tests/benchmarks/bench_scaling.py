@@ -363,6 +363,12 @@ async def run_ingest(args: argparse.Namespace, databases: Databases, procs: Chil
                 f"   {config.label} / bare: throughput {rate / bare_rate:.2f}x -> "
                 f"{verdict(rate / bare_rate >= INGEST_TARGET)}; p99 {p99s[0]:.1f} ms vs {p99s[1]:.1f} ms"
             )
+            first, rest = (
+                f"{percentile(sorted(r.latencies[:1000]), 99) * 1000:.1f} / "
+                f"{percentile(sorted(r.latencies[1000:]), 99) * 1000:.1f} ms"
+                for r in (service, baseline)
+            )
+            print(f"   p99 of the first 1,000 answers / of the rest: {config.label} {first}, bare {rest}")
             committed = "every one" if rows == service.accepted else f"MISSED: {rows} rows for {service.accepted}"
             print(f"   acknowledged webhooks committed to the inbox: {rows} of {service.accepted} ({committed})")
             backlog = httpx.get(f"{run.stack.service_url}/metrics").text
