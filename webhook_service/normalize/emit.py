@@ -18,7 +18,7 @@ per-event cost of a busy inbox low.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -84,15 +84,23 @@ class Staging(NamedTuple):
     """New deliveries left unleased, for a claim to take (past the grant's room, or in strict order)."""
 
 
-async def stage_leased(
-    session: Session, items: Sequence[Staged], *, now: datetime, lease: Grant | None, along: Sequence[Write] = ()
-) -> Staging:
-    """:func:`stage_many`, with up to ``lease.count`` of the new deliveries leased under it when given.
+Lease = Callable[[int], Grant | None]
+"""Room asked for so many deliveries, once they are counted (:meth:`~webhook_service.core.signals.Lane.lease`)."""
 
-    Also returns those deliveries with their event and subscription, for the caller to hand to its
-    delivery worker once committed (see :class:`~webhook_service.core.signals.Lane`). ``along``:
-    the caller's own writes in this transaction, sent with the staged rows (see
-    :func:`~webhook_service.storage.ledger.record`).
+
+async def stage_leased(
+    session: Session, items: Sequence[Staged], *, now: datetime, lease: Lease | None, along: Sequence[Write] = ()
+) -> Staging:
+    """:func:`stage_many`, with as many of the new deliveries as ``lease`` grants room for leased
+    under its grant.
+
+    The room is asked for once the deliveries are counted, inside the transaction, not before it
+    for all there is: a claim meanwhile would find none, and the deliveries only a claim takes
+    (past the room, or in strict order) could then wait through a string of commits that each
+    held all of it. Also returns the leased deliveries with their event and subscription, for the
+    caller to hand to its delivery worker once committed under the grant ``lease`` made (see
+    :class:`~webhook_service.core.signals.Lane`). ``along``: the caller's own writes in this
+    transaction, sent with the staged rows (see :func:`~webhook_service.storage.ledger.record`).
     """
     objects = {(tenant_id, e.resource, e.object_id) for e, tenant_id, _ in items if e.version is not None}
     await ledger_store.lock_objects(session, objects)
@@ -133,7 +141,7 @@ async def stage_leased(
 
 
 async def _fan_out(
-    session: Session, kept: Sequence[Staged], *, now: datetime, lease: Grant | None
+    session: Session, kept: Sequence[Staged], *, now: datetime, lease: Lease | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[HandedRow]]:
     """The rows of the events to add, numbered in their objects' sequences, and of their deliveries.
 
@@ -143,9 +151,9 @@ async def _fan_out(
     numbers = await sequences.advance(session, Counter((tid, e.resource, e.object_id) for e, tid, _ in kept))
     subscriptions = await subscription_store.enabled(session) if kept else []
     by_id = {subscription.id: subscription for subscription in subscriptions}
-    handed: list[HandedRow] = []
     events: list[dict[str, Any]] = []
     deliveries: list[dict[str, Any]] = []
+    of_event: list[dict[str, Any]] = []
     for event, tenant_id, inbox_event_id in kept:
         key = (tenant_id, event.resource, event.object_id)
         sequence = numbers[key]
@@ -173,11 +181,18 @@ async def _fan_out(
             ordered_as=(ordering_key(*key), sequence),
             now=now,
         )
-        if lease is not None:
-            for row in new:  # past the grant's room (or in strict order) they wait unleased for a claim
-                leased = len(handed) < lease.count and row["ordering_key"] is None
-                row["lease_owner"], row["lease_until"] = (lease.token, lease.until) if leased else (None, None)
-                if leased:
-                    handed.append((row, events[-1], by_id[row["subscription_id"]]))
         deliveries.extend(new)
+        of_event.extend(events[-1] for _ in new)
+    handed: list[HandedRow] = []
+    grant = None
+    if lease is not None:
+        for row in deliveries:  # past the grant's room (or in strict order) they wait unleased for a claim
+            row["lease_owner"], row["lease_until"] = None, None
+        leasable = [n for n, row in enumerate(deliveries) if row["ordering_key"] is None]
+        grant = lease(len(leasable)) if leasable else None
+        if grant is not None:
+            for n in leasable[: grant.count]:
+                row = deliveries[n]
+                row["lease_owner"], row["lease_until"] = grant.token, grant.until
+                handed.append((row, of_event[n], by_id[row["subscription_id"]]))
     return events, deliveries, handed

@@ -18,7 +18,7 @@ import structlog
 from webhook_service.contract.types import FRESHBOOKS_VERBS, split_name
 from webhook_service.core.batching import Batcher
 from webhook_service.core.logs import get_logger
-from webhook_service.core.signals import Capacity
+from webhook_service.core.signals import Capacity, Grant
 from webhook_service.freshbooks.catalogue import CATALOGUE
 from webhook_service.freshbooks.errors import FreshBooksError
 from webhook_service.freshbooks.signature import parse_form
@@ -44,9 +44,6 @@ IDLE_POLL_START = 0.005
 this one only through claims; the wait doubles with each empty claim up to
 ``DELIVERY_POLL_INTERVAL``, so a busy inbox is claimed from within milliseconds and an idle one
 costs a read a second."""
-LEASE_ALL_ROOM = 1 << 30
-"""A commit's delivery hand-over asks for all the room there is (how many deliveries its events
-fan out to is known only inside the transaction); what it does not use is given back at once."""
 
 
 class InboxProcessor:
@@ -251,7 +248,14 @@ class InboxProcessor:
         commits each alone)."""
         now = self._clock()
         lane = self._runtime.signals.delivery_lane
-        grant = lane.lease(now, LEASE_ALL_ROOM)  # None unless a worker of this process takes hand-overs
+        granted: list[Grant] = []
+
+        def lease(count: int) -> Grant | None:  # asked in the transaction, once its deliveries are counted
+            grant = lane.lease(now, count)  # None unless a worker of this process takes hand-overs
+            if grant is not None:
+                granted.append(grant)
+            return grant
+
         try:
             async with self._runtime.db.sessions() as session:
                 kept = await claims.fence(session, InboxEvent, {r.row.id: r.row.lease_owner for r in ready})
@@ -261,15 +265,15 @@ class InboxProcessor:
                     session,
                     [(r.event, r.row.tenant_id, r.row.id) for r in held],
                     now=now,
-                    lease=grant,
+                    lease=lease,
                     along=[("update", InboxEvent, finished)],
                 )
                 await session.commit()
         except BaseException:
-            if grant is not None:
+            for grant in granted:
                 lane.cancel(grant)
             raise
-        if grant is not None:
+        for grant in granted:
             lane.hand_over(grant, emit.handed(handed))
         if waiting:  # left for a claim: wake one now
             self._runtime.signals.deliveries_ready()
