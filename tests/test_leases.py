@@ -178,6 +178,17 @@ async def test_an_attempt_number_is_recorded_once(runtime, tenant, sink):
             await session.commit()
 
 
+def _one_invoice_event(tenant, now):  # type: ignore[no-untyped-def]
+    return build(
+        tenant=tenant,
+        resource=get_resource("invoice"),
+        freshbooks_event={"name": "invoice.update", "object_id": "1"},
+        obj={"id": 1, "updated": "2026-11-21 07:00:00", "vis_state": 0},
+        origin=ORIGIN_WEBHOOK,
+        fallback_time=now,
+    )
+
+
 async def test_no_more_deliveries_are_handed_over_than_can_start(settings, runtime, tenant, sink):
     """One event for five subscribers with room for two sends: two are leased and handed over at
     the commit, the other three wait unleased for a claim (no lease runs while nothing sends)."""
@@ -187,14 +198,7 @@ async def test_no_more_deliveries_are_handed_over_than_can_start(settings, runti
     handed: list[object] = []
     runtime.signals.delivery_lane.attach(handed.extend, lease=timedelta(seconds=8), capacity=runtime.delivery_capacity)
     now = utcnow()
-    event = build(
-        tenant=tenant,
-        resource=get_resource("invoice"),
-        freshbooks_event={"name": "invoice.update", "object_id": "1"},
-        obj={"id": 1, "updated": "2026-11-21 07:00:00", "vis_state": 0},
-        origin=ORIGIN_WEBHOOK,
-        fallback_time=now,
-    )
+    event = _one_invoice_event(tenant, now)
     granted = []
 
     def lease(count: int):  # type: ignore[no-untyped-def]
@@ -223,14 +227,7 @@ async def test_a_commit_leaves_the_room_it_does_not_need_to_a_claim(settings, ru
     lane = runtime.signals.delivery_lane
     lane.attach(lambda items: None, lease=timedelta(seconds=8), capacity=capacity)
     now = utcnow()
-    event = build(
-        tenant=tenant,
-        resource=get_resource("invoice"),
-        freshbooks_event={"name": "invoice.update", "object_id": "1"},
-        obj={"id": 1, "updated": "2026-11-21 07:00:00", "vis_state": 0},
-        origin=ORIGIN_WEBHOOK,
-        fallback_time=now,
-    )
+    event = _one_invoice_event(tenant, now)
     room_for_claims: list[int] = []
 
     def lease(count: int):  # type: ignore[no-untyped-def]
