@@ -151,15 +151,15 @@ async def test_a_claim_with_no_room_does_not_reach_the_database():
 
 
 def test_a_claim_turned_away_while_a_writer_held_the_room_is_woken_when_the_writer_gives_it_back():
-    """A commit's hand-over reserves all the room; deliveries it could not lease (past its room,
-    or in strict order) wait for a claim, which finds no room meanwhile. The room the hand-over
-    did not use wakes that claim, not the next poll a second later."""
+    """A writer holds the room it reserved for a hand-over while its transaction runs; a claim
+    meanwhile (deliveries that wait for one: a retry, a strict-order one) may find none. The room
+    the hand-over did not use wakes that claim, not the next poll a second later."""
     capacity = Capacity(64)
     woken = _running_full(capacity)
     lane: Lane[object] = Lane(lambda: "token")
     lane.attach(lambda items: None, lease=timedelta(seconds=60), capacity=capacity)
     capacity.claimed(capacity.reserve_for_claim(16), 0)  # the last claim saw every row due
-    grant = lane.lease(utcnow(), 1 << 30)  # a commit asks for all the room there is
+    grant = lane.lease(utcnow(), 1 << 30)  # a writer holds all the room there is
     assert grant is not None and grant.count == 64
     assert capacity.reserve_for_claim(16) == 0  # the claim its waiting rows woke is turned away
     lane.hand_over(grant, ["one"])  # one leased and handed over, the rest of the room unused

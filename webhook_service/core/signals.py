@@ -100,8 +100,8 @@ class Capacity:
         after it had fallen below, whoever claims is woken if work may be waiting (:meth:`claimed`):
         it may be claimable now, and a claim then takes a batch (a quarter of the limit at least),
         not the one row a single finished piece of work made room for. A writer's unused room
-        counts too: a claim turned away while the writer held all the room (the rows the writer
-        could not lease wait for it) otherwise slept a whole ``DELIVERY_POLL_INTERVAL``.
+        counts too (a commit that failed, a hand-over with fewer rows than its grant): a claim
+        turned away while the writer held it would otherwise sleep a whole ``DELIVERY_POLL_INTERVAL``.
 
         ``wakes=False`` for a claim's own reservation: one that found fewer rows knows nothing more
         is due, and one that failed would be retried at once, again and again.

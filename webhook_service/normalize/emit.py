@@ -184,7 +184,6 @@ async def _fan_out(
         deliveries.extend(new)
         of_event.extend(events[-1] for _ in new)
     handed: list[HandedRow] = []
-    grant = None
     if lease is not None:
         for row in deliveries:  # past the grant's room (or in strict order) they wait unleased for a claim
             row["lease_owner"], row["lease_until"] = None, None

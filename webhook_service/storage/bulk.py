@@ -217,15 +217,23 @@ def _by_column(shape: Shape, dialect: Dialect, first: int = 1) -> str:
     )
 
 
-@functools.cache
+_together_sql: dict[tuple[tuple[Shape, ...], str], str] = {}
+
+
 def _together(shapes: tuple[Shape, ...], dialect: Dialect) -> str:
-    """PostgreSQL's one statement for several array statements (see :func:`write`)."""
-    parts: list[str] = []
-    first = 1
-    for shape in shapes:
-        parts.append(_by_column(shape, dialect, first))
-        first += len(_parameters(shape))
-    return "WITH " + ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(parts[:-1], 1)) + " " + parts[-1]
+    """PostgreSQL's one statement for several array statements (see :func:`write`), built once per
+    shapes and dialect (keyed by its name, as :func:`_plan` keys its plans: not by each engine's)."""
+    key = (shapes, dialect.name)
+    if key not in _together_sql:
+        parts: list[str] = []
+        first = 1
+        for shape in shapes:
+            parts.append(_by_column(shape, dialect, first))
+            first += len(_parameters(shape))
+        _together_sql[key] = (
+            "WITH " + ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(parts[:-1], 1)) + " " + parts[-1]
+        )
+    return _together_sql[key]
 
 
 def _parameters(shape: Shape) -> dict[str, str]:
