@@ -18,6 +18,7 @@ from webhook_service.storage import outbox
 from webhook_service.storage import subscriptions as store
 from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import new_id, utcnow
+from webhook_service.storage.leased import SubscriptionToSend
 from webhook_service.storage.models import Subscription
 from webhook_service.storage.session import Session
 
@@ -51,7 +52,7 @@ class Created:
     """Shown once: it is stored only encrypted."""
 
 
-def secrets_for_signing(runtime: Runtime, subscription: Subscription, now: datetime) -> list[str]:
+def secrets_for_signing(runtime: Runtime, subscription: SubscriptionToSend, now: datetime) -> list[str]:
     """The current secret, plus the previous one while its rotation grace lasts."""
     current = [runtime.box.decrypt(subscription.secret_enc)]
     if (

@@ -44,8 +44,8 @@ from webhook_service.storage import delivery_records as records
 from webhook_service.storage import outbox
 from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.columns import utcnow
-from webhook_service.storage.leased import EventToSend, HandedDelivery, LeasedDelivery
-from webhook_service.storage.models import Delivery, DeliveryStatus, Subscription
+from webhook_service.storage.leased import EventToSend, HandedDelivery, LeasedDelivery, SubscriptionToSend
+from webhook_service.storage.models import Delivery, DeliveryStatus
 from webhook_service.storage.session import Conflict, Session
 
 log = get_logger(__name__)
@@ -148,7 +148,7 @@ class DeliveryWorker:
         return claimed
 
     async def _attempt_in_slot(
-        self, delivery: LeasedDelivery, event: EventToSend, subscription: Subscription, now: datetime
+        self, delivery: LeasedDelivery, event: EventToSend, subscription: SubscriptionToSend, now: datetime
     ) -> Outcome | None:
         """:meth:`_attempt`, its unit of capacity given back as soon as the send is over."""
         try:
@@ -157,7 +157,7 @@ class DeliveryWorker:
             self._capacity.give_back()
 
     async def _deliver(
-        self, delivery: LeasedDelivery, event: EventToSend, subscription: Subscription, now: datetime
+        self, delivery: LeasedDelivery, event: EventToSend, subscription: SubscriptionToSend, now: datetime
     ) -> None:
         structlog.contextvars.bind_contextvars(delivery_id=delivery.id, event_id=event.id)  # this task's own context
         outcome = await self._attempt_in_slot(delivery, event, subscription, now)
@@ -187,7 +187,7 @@ class DeliveryWorker:
 
     # -- one attempt --------------------------------------------------------------------------
     async def _attempt(
-        self, delivery: LeasedDelivery, event: EventToSend, subscription: Subscription, now: datetime
+        self, delivery: LeasedDelivery, event: EventToSend, subscription: SubscriptionToSend, now: datetime
     ) -> Outcome | None:
         """One send, or None when what is left of the lease cannot cover it (then nothing is sent)."""
         outcome = Outcome(delivery.id, subscription.id, delivery.attempts + 1, now)

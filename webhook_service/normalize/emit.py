@@ -29,8 +29,7 @@ from webhook_service.storage import ledger as ledger_store
 from webhook_service.storage import sequences
 from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.bulk import Write
-from webhook_service.storage.leased import EventToSend, HandedDelivery, LeasedDelivery
-from webhook_service.storage.models import Subscription
+from webhook_service.storage.leased import EventToSend, HandedDelivery, LeasedDelivery, SubscriptionToSend
 from webhook_service.storage.outbox import delivery_rows, event_row, ordering_key
 from webhook_service.storage.session import Session
 
@@ -39,7 +38,7 @@ log = get_logger(__name__)
 Staged = tuple[NormalizedEvent, str, int | None]
 """An event, its tenant id, and the inbox event it came from (None for the backfill)."""
 
-HandedRow = tuple[dict[str, Any], dict[str, Any], Subscription]
+HandedRow = tuple[dict[str, Any], dict[str, Any], SubscriptionToSend]
 """A delivery leased under a grant, as its row, its event's row and its subscription."""
 
 

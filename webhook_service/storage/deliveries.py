@@ -52,6 +52,7 @@ from webhook_service.storage.leased import (
     DELIVERY_COLUMNS,
     EVENT_COLUMNS,
     INBOX_COLUMNS,
+    SUBSCRIPTION_COLUMNS,
     HandedDelivery,
     LeasedInboxEvent,
     from_claimed,
@@ -102,8 +103,7 @@ async def claim_deliveries(
     ids = await _lease(session, due, stamp, owner, {"now": now, "limit": limit, "until": now + lease})
     if not ids:
         return []
-    rows = await session.execute(read, {"ids": ids})
-    claimed = [from_claimed(row) for row in rows.all()]
+    claimed = [from_claimed(row) for row in await compiled.rows(session, read, {"ids": ids})]
     await session.commit()
     return claimed
 
@@ -140,7 +140,7 @@ def _delivery_claim() -> DeliveryClaim:
         .limit(bindparam("limit", type_=Integer))
     )
     read = (
-        select(*DELIVERY_COLUMNS, *EVENT_COLUMNS, Subscription)
+        select(*DELIVERY_COLUMNS, *EVENT_COLUMNS, *SUBSCRIPTION_COLUMNS)
         .join(Event, Event.id == Delivery.event_id)
         .join(Subscription, Subscription.id == Delivery.subscription_id)
         .where(one_of(Delivery.id, "ids"))

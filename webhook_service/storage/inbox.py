@@ -21,12 +21,13 @@ from webhook_service.core.jsontext import compact
 from webhook_service.core.logs import get_logger
 from webhook_service.core.signals import Grant, Lane
 from webhook_service.storage import compiled
+from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.bulk import insert_returning_ids
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import Database
 from webhook_service.storage.leased import LeasedInboxEvent
 from webhook_service.storage.lists import one_of
-from webhook_service.storage.models import Callback, InboxEvent, InboxStatus, Tenant, TenantStatus
+from webhook_service.storage.models import Callback, InboxEvent, InboxStatus, Tenant
 
 log = get_logger(__name__)
 
@@ -106,13 +107,7 @@ def writer(db: Database, settings: Settings, lane: Lane[HandedInboxEvent]) -> Ba
             async with db.bounded_session(settings.inbound_commit_timeout) as session:
                 tenants: dict[str, Tenant] = {}
                 if grant is not None:
-                    found = await session.execute(
-                        select(Tenant).where(
-                            Tenant.id.in_({arrival.tenant_id for arrival in arrivals}),
-                            Tenant.status == TenantStatus.ACTIVE.value,
-                        )
-                    )
-                    tenants = {tenant.id: tenant for tenant in found.scalars()}
+                    tenants = await tenant_store.by_ids(session, (a.tenant_id for a in arrivals), active=True)
                 events = await record_many(
                     session, arrivals, dedupe_window=dedupe_window, lease=grant, leasable=set(tenants), touched=touched
                 )

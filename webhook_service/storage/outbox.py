@@ -27,7 +27,8 @@ from webhook_service.storage import sequences
 from webhook_service.storage import subscriptions as subscription_store
 from webhook_service.storage.bulk import write
 from webhook_service.storage.columns import time_ordered_id
-from webhook_service.storage.models import Delivery, DeliveryStatus, Event, Subscription
+from webhook_service.storage.leased import SubscriptionToSend
+from webhook_service.storage.models import Delivery, DeliveryStatus, Event
 
 
 def new_event_id() -> str:
@@ -43,7 +44,7 @@ def ordering_key(tenant_id: str | None, resource: str, object_id: str) -> str:
 
 
 def delivery_rows(
-    subscriptions: Sequence[Subscription],
+    subscriptions: Sequence[SubscriptionToSend],
     *,
     event_id: str,
     event_type: str,

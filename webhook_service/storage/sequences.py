@@ -9,12 +9,11 @@ sequence it has seen per object never goes back to an older state.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from webhook_service.storage.models import ObjectSequence
+from webhook_service.core.jsontext import compact
+from webhook_service.storage import compiled
 
 ObjectKey = tuple[str, str, str]
 """tenant id (``""`` for none), resource, object id."""
@@ -23,33 +22,37 @@ ObjectKey = tuple[str, str, str]
 async def advance(session: AsyncSession, counts: Mapping[ObjectKey, int]) -> dict[ObjectKey, int]:
     """Reserve ``counts[key]`` consecutive numbers for each object; returns the first of each.
 
-    One statement for the lot (an executemany that SQLAlchemy sends as one multi-row upsert), its
-    rows in one order (two transactions never lock two counters in opposite orders). The rows come
-    back with their keys: asking for them in parameter order instead makes SQLAlchemy send the
-    upsert one row at a time (the table has no sentinel column to sort them by).
+    One statement for the lot, its rows in one order (two transactions never lock two counters in
+    opposite orders), the same SQL for any number of rows, run on the driver (:mod:`.compiled`):
+    every group commit that emits runs it, and SQLAlchemy's multi-row upsert, rendered anew for
+    each number of rows, cost 170 µs of Python a call on SQLite (a batch at a steady rate carries
+    one or two events). The rows come back with their keys, in no promised order.
     """
     if not counts:
         return {}
     keys = sorted(counts)
-    rows: list[dict[str, Any]] = [
-        {"tenant_id": tenant_id, "resource": resource, "object_id": object_id, "last": counts[key]}
-        for key in keys
-        for tenant_id, resource, object_id in (key,)
-    ]
-    result = await session.execute(_UPSERT[session.get_bind().dialect.name], rows)
-    lasts = {(tenant_id, resource, object_id): last for tenant_id, resource, object_id, last in result.all()}
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        parameters: list[object] = [[key[n] for key in keys] for n in range(3)] + [[counts[key] for key in keys]]
+    else:
+        parameters = [compact([[*key, counts[key]] for key in keys]).decode("utf-8")]
+    found = await compiled.fetch(session, _UPSERT[dialect], parameters)
+    lasts = {(tenant_id, resource, object_id): last for tenant_id, resource, object_id, last in found}
     return {key: lasts[key] - counts[key] + 1 for key in keys}
 
 
-def _upsert(dialect: Any) -> Any:
-    """Built once per dialect, so SQLAlchemy compiles it once (a statement with the rows in its
-    VALUES would be compiled anew on every call)."""
-    table = ObjectSequence.__table__
-    statement = dialect.insert(table)
-    return statement.on_conflict_do_update(
-        index_elements=["tenant_id", "resource", "object_id"],
-        set_={"last": table.c.last + statement.excluded.last},
-    ).returning(table.c.tenant_id, table.c.resource, table.c.object_id, table.c.last)
-
-
-_UPSERT = {"postgresql": _upsert(postgresql), "sqlite": _upsert(sqlite)}
+_CONFLICT = (
+    "ON CONFLICT (tenant_id, resource, object_id) DO UPDATE SET last = object_sequences.last + excluded.last "
+    "RETURNING tenant_id, resource, object_id, last"
+)
+_UPSERT = {
+    # One array per column, inserted in the arrays' order (the locks' order).
+    "postgresql": "INSERT INTO object_sequences (tenant_id, resource, object_id, last) SELECT t, r, o, n "
+    "FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::bigint[]) WITH ORDINALITY AS v(t, r, o, n, k) "
+    f"ORDER BY k {_CONFLICT}",
+    # One JSON array of rows (SQLite 3.38, as storage.lists); "WHERE true" keeps the upsert's ON
+    # from being read as a join's.
+    "sqlite": "INSERT INTO object_sequences (tenant_id, resource, object_id, last) "
+    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?) WHERE true "
+    f"{_CONFLICT}",
+}

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from webhook_service.storage import compiled
 from webhook_service.storage.deliveries import DUE
+from webhook_service.storage.leased import SUBSCRIPTION_COLUMNS, SubscriptionToSend
 from webhook_service.storage.models import Delivery, DeliveryStatus, Subscription
 from webhook_service.storage.paging import Position, newer_than
 
@@ -29,9 +33,15 @@ async def list_page(session: AsyncSession, *, after: Position | None = None, lim
     return list((await session.execute(query)).scalars())
 
 
-async def enabled(session: AsyncSession) -> list[Subscription]:
-    """Every enabled subscription: what an event may fan out to."""
-    return list((await session.execute(select(Subscription).where(Subscription.enabled.is_(True)))).scalars())
+async def enabled(session: AsyncSession) -> list[SubscriptionToSend]:
+    """Every enabled subscription: what an event may fan out to (read in every transaction that
+    emits, so as records, on the driver: see :mod:`~webhook_service.storage.leased`)."""
+    return [SubscriptionToSend(*row) for row in await compiled.rows(session, _enabled(), {})]
+
+
+@functools.cache
+def _enabled() -> Select[Any]:
+    return select(*SUBSCRIPTION_COLUMNS).where(Subscription.enabled.is_(True))
 
 
 def add(session: AsyncSession, subscription: Subscription) -> None:

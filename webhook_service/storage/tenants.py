@@ -9,13 +9,15 @@ for, and returns whether it matched: a ``False`` means the lease was lost (see
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from webhook_service.storage.columns import new_id
+from webhook_service.storage.lists import one_of
 from webhook_service.storage.models import Tenant, TenantStatus
 from webhook_service.storage.paging import Position, newer_than
 
@@ -29,10 +31,21 @@ async def get_by_business(session: AsyncSession, business_id: int) -> Tenant | N
     return result.scalar_one_or_none()
 
 
-async def by_ids(session: AsyncSession, tenant_ids: Iterable[str]) -> dict[str, Tenant]:
-    """The tenants of these ids that exist, by id."""
-    found = await session.execute(select(Tenant).where(Tenant.id.in_(set(tenant_ids))))
+async def by_ids(session: AsyncSession, tenant_ids: Iterable[str], *, active: bool = False) -> dict[str, Tenant]:
+    """The tenants of these ids that exist (``active``: that are active), by id.
+
+    Every inbox group commit that hands events over reads them, and every inbox claim: the
+    statement is built once, its list one parameter (:func:`~webhook_service.storage.lists.one_of`).
+    Built per call, with an expanding ``IN``, its Python cost 300 µs more than the read itself.
+    """
+    found = await session.execute(_by_ids(active), {"ids": list(set(tenant_ids))})
     return {tenant.id: tenant for tenant in found.scalars()}
+
+
+@functools.cache
+def _by_ids(active: bool) -> Select[Tenant]:
+    query = select(Tenant).where(one_of(Tenant.id, "ids"))
+    return query.where(Tenant.status == TenantStatus.ACTIVE.value) if active else query
 
 
 async def for_business(session: AsyncSession, business_id: int, *, now: datetime) -> Tenant:
