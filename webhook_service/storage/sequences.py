@@ -50,9 +50,10 @@ _UPSERT = {
     "postgresql": "INSERT INTO object_sequences (tenant_id, resource, object_id, last) SELECT t, r, o, n "
     "FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::bigint[]) WITH ORDINALITY AS v(t, r, o, n, k) "
     f"ORDER BY k {_CONFLICT}",
-    # One JSON array of rows (SQLite 3.38, as storage.lists); "WHERE true" keeps the upsert's ON
-    # from being read as a join's.
+    # One JSON array of rows, read by json_each (as storage.lists); "WHERE true" keeps the upsert's
+    # ON from being read as a join's.
     "sqlite": "INSERT INTO object_sequences (tenant_id, resource, object_id, last) "
-    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?) WHERE true "
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
+    "json_extract(value, '$[3]') FROM json_each(?) WHERE true "
     f"{_CONFLICT}",
 }
