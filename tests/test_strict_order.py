@@ -94,3 +94,15 @@ async def test_a_batch_reserves_consecutive_sequences_per_object(runtime):
         await session.rollback()  # numbers reserved by a transaction that rolls back are not taken
     async with runtime.db.sessions() as session:
         assert await sequences.advance(session, {c: 1}) == {c: 2}
+
+
+async def test_a_large_batch_keeps_each_objects_key_as_written(runtime):
+    """Many objects in one statement, ids that only look like numbers kept as the text they are:
+    ``0042`` and ``42`` are two objects, each with its own counter."""
+    keys = [("t", "invoice", f"{n:04d}") for n in range(300)] + [("t", "invoice", "42"), ("", "invoice", "42")]
+    async with runtime.db.sessions() as session:
+        first = await sequences.advance(session, {key: 2 for key in keys})
+        again = await sequences.advance(session, {key: 1 for key in keys})
+        await session.commit()
+    assert first == {key: 1 for key in keys}
+    assert again == {key: 3 for key in keys}
