@@ -3,20 +3,23 @@ SQLAlchemy's adapter) read, write, commit and fail as the engine's do."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import timedelta
 
 import pytest
 from conftest import ON_POSTGRES
 from records import tenant_row
-from sqlalchemy import bindparam, exc, func, select
+from sqlalchemy import bindparam, exc, func, select, text
 
+from webhook_service.contract import operational
 from webhook_service.inbound import registrar
-from webhook_service.storage import bulk, compiled, inbox
+from webhook_service.storage import bulk, compiled, inbox, outbox
 from webhook_service.storage import callbacks as callback_store
+from webhook_service.storage import tenants as tenant_store
 from webhook_service.storage.columns import utcnow
 from webhook_service.storage.database import unavailable
-from webhook_service.storage.models import InboxEvent, Tenant
+from webhook_service.storage.models import InboxEvent, Tenant, TenantStatus
 from webhook_service.storage.session import Conflict, conflicts
 
 _TENANT_IDS = select(Tenant.id).where(Tenant.id == bindparam("id"))
@@ -74,14 +77,15 @@ async def test_a_write_that_breaks_a_constraint_fails_as_sqlalchemys_error_with_
 
 
 async def test_a_transaction_begun_without_a_connection_gets_one(runtime):
-    """``add`` begins a transaction that has no connection yet; the driver's lookup must connect
-    through the async session then, not fail for want of a greenlet."""
+    """A transaction begun and not used yet has no connection; the driver's lookup must connect
+    through the async session then, not fail for want of a greenlet. A row added to it later is
+    flushed before the next statement on the driver, which finds it."""
     await runtime.db.engine.dispose()  # no pooled connection: the next one is made, which is I/O
     async with runtime.db.sessions() as session:
-        session.add(tenant_row(runtime.box, "ten_compiled", account_id="ACC9", business_id=9, now=utcnow()))
+        await session.begin()
         assert session.in_transaction()
         assert await compiled.rows(session, _TENANT_IDS, {"id": "ten_compiled"}) == []
-        await session.flush()  # the same transaction and connection: the row goes in
+        session.add(tenant_row(runtime.box, "ten_compiled", account_id="ACC9", business_id=9, now=utcnow()))
         found = await compiled.rows(session, _TENANT_IDS, {"id": "ten_compiled"})
         assert [tuple(row) for row in found] == [("ten_compiled",)]
         await session.rollback()
@@ -142,3 +146,64 @@ async def test_a_connection_the_server_dropped_fails_as_the_engines_and_is_not_u
         assert caught.value.connection_invalidated
     async with runtime.db.sessions() as session:  # a new connection
         assert (await compiled.rows(session, select(func.pg_backend_pid()), {}))[0][0] != backend
+
+
+async def test_a_statement_on_the_driver_comes_after_the_sessions_pending_changes(runtime, tenant):
+    """As the ORM's own statements do (autoflush): a change made to an instance is written before
+    the next statement runs, whichever way that statement goes. Disconnecting a tenant changes its
+    row and then emits ``tenant.disconnected`` in the same transaction; were the row's update held
+    back to the commit, the transaction would lock the event's sequence counter before the tenant's
+    row, the reverse of a backfill of that tenant, and PostgreSQL would end one of them as a deadlock."""
+    async with runtime.db.sessions() as session:
+        row = await session.get(Tenant, tenant.id)
+        row.status_reason = "changed, not flushed"
+        [(seen,)] = await compiled.rows(
+            session, select(Tenant.status_reason).where(Tenant.id == bindparam("id")), {"id": tenant.id}
+        )
+        await session.rollback()
+    assert seen == "changed, not flushed"
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="two transactions at once on one database: PostgreSQL's row locks")
+async def test_a_disconnection_and_a_refresh_that_finds_the_grant_revoked_wait_for_each_other(runtime, tenant):
+    """Both change the tenant's row and emit an event of the tenant (one sequence counter). The
+    refresh (``mark_reauth_required``'s writes) is made to arrive after the disconnection has
+    emitted and before it commits. The disconnection's change to the row goes first, so the refresh
+    waits for the row and then finds the tenant no longer active; with the change held back to the
+    commit, each would hold what the other waits for, and PostgreSQL would end one as a deadlock."""
+    now = utcnow()
+
+    async def refresh_finds_the_grant_revoked() -> Tenant | None:
+        async with runtime.db.sessions() as session:
+            moved = await tenant_store.leave_active(
+                session, tenant.id, TenantStatus.REAUTH_REQUIRED, "revoked", now=now
+            )
+            if moved is not None:
+                event = operational.reauth_required(moved, reason="revoked", reconnect_url="http://x/", at=now)
+                await outbox.emit(session, event, now=now)
+            await session.commit()
+            return moved
+
+    async with runtime.db.sessions() as session:
+        row = await session.get(Tenant, tenant.id)
+        row.status, row.status_reason = TenantStatus.DISCONNECTED.value, "disconnected by operator"
+        await outbox.emit(session, operational.disconnected(row, reason="by operator", revoked=True, at=now), now=now)
+        refresh = asyncio.create_task(refresh_finds_the_grant_revoked())
+        async with asyncio.timeout(10):  # until the refresh waits for a lock this transaction holds
+            while not await _waiting_for_a_lock(runtime):
+                await asyncio.sleep(0.01)
+        await session.commit()
+    assert await refresh is None  # it waited, then found the tenant disconnected
+    async with runtime.db.sessions() as session:
+        assert (await session.get(Tenant, tenant.id)).status == TenantStatus.DISCONNECTED.value
+
+
+async def _waiting_for_a_lock(runtime) -> bool:
+    async with runtime.db.engine.connect() as connection:
+        waiting = await connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+        )
+        return bool(waiting.scalar_one())

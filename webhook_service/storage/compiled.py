@@ -89,9 +89,17 @@ async def driver(session: AsyncSession) -> Driver:
     The async session's calls are a greenlet switch each, which cost as much as the statement they
     lead to: a transaction that holds its connection already gives it up without one (the sync
     transaction's ``connections``, which never connects), and it is kept in the session's ``info``
-    beside the transaction it belongs to. Only a transaction without a connection yet (begun by
-    ``add``, say, or not at all) goes through the async session to get one."""
-    transaction = session.sync_session.get_transaction()
+    beside the transaction it belongs to. Only a transaction without a connection yet (begun but
+    not used, or not at all) goes through the async session to get one.
+
+    Changes the session holds are flushed first, as the ORM's own statements do (autoflush): a
+    statement here comes after them in the transaction, sees them, and takes its locks after
+    theirs. Holding them back to the commit turned a tenant's disconnection (its row changed, then
+    its event's sequence counter) into the reverse of a backfill's order, and a deadlock."""
+    sync = session.sync_session
+    if sync.autoflush and (sync.new or sync.dirty or sync.deleted):
+        await session.flush()
+    transaction = sync.get_transaction()
     kept = session.info.get(_DRIVER)
     if kept is not None and kept[0] is transaction:
         return kept[1]
@@ -101,7 +109,7 @@ async def driver(session: AsyncSession) -> Driver:
     else:  # connecting is I/O
         made = (await session.connection()).sync_connection
         assert made is not None
-        connection, transaction = made, session.sync_session.get_transaction()
+        connection, transaction = made, sync.get_transaction()
     found: Driver
     if connection.dialect.name == "sqlite":
         inline = connection.connection.driver_connection
