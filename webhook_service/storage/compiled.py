@@ -95,7 +95,8 @@ async def driver(session: AsyncSession) -> Driver:
     Changes the session holds are flushed first, as the ORM's own statements do (autoflush): a
     statement here comes after them in the transaction, sees them, and takes its locks after
     theirs. Holding them back to the commit turned a tenant's disconnection (its row changed, then
-    its event's sequence counter) into the reverse of a backfill's order, and a deadlock."""
+    its event's sequence counter) into the reverse of a refresh that finds the grant revoked (the
+    row, then ``tenant.reauth_required``'s counter), and a deadlock."""
     sync = session.sync_session
     if sync.autoflush and (sync.new or sync.dirty or sync.deleted):
         await session.flush()
