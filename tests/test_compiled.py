@@ -153,7 +153,8 @@ async def test_a_statement_on_the_driver_comes_after_the_sessions_pending_change
     the next statement runs, whichever way that statement goes. Disconnecting a tenant changes its
     row and then emits ``tenant.disconnected`` in the same transaction; were the row's update held
     back to the commit, the transaction would lock the event's sequence counter before the tenant's
-    row, the reverse of a backfill of that tenant, and PostgreSQL would end one of them as a deadlock."""
+    row, the reverse of a refresh that finds the grant revoked, and PostgreSQL would end one of them
+    as a deadlock (the next test makes the two meet)."""
     async with runtime.db.sessions() as session:
         row = await session.get(Tenant, tenant.id)
         row.status_reason = "changed, not flushed"
