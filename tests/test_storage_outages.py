@@ -18,6 +18,7 @@ import httpx
 import pytest
 from conftest import ON_POSTGRES, OWNER_ACCOUNT_ID
 from processes import accepted, deployment, webhook_ids_by_object
+from prometheus_client import REGISTRY
 from sqlalchemy.engine import make_url
 
 from webhook_service.duties.holder import Duty, hold
@@ -271,6 +272,55 @@ async def test_a_process_stuck_in_its_write_turn_bounds_the_wait_and_the_turn_pa
     finally:
         beat.cancel()
         os.close(holder)
+
+
+def _writer_metrics() -> tuple[float, float, float]:
+    """The writer gate's waits (count, seconds) and the seconds this process held it."""
+    sample = REGISTRY.get_sample_value
+    return (
+        sample("webhook_service_sqlite_writer_wait_seconds_count") or 0.0,
+        sample("webhook_service_sqlite_writer_wait_seconds_sum") or 0.0,
+        sample("webhook_service_sqlite_writer_held_seconds_total") or 0.0,
+    )
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="the writer gate is the SQLite engine's")
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_the_writer_gate_reports_its_waits_and_holds(runtime):
+    """What tells an operator SQLite's one writer has become the ceiling: a write that finds the
+    gate free counts a wait of 0; one kept out by another process counts at least the time it was
+    kept out; every write adds the time this process held the gate."""
+    database = make_url(runtime.settings.database_url).database
+
+    async def write() -> None:
+        async with runtime.db.sessions() as session:
+            await leases.touch(session, "gate-metrics")
+            await session.commit()
+
+    count, waited, held = _writer_metrics()
+    await write()
+    after = _writer_metrics()
+    assert after[0] == count + 1 and after[1] == waited, "a free gate is a wait of 0"
+    assert after[2] > held
+
+    holder = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another process's write turn
+        count, waited, held = _writer_metrics()
+        waiting = asyncio.create_task(write())
+        while not any(thread.name == "sqlite-writer-gate" for thread in threading.enumerate()):
+            await asyncio.sleep(0.005)  # until the write waits for the gate on its thread
+        kept_out = time.monotonic()
+        await asyncio.sleep(0.2)  # the other process keeps its turn this long
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        kept_out = time.monotonic() - kept_out
+        await asyncio.wait_for(waiting, 5.0)
+    finally:
+        os.close(holder)
+    after = _writer_metrics()
+    assert after[0] == count + 1
+    assert after[1] - waited >= kept_out, f"counted {after[1] - waited:.3f} s of a {kept_out:.3f} s wait"
+    assert after[2] > held
 
 
 @pytest.mark.skipif(ON_POSTGRES, reason="held through the SQLite writer gate")

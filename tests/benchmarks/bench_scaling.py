@@ -133,6 +133,7 @@ class Burst:
     delivered: int
     cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds over the run
     peak_mb: dict[str, float] = field(default_factory=dict)
+    writer_held_s: float | None = None  # SQLite's writer held over the run, all processes (None: not reported)
 
     @property
     def accepted(self) -> int:
@@ -213,6 +214,7 @@ async def burst(run: Run, concurrency: int, *, drain_timeout: float, wait_for_de
         "sink": _pid_named(run, "sink"),
     }
     before = {name: cpu_seconds(pid) or 0.0 for name, pid in {**pids, **others}.items()}
+    held_before = await writer_held(run.stack.service_url)
     database_before = database_cpu()
     driver_before = time.process_time()
     pending = iter(run.bodies)
@@ -249,7 +251,21 @@ async def burst(run: Run, concurrency: int, *, drain_timeout: float, wait_for_de
     if database_before is not None:
         result.cpu["postgres"] = (database_cpu() or 0.0) - database_before
     result.peak_mb = {name: hwm_mb(pid) or math.nan for name, pid in pids.items()}
+    held_after = await writer_held(run.stack.service_url)
+    if held_before is not None and held_after is not None:
+        result.writer_held_s = held_after - held_before
     return result
+
+
+async def writer_held(service_url: str) -> float | None:
+    """Seconds the service's processes have held SQLite's one writer, all together (its web
+    process's ``/metrics``); None from a build that does not report it."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        metrics = (await client.get(f"{service_url}/metrics")).text
+    for line in metrics.splitlines():
+        if line.startswith("webhook_service_sqlite_writer_held_seconds_total "):
+            return float(line.split()[1])
+    return None
 
 
 def database_cpu() -> float | None:
@@ -410,6 +426,8 @@ async def run_pipeline(args: argparse.Namespace, databases: Databases, procs: Ch
             )
             print(f"   {'':<24} CPU: {describe_cpu(result.cpu, result.wall)}")
             print(f"   {'':<24} peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in result.peak_mb.items()))
+            if result.writer_held_s:  # SQLite: the one writer every process takes turns at
+                print(f"   {'':<24} SQLite's writer held {result.writer_held_s / result.wall:.0%} of the run")
 
     def best(label: str, key) -> float:
         values = [key(r) for r in results.get(label, []) if r.pipeline_s]
@@ -429,6 +447,12 @@ async def run_pipeline(args: argparse.Namespace, databases: Databases, procs: Ch
     single = [r for r in results.get("serve --workers 1", []) if r.pipeline_s and rate(r) == one]
     if single:
         print(f"   {ceiling(single[0], os.cpu_count() or 1)}")
+        if single[0].writer_held_s:
+            share = single[0].writer_held_s / single[0].wall
+            print(
+                f"   SQLite's writer: the 1-worker run held it {share:.0%} of its time; at the same hold per event, "
+                f"any number of processes carry at most {1 / share:.2f}x its rate"
+            )
     print("\n== 3. CPU per event (service processes, CPU-seconds per 1,000 events; least of the rounds)")
     for label in results:
         print(f"   {label:<24} {-best(label, cpu_per_1000):5.2f}")

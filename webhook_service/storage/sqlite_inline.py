@@ -42,6 +42,8 @@ from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
+from webhook_service.core.metrics import SQLITE_WRITER_HELD_SECONDS, SQLITE_WRITER_WAIT_SECONDS
+
 R = TypeVar("R")
 
 LOCK_DEADLINE: ContextVar[float | None] = ContextVar("sqlite_lock_deadline", default=None)
@@ -125,11 +127,15 @@ class InlineCursor:
 
 class WriterGate:
     """This connection's hold on ``PATH-writer.lock``: one write transaction at a time across the
-    service's processes, handed from one to the next by the kernel as soon as it is released."""
+    service's processes, handed from one to the next by the kernel as soon as it is released.
+
+    Its waits and holds are metrics: with several processes on one file, the share of time the
+    writer is held (summed over them) is what says SQLite has become the ceiling."""
 
     def __init__(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.held = False
+        self._held_since = 0.0
         # A waiting thread may outlive the connection (given up on, then the connection closed):
         # the descriptor is closed by whichever of them ends last, never under a thread using it
         # (its number could by then name another file).
@@ -143,6 +149,7 @@ class WriterGate:
         except BlockingIOError:
             return False
         self.held = True
+        self._held_since = time.monotonic()
         return True
 
     async def take(self, wait: float) -> bool:
@@ -150,9 +157,17 @@ class WriterGate:
         (never the loop's, never the pool's that commits): it returns the moment the holder lets go.
         Given up on, the thread lets go as soon as it gets the lock."""
         if self.try_take():
+            SQLITE_WRITER_WAIT_SECONDS.observe(0.0)
             return True
         if wait <= 0:
             return False
+        started = time.monotonic()
+        try:
+            return await self._wait(wait)
+        finally:
+            SQLITE_WRITER_WAIT_SECONDS.observe(time.monotonic() - started)
+
+    async def _wait(self, wait: float) -> bool:
         loop = asyncio.get_running_loop()
         taken: asyncio.Future[None] = loop.create_future()
         decided = threading.Lock()  # whoever decides second (got it / gave up) lets the lock go
@@ -165,6 +180,7 @@ class WriterGate:
         def block() -> None:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
+                self._held_since = time.monotonic()
                 with decided:
                     if state["gave_up"]:
                         fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -197,6 +213,7 @@ class WriterGate:
         if self.held:
             self.held = False
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+            SQLITE_WRITER_HELD_SECONDS.inc(time.monotonic() - self._held_since)
 
     def close(self) -> None:
         self.release()
