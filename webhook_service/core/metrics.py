@@ -81,16 +81,11 @@ STORAGE_UNAVAILABLE = Counter(
     "slow), full (disk full), error (other database failure), queue_full.",
     ["reason"],
 )
-SQLITE_WRITER_WAIT_SECONDS = Histogram(
-    "webhook_service_sqlite_writer_wait_seconds",
-    "SQLite only: how long a write transaction waited for SQLite's one writer (PATH-writer.lock) while "
-    "another connection of this or another of the service's processes held it; 0 when it was free.",
-    buckets=_LATENCY,
-)
 SQLITE_WRITER_HELD_SECONDS = Counter(
     "webhook_service_sqlite_writer_held_seconds_total",
-    "SQLite only: seconds this process held SQLite's one writer. Summed over the processes, its rate is "
-    "the share of time the writer was busy: near 1, more processes cannot write more.",
+    "SQLite only: seconds this process held SQLite's one writer (PATH-writer.lock), reported about once a "
+    "second. Summed over the processes, its rate is the share of time the writer was busy: near 1, more "
+    "processes cannot write more.",
 )
 RETENTION_PURGED = Counter(
     "webhook_service_retention_purged_rows_total",
