@@ -234,9 +234,7 @@ class WriterGate:
 
     def close(self) -> None:
         self.release()
-        if self._report_due is not None:
-            self._report_due.cancel()
-        self.report()
+        self.report()  # a timer still due finds nothing more to report (not cancelled: close may run off the loop)
         with self._mutex:
             self._closed = True
             last = self._waiters == 0
