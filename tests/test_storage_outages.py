@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy.engine import make_url
 
 from webhook_service.duties.holder import Duty, hold
-from webhook_service.storage import leases, sqlite_inline
+from webhook_service.storage import leases, sqlite_inline, writer_gate
 from webhook_service.storage.database import unavailable
 
 pytestmark = pytest.mark.slow
@@ -274,6 +274,57 @@ async def test_a_process_stuck_in_its_write_turn_bounds_the_wait_and_the_turn_pa
         os.close(holder)
 
 
+def _gate_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "sqlite-writer-gate" and thread.is_alive()]
+
+
+def _blocked_in_the_kernel(threads: list[threading.Thread]) -> bool:
+    """Every one of ``threads`` asleep in a system call (here: ``flock``), by ``/proc``."""
+    for thread in threads:
+        with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] != "S":
+                return False
+    return True
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="the writer gate is the SQLite engine's")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the waiting thread's state from /proc")
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_wait_given_up_on_never_lets_go_of_the_next_writes_turn(tmp_path):
+    """A bounded write gives up while another process holds the writer; the connection's next write
+    waits too. When the holder lets go while the loop is busy (the waiting threads then need the
+    GIL before they can act), the next write gets the turn and really holds it: the file stays
+    locked against every other process until it lets go. (With a thread per wait, both were
+    granted the lock, which belongs to the open file, and the one given up on then let it go.)"""
+    path = str(tmp_path / "service.db-writer.lock")
+    gate = writer_gate.WriterGate(path)
+    holder = os.open(path, os.O_RDWR)
+    other_process = os.open(path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        assert not await gate.take(0.05)  # given up on
+        next_write = asyncio.create_task(gate.take(5.0))
+        await asyncio.sleep(0)
+        while not (_gate_threads() and _blocked_in_the_kernel(_gate_threads())):
+            await asyncio.sleep(0.005)  # until every waiting thread is blocked in flock
+        assert not next_write.done()
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        busy_until = time.monotonic() + 0.05
+        while time.monotonic() < busy_until:  # the loop busy, holding the GIL, as in service
+            pass
+        assert await asyncio.wait_for(next_write, 5.0)
+        while _gate_threads():
+            await asyncio.sleep(0.005)  # every waiting thread has decided
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other_process, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        gate.release()
+        fcntl.flock(other_process, fcntl.LOCK_EX | fcntl.LOCK_NB)  # and free once it lets go
+    finally:
+        gate.close()
+        os.close(holder)
+        os.close(other_process)
+
+
 def _writer_held() -> float:
     return REGISTRY.get_sample_value("webhook_service_sqlite_writer_held_seconds_total") or 0.0
 
@@ -283,7 +334,7 @@ async def test_the_time_a_transaction_holds_the_writer_is_reported(runtime, monk
     """What tells an operator SQLite's one writer has become the ceiling: the seconds each process
     holds it. A transaction that keeps the writer 0.2 s adds at least that much, reported shortly
     after (a second in service, here a tenth), with no further write needed to report it."""
-    monkeypatch.setattr(sqlite_inline, "PUBLISH_EVERY", 0.1)
+    monkeypatch.setattr(writer_gate, "PUBLISH_EVERY", 0.1)
     before = _writer_held()
     async with runtime.db.sessions() as session:
         await leases.touch(session, "gate-metrics")  # the first write takes the writer

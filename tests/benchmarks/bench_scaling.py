@@ -84,7 +84,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from webhook_service.storage.models import InboxEvent
-from webhook_service.storage.sqlite_inline import PUBLISH_EVERY
+from webhook_service.storage.writer_gate import PUBLISH_EVERY
 
 INGEST_TARGET = 0.5  # web role / bare endpoint
 SCALING_TARGET = 1.4  # 2 workers / 1 worker

@@ -18,11 +18,8 @@ worker thread. Several processes on one SQLite file are supported; PostgreSQL is
 scales out.
 
 Between the service's own processes (``serve --workers N``, a CLI command beside them) a write
-transaction first takes an OS lock on a file beside the database (``PATH-writer.lock``, ``flock``):
-SQLite's busy handler waits for another process's lock by sleeping in steps of up to 100 ms, so
-three processes committing a few hundred times a second spent more time asleep than writing, while
-the kernel hands a released ``flock`` to the next waiter at once. A process that does not take it
-(the ``sqlite3`` shell, a backup) is still waited for as above.
+transaction first takes its turn at the writer (:mod:`.writer_gate`). A process that does not take
+one (the ``sqlite3`` shell, a backup) is still waited for as above.
 
 Only the calls the dialect makes are provided (see ``sqlalchemy.dialects.sqlite.aiosqlite``);
 used through ``create_async_engine(..., async_creator=...)``.
@@ -32,17 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 import re
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from webhook_service.core.metrics import SQLITE_WRITER_HELD_SECONDS
+from webhook_service.storage.writer_gate import WriterGate
 
 R = TypeVar("R")
 
@@ -50,12 +44,6 @@ LOCK_DEADLINE: ContextVar[float | None] = ContextVar("sqlite_lock_deadline", def
 """``time.monotonic()`` by which a statement must have the database's lock, or fail ("database is
 locked"): set by a caller that answers someone waiting (the webhook endpoint)."""
 
-PUBLISH_EVERY = 1.0
-"""Seconds after a write begins that the time its connection has held the writer is reported, on
-the loop's thread. Reported at every release instead, the metric's own lock and file write
-(prometheus-client's multiprocess mode) shifted who won the writer between the processes: in
-bursts with two workers the web process never reached its faster ingest (0 runs in 22, against
-12 in 22 without the report)."""
 
 _WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
 """The statements Python's sqlite3 opens a transaction for (its legacy transaction control)."""
@@ -130,123 +118,6 @@ class InlineCursor:
 
     async def close(self) -> None:
         self._cursor.close()
-
-
-class WriterGate:
-    """This connection's hold on ``PATH-writer.lock``: one write transaction at a time across the
-    service's processes, handed from one to the next by the kernel as soon as it is released.
-
-    How long it holds the writer is a metric: with several processes on one file, the share of
-    time the writer is held (summed over them) is what says SQLite has become the ceiling."""
-
-    def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self.held = False
-        self._held_since = 0.0
-        # Seconds held in all, and as reported: each written by one side only (a release on
-        # whichever thread commits, a report on the loop's), so neither loses the other's update.
-        self._held_total = 0.0
-        self._reported_total = 0.0
-        self._report_due: asyncio.TimerHandle | None = None
-        # A waiting thread may outlive the connection (given up on, then the connection closed):
-        # the descriptor is closed by whichever of them ends last, never under a thread using it
-        # (its number could by then name another file).
-        self._mutex = threading.Lock()
-        self._waiters = 0
-        self._closed = False
-
-    def try_take(self) -> bool:
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        self.held = True
-        self._held_since = time.monotonic()
-        return True
-
-    async def take(self, wait: float) -> bool:
-        """Within ``wait`` seconds, or False. The wait is a blocking ``flock`` on a thread of its own
-        (never the loop's, never the pool's that commits): it returns the moment the holder lets go.
-        Given up on, the thread lets go as soon as it gets the lock."""
-        loop = asyncio.get_running_loop()
-        if self._report_due is None:
-            self._report_due = loop.call_later(PUBLISH_EVERY, self.report, loop)
-        if self.try_take():
-            return True
-        if wait <= 0:
-            return False
-        taken: asyncio.Future[None] = loop.create_future()
-        decided = threading.Lock()  # whoever decides second (got it / gave up) lets the lock go
-        state = {"got": False, "gave_up": False}
-
-        def announce() -> None:
-            if not taken.done():
-                taken.set_result(None)
-
-        def block() -> None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
-                self._held_since = time.monotonic()
-                with decided:
-                    if state["gave_up"]:
-                        fcntl.flock(self._fd, fcntl.LOCK_UN)
-                        return
-                    state["got"] = True
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(announce)
-            finally:
-                self._waited()
-
-        with self._mutex:
-            self._waiters += 1
-        threading.Thread(target=block, name="sqlite-writer-gate", daemon=True).start()
-        try:
-            async with asyncio.timeout(wait):
-                await asyncio.shield(taken)
-        except BaseException as exc:
-            with decided:
-                state["gave_up"] = True
-                got = state["got"]
-            if got:  # it came in just as we gave up: let it go at once
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            if isinstance(exc, TimeoutError):
-                return False
-            raise
-        self.held = True
-        return True
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            self._held_total += time.monotonic() - self._held_since
-
-    def report(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Add the time held since the last report to ``webhook_service_sqlite_writer_held_seconds_total``
-        (and, from ``loop``'s timer, come back while a hold is still under way)."""
-        self._report_due = None
-        if loop is not None and self.held and not loop.is_closed():
-            self._report_due = loop.call_later(PUBLISH_EVERY, self.report, loop)
-        held = self._held_total
-        if held > self._reported_total:
-            SQLITE_WRITER_HELD_SECONDS.inc(held - self._reported_total)
-            self._reported_total = held
-
-    def close(self) -> None:
-        self.release()
-        self.report()  # a timer still due finds nothing more to report (not cancelled: close may run off the loop)
-        with self._mutex:
-            self._closed = True
-            last = self._waiters == 0
-        if last:
-            os.close(self._fd)
-
-    def _waited(self) -> None:
-        with self._mutex:
-            self._waiters -= 1
-            last = self._closed and self._waiters == 0
-        if last:
-            os.close(self._fd)
 
 
 class InlineConnection:
