@@ -82,9 +82,10 @@ class WriterGate:
         loop = asyncio.get_running_loop()
         if self._report_due is None:
             self._report_due = loop.call_later(PUBLISH_EVERY, self.report, loop)
-        with self._mutex:  # not while a wait's thread decides: it may be about to let go of the file's lock
-            if self._pending is None and self.try_take():
-                return True
+        # No wait's thread is blocked on this descriptor (one granted the lock for nobody let it go
+        # before it cleared itself): else the file's lock could be granted here too, then let go.
+        if self._pending is None and self.try_take():
+            return True
         if wait <= 0:
             return False
         taken: asyncio.Future[None] = loop.create_future()
@@ -122,11 +123,12 @@ class WriterGate:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             self._held_since = time.monotonic()
             with self._mutex:
-                self._pending = None
                 pending.got = True
                 recipient = pending.recipient
                 if recipient is None:  # everyone it was for gave up
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._pending = None  # after letting go: see take()
+                if recipient is None:
                     return
             loop, taken = recipient
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
