@@ -80,6 +80,7 @@ from bench_delivery import (
 )
 from bench_inbound import BARE_SCRIPT, Body, invoice_callback, post, signed_bodies
 from procstats import cpu_seconds, hwm_mb
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -266,9 +267,10 @@ async def writer_held(service_url: str) -> float | None:
     None from a build that does not report it."""
     async with httpx.AsyncClient(timeout=10.0) as client:
         metrics = (await client.get(f"{service_url}/metrics")).text
-    for line in metrics.splitlines():
-        if line.startswith("webhook_service_sqlite_writer_held_seconds_total "):
-            return float(line.split()[1])
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "webhook_service_sqlite_writer_held_seconds_total":
+                return sample.value
     return None
 
 

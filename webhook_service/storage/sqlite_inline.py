@@ -44,7 +44,6 @@ LOCK_DEADLINE: ContextVar[float | None] = ContextVar("sqlite_lock_deadline", def
 """``time.monotonic()`` by which a statement must have the database's lock, or fail ("database is
 locked"): set by a caller that answers someone waiting (the webhook endpoint)."""
 
-
 _WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
 """The statements Python's sqlite3 opens a transaction for (its legacy transaction control)."""
 _BUSY_PRAGMA = re.compile(r"\s*PRAGMA\s+busy_timeout\s*=\s*(\d+)\s*$", re.IGNORECASE)

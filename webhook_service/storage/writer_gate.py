@@ -33,7 +33,7 @@ class _Wait:
 
     def __init__(self) -> None:
         self.got = False
-        self.recipient: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        self.recipient: asyncio.Future[None] | None = None
 
 
 def _announce(taken: asyncio.Future[None]) -> None:
@@ -90,11 +90,12 @@ class WriterGate:
             return False
         taken: asyncio.Future[None] = loop.create_future()
         with self._mutex:
-            pending, fresh = self._pending, self._pending is None
+            pending = self._pending
+            fresh = pending is None
             if pending is None:
                 pending = self._pending = _Wait()
                 self._waiters += 1
-            pending.recipient = (loop, taken)
+            pending.recipient = taken
         if fresh:
             threading.Thread(target=self._block, args=(pending,), name="sqlite-writer-gate", daemon=True).start()
         try:
@@ -102,7 +103,7 @@ class WriterGate:
                 await asyncio.shield(taken)
         except BaseException as exc:
             with self._mutex:
-                ours = pending.recipient is not None and pending.recipient[1] is taken
+                ours = pending.recipient is taken
                 came_in = ours and pending.got  # just as we gave up: let it go at once
                 if ours and not pending.got:
                     pending.recipient = None  # its thread waits on, for whoever comes next
@@ -124,15 +125,13 @@ class WriterGate:
             self._held_since = time.monotonic()
             with self._mutex:
                 pending.got = True
-                recipient = pending.recipient
-                if recipient is None:  # everyone it was for gave up
+                taken = pending.recipient
+                if taken is None:  # everyone it was for gave up
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
                 self._pending = None  # after letting go: see take()
-                if recipient is None:
-                    return
-            loop, taken = recipient
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(_announce, taken)
+            if taken is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    taken.get_loop().call_soon_threadsafe(_announce, taken)
         finally:
             self._waited()
 
