@@ -80,7 +80,7 @@ from bench_delivery import (
 )
 from bench_inbound import BARE_SCRIPT, Body, invoice_callback, post, signed_bodies
 from procstats import cpu_seconds, hwm_mb
-from prometheus_client.parser import text_string_to_metric_families
+from scrape import samples
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -267,11 +267,8 @@ async def writer_held(service_url: str) -> float | None:
     None from a build that does not report it."""
     async with httpx.AsyncClient(timeout=10.0) as client:
         metrics = (await client.get(f"{service_url}/metrics")).text
-    for family in text_string_to_metric_families(metrics):
-        for sample in family.samples:
-            if sample.name == "webhook_service_sqlite_writer_held_seconds_total":
-                return sample.value
-    return None
+    held = samples(metrics, "webhook_service_sqlite_writer_held_seconds_total")
+    return held[0].value if held else None
 
 
 def database_cpu() -> float | None:
@@ -393,11 +390,10 @@ async def run_ingest(args: argparse.Namespace, databases: Databases, procs: Chil
             print(f"   p99 of the first 1,000 answers / of the rest: {config.label} {first}, bare {rest}")
             committed = "every one" if rows == service.accepted else f"MISSED: {rows} rows for {service.accepted}"
             print(f"   acknowledged webhooks committed to the inbox: {rows} of {service.accepted} ({committed})")
-            backlog = httpx.get(f"{run.stack.service_url}/metrics").text
-            queued = [
-                line for line in backlog.splitlines() if line.startswith('webhook_service_backlog{queue="inbox"}')
-            ]
-            print(f"   backlog visible in /metrics afterwards: {queued[0] if queued else 'not found'}")
+            backlog = samples(httpx.get(f"{run.stack.service_url}/metrics").text, "webhook_service_backlog")
+            queued = [sample.value for sample in backlog if sample.labels.get("queue") == "inbox"]
+            shown = f'webhook_service_backlog{{queue="inbox"}} {queued[0]:g}' if queued else "not found"
+            print(f"   backlog visible in /metrics afterwards: {shown}")
 
 
 # -- 2 and 3. the pipeline --------------------------------------------------------------------

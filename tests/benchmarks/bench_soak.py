@@ -72,6 +72,7 @@ from bench_delivery import (
 )
 from bench_inbound import FORM_TYPE, SIGNATURE_HEADER, invoice_callback
 from procstats import hwm_mb, rss_mb
+from scrape import samples
 from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.engine import make_url
 
@@ -177,12 +178,10 @@ class Meter:
         return counts
 
     async def purged(self, client: httpx.AsyncClient) -> dict[str, float]:
-        text_ = (await client.get(f"{self.stack.service_url}/metrics")).text
+        metrics = (await client.get(f"{self.stack.service_url}/metrics")).text
         found = dict.fromkeys(TABLES, 0.0)
-        for line in text_.splitlines():
-            if line.startswith("webhook_service_retention_purged_rows_total{"):
-                table = line.split('table="', 1)[1].split('"', 1)[0]
-                found[table] = float(line.rsplit(" ", 1)[1])
+        for sample in samples(metrics, "webhook_service_retention_purged_rows_total"):
+            found[sample.labels["table"]] = sample.value
         return found
 
     async def unfinished(self) -> dict[str, int]:
