@@ -1,18 +1,37 @@
-"""The inbound benchmark's baseline: a bare Starlette endpoint at the service's webhook path.
+"""The inbound benchmarks' baselines: a bare Starlette endpoint at the service's webhook path, and
+the same endpoint made durable.
 
-It does what any handler of a FreshBooks webhook must do and nothing else: read the form body,
+Bare, it does what any handler of a FreshBooks webhook must do and nothing else: read the form body,
 parse it, answer 200 with a small JSON document. No database, no signature check, no middleware.
-It is served exactly as ``webhook-service serve`` serves the real app (``uvicorn.run`` with
+
+With ``--durable PATH --verifier V`` it also does the least a *durable* receiver must: it checks
+the ``X-FreshBooks-Hmac-SHA256`` signature (FreshBooks' scheme, the service's own function) and
+answers only once the webhook is a committed row of a SQLite file (WAL, ``synchronous=FULL``, as
+the service opens it), written in group commits: the requests that arrive while one commit is on
+its thread share the next. The table has an index on (callback, body hash, arrival), the key the
+service finds redeliveries by. No duplicate lookup, no log line, no request id, no metrics: the
+floor a durable receiver on this stack (Python, Starlette, uvicorn, ``sqlite3``) stands on, so the
+distance between the service and the bare endpoint splits into what durability costs and what the
+service's own work does.
+
+Both are served exactly as ``webhook-service serve`` serves the real app (``uvicorn.run`` with
 ``log_config=None``, ``access_log=False``, ``proxy_headers=True``, uvicorn's default loop and HTTP
-implementation), so the difference between the two is the service's own work.
+implementation), so the difference is the service's own work.
 
     .venv/bin/python tests/benchmarks/bare_app.py --port 9100
+    .venv/bin/python tests/benchmarks/bare_app.py --port 9100 --durable /tmp/floor.db --verifier V
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hashlib
 import itertools
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -20,17 +39,90 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from webhook_service.freshbooks.signature import verify_signature
+
 _ids = itertools.count(1)
+
+Handler = Callable[[Request], Awaitable[JSONResponse]]
+
+
+def _fields(body: bytes) -> dict[str, str]:
+    return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
 
 
 async def receive(request: Request) -> JSONResponse:
-    fields = dict(parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True))
+    fields = _fields(await request.body())
     if not fields.get("name"):
         return JSONResponse({"error": "malformed_body"}, status_code=400)
     return JSONResponse({"status": "accepted", "id": next(_ids)})
 
 
-app = Starlette(routes=[Route("/webhooks/freshbooks/{endpoint_key}", receive, methods=["POST"])])
+class GroupCommit:
+    """Rows committed together, one commit at a time on a thread of its own; each caller waits for
+    the commit that holds its row."""
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY, callback TEXT, body TEXT, "
+            "body_hash TEXT, received_at REAL)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS inbox_dedupe ON inbox (callback, body_hash, received_at)")
+        self._thread = ThreadPoolExecutor(1)
+        self._queued: list[tuple[tuple[object, ...], asyncio.Future[None]]] = []
+        self._flushing = False
+
+    async def add(self, row: tuple[object, ...]) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._queued.append((row, done))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    await loop.run_in_executor(self._thread, self._write, [row for row, _ in batch])
+                except Exception as exc:  # noqa: BLE001 (each waiter gets the failure: nothing was kept)
+                    for _, done in batch:
+                        done.set_exception(exc)
+                else:
+                    for _, done in batch:
+                        done.set_result(None)
+        finally:
+            self._flushing = False
+
+    def _write(self, rows: list[tuple[object, ...]]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.executemany("INSERT INTO inbox (callback, body, body_hash, received_at) VALUES (?, ?, ?, ?)", rows)
+        self._db.execute("COMMIT")
+
+
+def durable(path: str, verifier: str) -> Handler:
+    commits = GroupCommit(path)
+
+    async def receive_durably(request: Request) -> JSONResponse:
+        body = await request.body()
+        fields = _fields(body)
+        if not fields.get("name"):
+            return JSONResponse({"error": "malformed_body"}, status_code=400)
+        if not verify_signature(verifier, fields, request.headers.get("x-freshbooks-hmac-sha256", "")):
+            return JSONResponse({"error": "bad_signature"}, status_code=401)
+        key = request.path_params["endpoint_key"]
+        await commits.add((key, body.decode("utf-8"), hashlib.sha256(body).hexdigest(), time.time()))
+        return JSONResponse({"status": "accepted", "id": next(_ids)})
+
+    return receive_durably
+
+
+def app(handler: Handler = receive) -> Starlette:
+    return Starlette(routes=[Route("/webhooks/freshbooks/{endpoint_key}", handler, methods=["POST"])])
 
 
 def main() -> None:
@@ -39,8 +131,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--durable", metavar="PATH", help="commit each webhook to this SQLite file before answering")
+    parser.add_argument("--verifier", help="with --durable: the callback's verifier the bodies are signed with")
     args = parser.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, proxy_headers=True)
+    if args.durable and not args.verifier:
+        parser.error("--durable needs --verifier")
+    handler = durable(args.durable, args.verifier) if args.durable else receive
+    uvicorn.run(app(handler), host=args.host, port=args.port, log_config=None, access_log=False, proxy_headers=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ the sink, and N invoices seeded. The driver (this process, ``aiohttp``) POSTs Fr
 
 1. Ingest (``serve --role web``, no worker) against the bare Starlette endpoint (``bare_app.py``)
    under the same generator, closed loop: requests/s, p99, and a check that every acknowledged
-   webhook is a committed inbox row (target: >= 0.5x the bare endpoint). Then the same for
+   webhook is a committed inbox row (target: >= 0.5x the bare endpoint). On SQLite, the same
+   endpoint made durable too (``bare_app.py --durable``: the signature checked, each webhook a
+   committed row before its answer, nothing else), the floor under any durable receiver here. Then the same for
    ``serve --web-processes M`` (``--web-processes``, default 2): M web processes sharing the port,
    against a bare endpoint measured again beside it.
 2. Whole pipeline, burst then drain: N webhooks as fast as the web process takes them, timed from
@@ -111,6 +113,7 @@ class Run:
     service_pid: int
     callback_url: str
     bodies: list[Body]
+    verifier: str
 
     def service_pids(self) -> dict[str, int]:
         """The service's processes by role: itself, or a supervisor's children (web first), each
@@ -202,7 +205,7 @@ async def configured(
         ids = await seed_invoices(control, simulator_url, events)
         uri, verifier = await invoice_callback(control, simulator_url)
     try:
-        yield Run(stack, service.popen.pid, uri, signed_bodies(ids, verifier))
+        yield Run(stack, service.popen.pid, uri, signed_bodies(ids, verifier), verifier)
     finally:
         procs.stop_all()
 
@@ -328,7 +331,9 @@ def describe_cpu(cpu: dict[str, float], wall: float) -> str:
 
 
 # -- 1. ingest --------------------------------------------------------------------------------
-async def bare_burst(bodies: list[Body], url: str, pid: int, concurrency: int) -> Burst:
+async def bare_burst(bodies: list[Body], endpoint: tuple[str, int], concurrency: int) -> Burst:
+    """The bodies POSTed to a baseline endpoint (its URL and process id, :func:`start_bare`)."""
+    url, pid = endpoint
     statuses: Counter[str] = Counter()
     latencies: list[float] = []
     pending = iter(bodies)
@@ -345,8 +350,16 @@ async def bare_burst(bodies: list[Body], url: str, pid: int, concurrency: int) -
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         await asyncio.gather(*(lane(session) for _ in range(concurrency)))
     result = Burst(len(bodies), statuses, latencies, time.perf_counter() - started, None, 0)
-    result.cpu = {"bare": (cpu_seconds(pid) or math.nan) - before, "driver": time.process_time() - driver_before}
+    result.cpu = {"endpoint": (cpu_seconds(pid) or math.nan) - before, "driver": time.process_time() - driver_before}
     return result
+
+
+async def start_bare(procs: Children, name: str, endpoint_key: str, args: Sequence[str] = ()) -> tuple[str, int]:
+    """A baseline endpoint (``bare_app.py``) with ``args``: its webhook URL and process id."""
+    port = free_port()
+    bare = procs.start(name, [sys.executable, str(BARE_SCRIPT), "--port", str(port), *args])
+    await wait_for_port(port, procs, f"{name} endpoint")
+    return f"http://127.0.0.1:{port}/webhooks/freshbooks/{endpoint_key}", bare.popen.pid
 
 
 async def run_ingest(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
@@ -364,24 +377,35 @@ async def run_ingest(args: argparse.Namespace, databases: Databases, procs: Chil
     )
     for index, config in enumerate(configs):
         async with configured(databases, procs, config, f"ingest{index}", args.ingest_events) as run:
-            bare_port = free_port()
-            bare = procs.start("bare", [sys.executable, str(BARE_SCRIPT), "--port", str(bare_port)])
-            await wait_for_port(bare_port, procs, "bare endpoint")
-            bare_url = f"http://127.0.0.1:{bare_port}/webhooks/freshbooks/{run.callback_url.rsplit('/', 1)[1]}"
-            baseline = await bare_burst(run.bodies, bare_url, bare.popen.pid, args.concurrency)
+            key = run.callback_url.rsplit("/", 1)[1]
+            baseline = await bare_burst(run.bodies, await start_bare(procs, "bare", key), args.concurrency)
+            floor = None
+            if databases.backend == "sqlite":
+                floor_db = procs.log_dir / f"floor{index}.db"
+                durable = ["--durable", str(floor_db), "--verifier", run.verifier]
+                floor = await bare_burst(run.bodies, await start_bare(procs, "durable", key, durable), args.concurrency)
             service = await burst(run, args.concurrency, drain_timeout=0, wait_for_delivery=False)
             rows = await committed_inbox_rows(run.stack.database_url)
             rate, bare_rate = service.accepted / service.ingest_s, baseline.accepted / baseline.ingest_s
-            for label, result, r in (("bare Starlette", baseline, bare_rate), (config.label, service, rate)):
-                print(
-                    f"   {label:<16} {r:7.0f} req/s   {describe_ms(result.latencies)}   "
-                    f"CPU: {describe_cpu(result.cpu, result.wall)}; {load()}; answers {dict(result.statuses)}"
-                )
+            shown = [("bare Starlette", baseline), ("durable bare", floor), (config.label, service)]
+            for label, result in shown:
+                if result is not None:
+                    print(
+                        f"   {label:<16} {result.accepted / result.ingest_s:7.0f} req/s   "
+                        f"{describe_ms(result.latencies)}   "
+                        f"CPU: {describe_cpu(result.cpu, result.wall)}; {load()}; answers {dict(result.statuses)}"
+                    )
             p99s = [percentile(sorted(r.latencies), 99) * 1000 for r in (service, baseline)]
             print(
                 f"   {config.label} / bare: throughput {rate / bare_rate:.2f}x -> "
                 f"{verdict(rate / bare_rate >= INGEST_TARGET)}; p99 {p99s[0]:.1f} ms vs {p99s[1]:.1f} ms"
             )
+            if floor is not None:
+                floor_rate = floor.accepted / floor.ingest_s
+                print(
+                    f"   durable bare / bare: {floor_rate / bare_rate:.2f}x (the floor: a signature check and a "
+                    f"group commit to SQLite, nothing else); {config.label} / durable bare: {rate / floor_rate:.2f}x"
+                )
             first, rest = (
                 f"{percentile(sorted(r.latencies[:1000]), 99) * 1000:.1f} / "
                 f"{percentile(sorted(r.latencies[1000:]), 99) * 1000:.1f} ms"
