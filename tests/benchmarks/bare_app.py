@@ -28,12 +28,12 @@ import argparse
 import asyncio
 import hashlib
 import itertools
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl
 
+from floor_deliverer import open_durable  # a sibling: the script's directory is on sys.path
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -62,9 +62,7 @@ class GroupCommit:
     the commit that holds its row."""
 
     def __init__(self, path: str) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_durable(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY, callback TEXT, body TEXT, "
             "body_hash TEXT, received_at REAL)"

@@ -28,7 +28,10 @@ Part 1 — deliveries per second (target: >= 2,000/s to a local sink)
     the egress check, aiohttp) ``concurrency`` at a time with nothing recorded, and again with
     each outcome recorded through the worker's group commit. Each beside a baseline loop of its
     own: the first ratio is what the send alone leaves of the target, the second what the records
-    take, and the full drain's the claims (as capacity frees) and a task per send.
+    take, and the full drain's the claims (as capacity frees) and a task per send. On SQLite, last,
+    the floor (``floor_deliverer.py``): the same payloads leased, POSTed and recorded durably by
+    plain ``sqlite3`` and ``aiohttp`` with none of the service's code, beside a baseline loop of its
+    own: what durability alone leaves of the bare loop on this stack.
 
 Part 2 — inbound-to-delivered latency at a steady rate (target: p99 <= 50 ms at 200 events/s)
     Four processes: the FreshBooks simulator, the sink, the service (``webhook-service serve``),
@@ -80,6 +83,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import floor_deliverer  # a sibling: the script's directory is on sys.path
 import httpx
 from procstats import RssSampler, cpu_seconds, hwm_mb, rss_verdict  # a sibling: the script's directory is on sys.path
 from pydantic import SecretStr
@@ -280,6 +284,8 @@ class ThroughputResult:
     sink_received: int
     baseline_received: int
     payload_bytes: int
+    payloads: list[bytes] = field(default_factory=list, repr=False)
+    """The bodies sent, for the floor's trial (:mod:`floor_deliverer`)."""
 
     @property
     def rate(self) -> float:
@@ -431,6 +437,18 @@ async def partial_drain(runtime: Runtime, concurrency: int, *, record: bool) -> 
     return time.perf_counter() - started
 
 
+async def floor_trial(tmp: Path, sink_url: str, payloads: list[bytes], concurrency: int) -> tuple[float, float, int]:
+    """The floor (:mod:`floor_deliverer`) on a fresh SQLite file beside a baseline loop of its own:
+    its seconds, the baseline's, and the attempts it recorded."""
+    baseline_s = await direct_posts(f"{sink_url}/baseline", payloads, concurrency)
+    store = floor_deliverer.FloorStore(str(tmp / f"floor-{secrets.token_hex(4)}.db"), payloads)
+    try:
+        floor_s = await floor_deliverer.drain(store, f"{sink_url}/hook", concurrency, len(payloads))
+        return floor_s, baseline_s, store.attempts()
+    finally:
+        store.close()
+
+
 def numbered(document: dict) -> dict:
     """The body the service sends for a staged event (its first, so ``sequence`` 1)."""
     return {**document, "data": {**document["data"], "sequence": 1}}
@@ -518,6 +536,7 @@ async def throughput_trial(
         sink_received,
         baseline_received,
         payload_bytes=round(sum(map(len, payloads)) / len(payloads)),
+        payloads=payloads,
     )
 
 
@@ -575,6 +594,14 @@ async def run_throughput(args: argparse.Namespace, databases: Databases, procs: 
         f"     {'as the service drains (claims, a task per send): above':<56} service {first.rate:7.0f}/s   "
         f"baseline {first.baseline_rate:7.0f}/s   ratio {first.rate / first.baseline_rate:4.2f}"
     )
+    if databases.backend == "sqlite":
+        floor_s, baseline_s, attempts = await floor_trial(databases.tmp, sink_url, first.payloads, first.concurrency)
+        rate, baseline_rate = len(first.payloads) / floor_s, len(first.payloads) / baseline_s
+        recorded = "" if attempts == len(first.payloads) else f"  ! {attempts} attempts recorded"
+        print(
+            f"     {'the floor: lease, POST, record; sqlite3, no service code':<56} floor   {rate:7.0f}/s   "
+            f"baseline {baseline_rate:7.0f}/s   ratio {rate / baseline_rate:4.2f}{recorded}"
+        )
     best = max(results, key=lambda r: r.rate)
     ratio = results[0].rate / results[0].baseline_rate
     print(
