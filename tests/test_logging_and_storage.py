@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -12,8 +13,11 @@ from conftest import ON_POSTGRES, OWNER_ACCOUNT_ID
 from sqlalchemy import text
 
 from webhook_service.core.logs import REDACTED, configure_logging, get_logger
+from webhook_service.inbound import registrar
+from webhook_service.storage import callbacks as callback_store
 from webhook_service.storage import migrate
 from webhook_service.storage import tenants as tenant_store
+from webhook_service.storage.models import InboxEvent
 
 
 @pytest.fixture
@@ -59,6 +63,40 @@ def test_request_logs_carry_a_request_id_and_no_query_string(json_logs, service)
     assert requests and requests[-1]["request_id"] == response.headers["x-request-id"]
     assert requests[-1]["path"] == "/oauth/freshbooks/callback"
     assert all("SECRETCODE" not in json.dumps(line) for line in lines)
+
+
+async def test_an_accepted_webhook_is_one_request_line_that_says_what_it_became(
+    json_logs, service, runtime, tenant, simulator
+):
+    """A webhook is most of the traffic: its request's one line carries the inbox row, the callback,
+    the tenant and the FreshBooks event, and nothing else at info is written for that request."""
+    await registrar.sync_tenant(runtime, tenant)
+    await asyncio.to_thread(service.settle)
+    [invoice] = simulator.state.seed(OWNER_ACCOUNT_ID, "invoice", 1)
+    async with runtime.db.sessions() as session:
+        [callback] = [cb for cb in await callback_store.active_for_tenant(session, tenant.id) if cb.event == "invoice"]
+    json_logs()  # what came before
+
+    simulator.state.update_object(OWNER_ACCOUNT_ID, "invoice", invoice["id"], {"notes": "one line"})
+    await asyncio.to_thread(service.settle)
+
+    lines = json_logs()
+    [line] = [
+        line
+        for line in lines
+        if line["event"] == "http_request" and line["path"] == f"/webhooks/freshbooks/{callback.endpoint_key}"
+    ]
+    assert line["status"] == 200
+    assert line["callback_id"] == callback.id
+    assert line["tenant_id"] == tenant.id
+    assert line["event_name"] == "invoice.update"
+    assert line["object_id"] == str(invoice["id"])
+    assert line["duplicate"] is False
+    async with runtime.db.sessions() as session:
+        row = await session.get(InboxEvent, line["inbox_id"])
+    assert row is not None and row.callback_id == callback.id
+    said = [other for other in lines if other.get("request_id") == line["request_id"] and other["level"] != "debug"]
+    assert said == [line]
 
 
 @pytest.mark.skipif(ON_POSTGRES, reason="SQLite pragmas")

@@ -69,9 +69,13 @@ def storage_refusals() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Accepted:
+    """What a delivery became: for an event, its inbox row, and what the request's log line says of it."""
+
     kind: str  # "event" or "verification"
     inbox_id: int | None = None
     duplicate: bool = False
+    event_name: str | None = None
+    object_id: str | None = None
 
 
 #: Refusals that a cached copy of the callback may have caused: asked again with the stored row.
@@ -162,16 +166,7 @@ async def _record_event(
     due = not duplicate or event.next_attempt_at is not None  # a new event, or a recheck
     if due and event.lease_owner is None:  # not handed over: wake the processor to claim it
         runtime.signals.inbox_ready()
-    log.info(
-        "inbound_accepted",
-        inbox_id=event.id,
-        callback_id=callback.id,
-        tenant_id=callback.tenant_id,
-        event_name=name,
-        object_id=fields.get("object_id"),
-        duplicate=duplicate,
-    )
-    return Accepted("event", event.id, duplicate)
+    return Accepted("event", event.id, duplicate, name, fields.get("object_id"))
 
 
 def _signed_by_a_current_verifier(

@@ -18,6 +18,7 @@ from webhook_service.core.metrics import INBOUND_ACCEPTED, INBOUND_REFUSED, INGE
 from webhook_service.inbound.receiver import Refusal, accept, find_callback
 from webhook_service.runtime import Runtime
 from webhook_service.web.errors import error_response
+from webhook_service.web.middleware import describe_request
 from webhook_service.web.responses import JSONResponse
 
 log = get_logger("webhook_service.inbound")
@@ -57,6 +58,15 @@ async def receive(request: Request) -> Response:
         return JSONResponse({"status": "verification_started"})
     labelled(INBOUND_ACCEPTED, "duplicate" if outcome.duplicate else "event").inc()
     INGEST_SECONDS.observe(time.perf_counter() - started)
+    describe_request(  # the request's one line says what the webhook became (no line of its own)
+        request,
+        inbox_id=outcome.inbox_id,
+        callback_id=callback.id,
+        tenant_id=callback.tenant_id,
+        event_name=outcome.event_name,
+        object_id=outcome.object_id,
+        duplicate=outcome.duplicate,
+    )
     return JSONResponse(
         {"status": "duplicate" if outcome.duplicate else "accepted", "id": outcome.inbox_id}, status_code=200
     )
