@@ -25,7 +25,6 @@ implementation), so the difference is the service's own work.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import itertools
 import time
@@ -33,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl
 
-from floor_deliverer import open_durable  # a sibling: the script's directory is on sys.path
+from floor_deliverer import GroupCommit, open_durable  # a sibling: the script's directory is on sys.path
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -57,53 +56,24 @@ async def receive(request: Request) -> JSONResponse:
     return JSONResponse({"status": "accepted", "id": next(_ids)})
 
 
-class GroupCommit:
-    """Rows committed together, one commit at a time on a thread of its own; each caller waits for
-    the commit that holds its row."""
-
-    def __init__(self, path: str) -> None:
-        self._db = open_durable(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY, callback TEXT, body TEXT, "
-            "body_hash TEXT, received_at REAL)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS inbox_dedupe ON inbox (callback, body_hash, received_at)")
-        self._thread = ThreadPoolExecutor(1)
-        self._queued: list[tuple[tuple[object, ...], asyncio.Future[None]]] = []
-        self._flushing = False
-
-    async def add(self, row: tuple[object, ...]) -> None:
-        done = asyncio.get_running_loop().create_future()
-        self._queued.append((row, done))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
-        await done
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._queued:
-                batch, self._queued = self._queued, []
-                try:
-                    await loop.run_in_executor(self._thread, self._write, [row for row, _ in batch])
-                except Exception as exc:  # noqa: BLE001 (each waiter gets the failure: nothing was kept)
-                    for _, done in batch:
-                        done.set_exception(exc)
-                else:
-                    for _, done in batch:
-                        done.set_result(None)
-        finally:
-            self._flushing = False
-
-    def _write(self, rows: list[tuple[object, ...]]) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.executemany("INSERT INTO inbox (callback, body, body_hash, received_at) VALUES (?, ?, ?, ?)", rows)
-        self._db.execute("COMMIT")
+INBOX = (  # the inbox row and the index on the key the service finds redeliveries by
+    "CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY, callback TEXT, body TEXT, body_hash TEXT, "
+    "received_at REAL)",
+    "CREATE INDEX IF NOT EXISTS inbox_dedupe ON inbox (callback, body_hash, received_at)",
+)
 
 
 def durable(path: str, verifier: str) -> Handler:
-    commits = GroupCommit(path)
+    db = open_durable(path)
+    for statement in INBOX:
+        db.execute(statement)
+
+    def write(rows: list[tuple[object, ...]]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO inbox (callback, body, body_hash, received_at) VALUES (?, ?, ?, ?)", rows)
+        db.execute("COMMIT")
+
+    commits = GroupCommit(ThreadPoolExecutor(1), write)
 
     async def receive_durably(request: Request) -> JSONResponse:
         body = await request.body()

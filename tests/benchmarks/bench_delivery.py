@@ -559,6 +559,14 @@ def print_throughput(result: ThroughputResult, default: DrainConfig) -> None:
         print(f"      ! {problem}")
 
 
+def print_part(label: str, who: str, rate: float, baseline_rate: float, note: str = "") -> None:
+    """One line of where a delivery's time goes: a drain beside its own baseline loop."""
+    print(
+        f"     {label:<56} {who:<7} {rate:7.0f}/s   baseline {baseline_rate:7.0f}/s   "
+        f"ratio {rate / baseline_rate:4.2f}{note}"
+    )
+
+
 async def run_throughput(args: argparse.Namespace, databases: Databases, procs: Children) -> None:
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     default = DrainConfig(defaults.delivery_workers, defaults.delivery_batch_size, defaults.delivery_concurrency)
@@ -585,23 +593,15 @@ async def run_throughput(args: argparse.Namespace, databases: Databases, procs: 
     for part, label in PARTS.items():
         result = await throughput_trial(databases, sink_url, objects, configs[0], 0, procs, part)
         received = "" if result.sink_received == result.deliveries else f"  ! sink received {result.sink_received}"
-        print(
-            f"     {label:<56} service {result.rate:7.0f}/s   baseline {result.baseline_rate:7.0f}/s   "
-            f"ratio {result.rate / result.baseline_rate:4.2f}{received}"
-        )
+        print_part(label, "service", result.rate, result.baseline_rate, received)
     first = results[0]
-    print(
-        f"     {'as the service drains (claims, a task per send): above':<56} service {first.rate:7.0f}/s   "
-        f"baseline {first.baseline_rate:7.0f}/s   ratio {first.rate / first.baseline_rate:4.2f}"
-    )
+    print_part("as the service drains (claims, a task per send): above", "service", first.rate, first.baseline_rate)
     if databases.backend == "sqlite":
         floor_s, baseline_s, attempts = await floor_trial(databases.tmp, sink_url, first.payloads, first.concurrency)
-        rate, baseline_rate = len(first.payloads) / floor_s, len(first.payloads) / baseline_s
         recorded = "" if attempts == len(first.payloads) else f"  ! {attempts} attempts recorded"
-        print(
-            f"     {'the floor: lease, POST, record; sqlite3, no service code':<56} floor   {rate:7.0f}/s   "
-            f"baseline {baseline_rate:7.0f}/s   ratio {rate / baseline_rate:4.2f}{recorded}"
-        )
+        count = len(first.payloads)
+        label = "the floor: lease, POST, record; sqlite3, no service code"
+        print_part(label, "floor", count / floor_s, count / baseline_s, recorded)
     best = max(results, key=lambda r: r.rate)
     ratio = results[0].rate / results[0].baseline_rate
     print(

@@ -145,6 +145,11 @@ class Burst:
         return sum(n for status, n in self.statuses.items() if status.startswith("200"))
 
     @property
+    def ingest_rate(self) -> float:
+        """Webhooks acknowledged per second while they were sent."""
+        return self.accepted / self.ingest_s
+
+    @property
     def wall(self) -> float:
         """The seconds its CPU figures are shares of: the whole pipeline's, or the ingest's alone."""
         return self.pipeline_s or self.ingest_s
@@ -386,12 +391,12 @@ async def run_ingest(args: argparse.Namespace, databases: Databases, procs: Chil
                 floor = await bare_burst(run.bodies, await start_bare(procs, "durable", key, durable), args.concurrency)
             service = await burst(run, args.concurrency, drain_timeout=0, wait_for_delivery=False)
             rows = await committed_inbox_rows(run.stack.database_url)
-            rate, bare_rate = service.accepted / service.ingest_s, baseline.accepted / baseline.ingest_s
+            rate, bare_rate = service.ingest_rate, baseline.ingest_rate
             shown = [("bare Starlette", baseline), ("durable bare", floor), (config.label, service)]
             for label, result in shown:
                 if result is not None:
                     print(
-                        f"   {label:<16} {result.accepted / result.ingest_s:7.0f} req/s   "
+                        f"   {label:<16} {result.ingest_rate:7.0f} req/s   "
                         f"{describe_ms(result.latencies)}   "
                         f"CPU: {describe_cpu(result.cpu, result.wall)}; {load()}; answers {dict(result.statuses)}"
                     )
@@ -401,7 +406,7 @@ async def run_ingest(args: argparse.Namespace, databases: Databases, procs: Chil
                 f"{verdict(rate / bare_rate >= INGEST_TARGET)}; p99 {p99s[0]:.1f} ms vs {p99s[1]:.1f} ms"
             )
             if floor is not None:
-                floor_rate = floor.accepted / floor.ingest_s
+                floor_rate = floor.ingest_rate
                 print(
                     f"   durable bare / bare: {floor_rate / bare_rate:.2f}x (the floor: a signature check and a "
                     f"group commit to SQLite, nothing else); {config.label} / durable bare: {rate / floor_rate:.2f}x"
@@ -447,7 +452,7 @@ async def run_pipeline(args: argparse.Namespace, databases: Databases, procs: Ch
                 continue
             print(
                 f"   {config.label:<24} {result.accepted / result.pipeline_s:6.0f} events/s "
-                f"(ingest {result.accepted / result.ingest_s:5.0f}/s), "
+                f"(ingest {result.ingest_rate:5.0f}/s), "
                 f"{service_cpu(result) / result.accepted * 1000:5.2f} service CPU-s per 1,000 events; {load()}"
             )
             print(f"   {'':<24} CPU: {describe_cpu(result.cpu, result.wall)}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
@@ -33,6 +34,41 @@ def open_durable(path: str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     return db
+
+
+class GroupCommit:
+    """Rows written together by ``write``, one commit at a time on ``thread``; each caller waits for
+    the commit that holds its row (both floors' group commit)."""
+
+    def __init__(self, thread: ThreadPoolExecutor, write: Callable[[list[tuple[object, ...]]], None]) -> None:
+        self._thread = thread
+        self._write = write
+        self._queued: list[tuple[tuple[object, ...], asyncio.Future[None]]] = []
+        self._flushing = False
+
+    async def add(self, row: tuple[object, ...]) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._queued.append((row, done))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    await loop.run_in_executor(self._thread, self._write, [row for row, _ in batch])
+                except Exception as exc:  # noqa: BLE001 (each waiter gets the failure: nothing was kept)
+                    for _, done in batch:
+                        done.set_exception(exc)
+                else:
+                    for _, done in batch:
+                        done.set_result(None)
+        finally:
+            self._flushing = False
 
 
 class FloorStore:
@@ -68,7 +104,7 @@ class FloorStore:
         self.db.execute("COMMIT")
         return rows
 
-    def record(self, outcomes: list[tuple[int, int, int]]) -> None:
+    def record(self, outcomes: list[tuple[object, ...]]) -> None:
         """``(delivery id, attempt number, status code)`` each."""
         self.db.execute("BEGIN IMMEDIATE")
         self.db.executemany(
@@ -94,53 +130,28 @@ class FloorStore:
 async def drain(store: FloorStore, url: str, concurrency: int, total: int) -> float:
     """Claim, send and record every delivery, ``concurrency`` in flight; the seconds it took."""
     loop = asyncio.get_running_loop()
+    outcomes = GroupCommit(store.thread, store.record)
     room = concurrency
     freed = asyncio.Event()
-    finished = asyncio.Event()
-    recorded = 0
-    queued: list[tuple[tuple[int, int, int], asyncio.Future[None]]] = []
-    flushing = False
-
-    async def flush() -> None:
-        nonlocal queued, flushing, recorded
-        while queued:
-            batch, queued = queued, []
-            await loop.run_in_executor(store.thread, store.record, [outcome for outcome, _ in batch])
-            for _, done in batch:
-                done.set_result(None)
-            recorded += len(batch)
-        flushing = False
-        if recorded >= total:
-            finished.set()
 
     async def send(session: aiohttp.ClientSession, delivery: int, payload: bytes, attempts: int) -> None:
-        nonlocal room, flushing
+        nonlocal room
         async with session.post(url, data=payload, headers=HEADERS) as response:
             await response.read()
         room += 1
         if room >= concurrency // 4:
             freed.set()
-        done = loop.create_future()
-        queued.append(((delivery, attempts + 1, response.status), done))
-        if not flushing:
-            flushing = True
-            loop.create_task(flush())
-        await done
+        await outcomes.add((delivery, attempts + 1, response.status))
 
-    tasks = set()
+    sends = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         started = time.perf_counter()
-        claimed = 0
-        while claimed < total:
+        while len(sends) < total:
             freed.clear()
             rows = await loop.run_in_executor(store.thread, store.claim, room)
             room -= len(rows)
-            claimed += len(rows)
-            for delivery, payload, attempts in rows:
-                task = loop.create_task(send(session, delivery, payload, attempts))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if claimed < total:
+            sends += [loop.create_task(send(session, *row)) for row in rows]
+            if len(sends) < total:
                 await freed.wait()
-        await finished.wait()
+        await asyncio.gather(*sends)  # every outcome committed
         return time.perf_counter() - started
